@@ -158,7 +158,7 @@ class ProbeTemplates:
     """Command templates of the probe contract (DESIGN.md). Values are shell-quoted when filled.
 
     Placeholders: {bin} {node} {peer} {peer_address} {method} {timeout} {topic}
-    {message_id} {seconds} {install_path}.
+    {message_id} {seconds} {amount} {install_path}.
     """
 
     status: str = "{bin} probe status --json"
@@ -166,6 +166,8 @@ class ProbeTemplates:
     gossip_publish: str = "{bin} probe publish --topic {topic} --json"
     gossip_received: str = "{bin} probe received --id {message_id} --json"
     throughput: str = "{bin} probe throughput --peer {peer} --seconds {seconds} --json"
+    # Grow-only counter CRDT: add {amount} (0 reads) and return {"ok", "value", "digest"}.
+    crdt: str = "{bin} probe crdt --increment {amount} --json"
 
 
 @dataclass(frozen=True)
