@@ -1,0 +1,790 @@
+"""The loop's state machine (seeds/000), as a pure function.
+
+``step(state, event, now, cfg) -> (new_state, effects)``: given the current :class:`RunState`,
+something that happened (an *event*, e.g. :class:`BuildFinished`) and the current time, return
+the next state and the *effects* the runner must carry out (e.g. :class:`RunDeploy`). Nothing
+here does I/O or reads a clock; ``loop.py`` executes the effects, persists the state after every
+step and feeds the outcome back as the next event.
+
+    IDLE ─► SETUP ─► BUILD ─► DEPLOY ─► TEST ─► WAIT_1HR ─► TEST ─► WAIT_6HR ─► TEST ─► COMPLETE
+                       ▲  │               │                  │                   │
+                       │  ▼               ▼ (initial phase)  ▼ (soak phase)      ▼
+                       └─ FIX ◄───────────┘               RESTART ─► SETUP ◄─────┘
+    any non-terminal state ─► STOPPED (user stop, fatal error, or a rule below)
+
+Rules (all from the seeds):
+- SETUP: fewer than ``min_reachable_fraction`` (50%) of nodes reachable → STOPPED.
+- BUILD: failure → FIX; the ``max_build_failures``-th (3rd) consecutive failure → STOPPED.
+- DEPLOY: fewer than ``min_deployed_fraction`` (50%) of nodes deployed → STOPPED, else TEST.
+- TEST: failure → FIX in the initial phase, → RESTART in the soak phase; a pass moves to the next
+  enabled soak checkpoint: WAIT_1HR, then WAIT_6HR, then COMPLETE.
+- FIX: a commit → BUILD; no commit → another fix run (attempts unlimited unless configured).
+- WAIT_*: ``WaitElapsed`` is accepted only once ``now >= wait_until`` → TEST.
+- RESTART: ``RestartDone`` → SETUP, back in the initial phase.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, TypeAlias
+
+from pytest_vpstest.errors import StateError
+
+__all__ = [
+    "ALLOWED_TRANSITIONS",
+    "NOTIFY_KINDS",
+    "TERMINAL",
+    "WAIT_STATES",
+    "BuildFinished",
+    "Commit",
+    "Counters",
+    "DeployFinished",
+    "Effect",
+    "Event",
+    "Fatal",
+    "Finish",
+    "FixFinished",
+    "InvalidEvent",
+    "MachineConfig",
+    "Notify",
+    "Phase",
+    "Restart",
+    "RestartDone",
+    "RunBuild",
+    "RunDeploy",
+    "RunFix",
+    "RunSetup",
+    "RunState",
+    "RunTest",
+    "SetupFinished",
+    "Start",
+    "StartWait",
+    "State",
+    "Stop",
+    "TestFinished",
+    "UserStop",
+    "WaitElapsed",
+    "initial_state",
+    "resume_effects",
+    "step",
+    "wait_is_over",
+]
+
+
+class State(enum.StrEnum):
+    """The states of seeds/000, spelled as in the state file."""
+
+    IDLE = "IDLE"
+    SETUP = "SETUP"
+    BUILD = "BUILD"
+    DEPLOY = "DEPLOY"
+    TEST = "TEST"
+    FIX = "FIX"
+    WAIT_1HR = "WAIT_1HR"
+    WAIT_6HR = "WAIT_6HR"
+    COMPLETE = "COMPLETE"
+    STOPPED = "STOPPED"
+    RESTART = "RESTART"
+
+
+TERMINAL: frozenset[State] = frozenset({State.COMPLETE, State.STOPPED})
+WAIT_STATES: frozenset[State] = frozenset({State.WAIT_1HR, State.WAIT_6HR})
+
+_S = State
+# The edges of the seed's diagram ...
+_DIAGRAM_EDGES = {
+    (_S.IDLE, _S.SETUP),
+    (_S.SETUP, _S.BUILD),
+    (_S.BUILD, _S.DEPLOY),
+    (_S.BUILD, _S.FIX),
+    (_S.DEPLOY, _S.TEST),
+    (_S.TEST, _S.FIX),
+    (_S.FIX, _S.BUILD),
+    (_S.TEST, _S.WAIT_1HR),
+    (_S.WAIT_1HR, _S.TEST),
+    (_S.TEST, _S.WAIT_6HR),
+    (_S.WAIT_6HR, _S.TEST),
+    (_S.TEST, _S.COMPLETE),
+    (_S.TEST, _S.RESTART),
+    (_S.RESTART, _S.SETUP),
+}
+# ... plus "user stop or unrecoverable error" from every state that has not ended.
+ALLOWED_TRANSITIONS: frozenset[tuple[State, State]] = frozenset(
+    _DIAGRAM_EDGES | {(s, _S.STOPPED) for s in State if s not in TERMINAL}
+)
+
+Phase: TypeAlias = Literal["initial", "soak"]
+NotifyKind: TypeAlias = Literal[
+    "loop_start", "first_failure", "fix_committed", "wait_1hr", "wait_6hr", "complete", "critical"
+]
+# The seed's "Voice Notifications" triggers.
+NOTIFY_KINDS: tuple[NotifyKind, ...] = (
+    "loop_start",
+    "first_failure",
+    "fix_committed",
+    "wait_1hr",
+    "wait_6hr",
+    "complete",
+    "critical",
+)
+
+
+class InvalidEvent(StateError):
+    """An event was offered in a state where it does not apply (the state is unchanged)."""
+
+    def __init__(self, state: State, event: object, project: str, detail: str = "") -> None:
+        self.state = state
+        self.event = event
+        self.project = project
+        text = f"project '{project}': event {type(event).__name__} does not apply in state {state}"
+        if detail:
+            text += f" ({detail})"
+        super().__init__(text)
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass(frozen=True)
+class Counters:
+    """The seed's ``counters``; they only ever grow during a run."""
+
+    fix_attempts: int = 0
+    build_count: int = 0
+    deploy_count: int = 0
+    test_count: int = 0
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A fix commit recorded by the FIX stage."""
+
+    sha: str
+    message: str
+    time: datetime
+
+
+@dataclass(frozen=True)
+class RunState:
+    """Everything the loop must remember about one project's run.
+
+    ``soak_checkpoint`` is 0 before the first passing TEST, 1 after the pass that entered
+    WAIT_1HR and 2 after the pass that entered WAIT_6HR. ``wait_until`` is set exactly while
+    in a WAIT state. ``stop_reason`` is set exactly in STOPPED. All datetimes are UTC-aware.
+    """
+
+    project: str
+    state: State
+    phase: Phase
+    started_at: datetime
+    last_state_change: datetime
+    last_test_at: datetime | None = None
+    wait_until: datetime | None = None
+    counters: Counters = field(default_factory=Counters)
+    commits: tuple[Commit, ...] = ()
+    consecutive_build_failures: int = 0
+    soak_checkpoint: int = 0
+    stop_reason: str | None = None
+    last_error: str | None = None
+    # Failed TESTs since Start; the first one triggers the "first_failure" notification.
+    test_failures: int = 0
+
+    def to_document(self) -> dict[str, Any]:
+        """The seed state-file fields this machine owns, plus ``machine`` for the rest.
+
+        The store adds ``schema_version``, ``test_results``, ``nodes`` and ``logs`` around it.
+        """
+        return {
+            "project": self.project,
+            "state": str(self.state),
+            "phase": self.phase,
+            "timestamps": {
+                "started_at": _iso(self.started_at),
+                "last_state_change": _iso(self.last_state_change),
+                "last_test_at": _iso(self.last_test_at),
+                "wait_until": _iso(self.wait_until),
+            },
+            "counters": {
+                "fix_attempts": self.counters.fix_attempts,
+                "build_count": self.counters.build_count,
+                "deploy_count": self.counters.deploy_count,
+                "test_count": self.counters.test_count,
+            },
+            "commits": [{"sha": c.sha, "message": c.message, "time": _iso(c.time)} for c in self.commits],
+            "machine": {
+                "soak_checkpoint": self.soak_checkpoint,
+                "consecutive_build_failures": self.consecutive_build_failures,
+                "test_failures": self.test_failures,
+                "stop_reason": self.stop_reason,
+                "last_error": self.last_error,
+            },
+        }
+
+    @classmethod
+    def from_document(cls, doc: Mapping[str, Any]) -> RunState:
+        """Read a state document (ours or the seed's example, verbatim); keys we do not own are ignored.
+
+        Missing ``machine`` fields get defaults inferred from the state (WAIT_1HR → checkpoint 1,
+        WAIT_6HR and COMPLETE → 2, TEST in the soak phase → 1). Raises :class:`StateError` naming
+        the field when the document cannot be a run state.
+        """
+        return _from_document(cls, doc)
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    """The knobs of the machine; ``loop.py`` fills them from the project config."""
+
+    wait_1hr_seconds: float = 3600.0
+    wait_6hr_seconds: float = 21600.0
+    wait_1hr: bool = True
+    wait_6hr: bool = True
+    max_build_failures: int = 3
+    # None: unlimited fix attempts (the seed's "full autonomy").
+    max_fix_attempts: int | None = None
+    min_reachable_fraction: float = 0.5
+    min_deployed_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.wait_1hr_seconds < 0 or self.wait_6hr_seconds < 0:
+            raise ValueError("wait durations must not be negative")
+        if self.max_build_failures < 1:
+            raise ValueError("max_build_failures must be at least 1")
+        if self.max_fix_attempts is not None and self.max_fix_attempts < 1:
+            raise ValueError("max_fix_attempts must be at least 1 (or None for unlimited)")
+        for name in ("min_reachable_fraction", "min_deployed_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1")
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class Start:
+    """The user started the loop (after the interview/confirmation)."""
+
+
+@dataclass(frozen=True)
+class SetupFinished:
+    reachable: int
+    total: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.reachable <= self.total:
+            raise ValueError(
+                f"SetupFinished needs 0 <= reachable <= total, got {self.reachable}/{self.total}"
+            )
+
+
+@dataclass(frozen=True)
+class BuildFinished:
+    ok: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class DeployFinished:
+    succeeded: int
+    total: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.succeeded <= self.total:
+            raise ValueError(
+                f"DeployFinished needs 0 <= succeeded <= total, got {self.succeeded}/{self.total}"
+            )
+
+
+@dataclass(frozen=True)
+class TestFinished:
+    __test__ = False  # not a pytest test class
+
+    passed: bool
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class FixFinished:
+    """A fix run ended: with a commit (→ BUILD) or without one (→ another fix run)."""
+
+    commit: Commit | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class WaitElapsed:
+    """The runner's wait reached ``wait_until``."""
+
+
+@dataclass(frozen=True)
+class RestartDone:
+    """The RESTART effect finished; the loop starts over at SETUP."""
+
+
+@dataclass(frozen=True)
+class UserStop:
+    reason: str = "user stop"
+
+
+@dataclass(frozen=True)
+class Fatal:
+    """An unrecoverable error outside the rules (e.g. the store failed)."""
+
+    reason: str
+
+
+Event: TypeAlias = (
+    Start
+    | SetupFinished
+    | BuildFinished
+    | DeployFinished
+    | TestFinished
+    | FixFinished
+    | WaitElapsed
+    | RestartDone
+    | UserStop
+    | Fatal
+)
+
+
+# --------------------------------------------------------------------------- effects
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """Verify nodes (SSH, disk); answer with SetupFinished."""
+
+
+@dataclass(frozen=True)
+class RunBuild:
+    """Build locally; answer with BuildFinished."""
+
+
+@dataclass(frozen=True)
+class RunDeploy:
+    """Deploy to the nodes; answer with DeployFinished."""
+
+
+@dataclass(frozen=True)
+class RunTest:
+    """Run the suites; ``checkpoint`` is the soak checkpoint (0 initial, 1 after 1 h, 2 after 6 h)."""
+
+    checkpoint: int
+
+
+@dataclass(frozen=True)
+class RunFix:
+    """Run the fix stage for ``reason``; answer with FixFinished."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class StartWait:
+    """Wait (without burning CPU) until ``until``, then answer with WaitElapsed."""
+
+    until: datetime
+    stage: State
+
+
+@dataclass(frozen=True)
+class Notify:
+    kind: NotifyKind
+    message: str
+
+
+@dataclass(frozen=True)
+class Restart:
+    """Soak regression: tear down what the run started; answer with RestartDone."""
+
+
+@dataclass(frozen=True)
+class Finish:
+    """COMPLETE: write the final proof and statistics."""
+
+
+@dataclass(frozen=True)
+class Stop:
+    """STOPPED: kill what the run started and log the reason."""
+
+    reason: str
+
+
+Effect: TypeAlias = (
+    RunSetup | RunBuild | RunDeploy | RunTest | RunFix | StartWait | Notify | Restart | Finish | Stop
+)
+Step: TypeAlias = tuple[RunState, tuple[Effect, ...]]
+
+
+# --------------------------------------------------------------------------- the machine
+
+
+def initial_state(project: str, now: datetime) -> RunState:
+    """A fresh run in IDLE."""
+    now = _utc(now)
+    return RunState(project=project, state=State.IDLE, phase="initial", started_at=now, last_state_change=now)
+
+
+def step(state: RunState, event: Event, now: datetime, cfg: MachineConfig | None = None) -> Step:
+    """Apply ``event`` at time ``now``; return the new state and the effects to carry out, in order.
+
+    Raises :class:`InvalidEvent` (and changes nothing) when the event does not apply in the
+    current state, including any event once the run is COMPLETE or STOPPED.
+    """
+    cfg = cfg or MachineConfig()
+    now = _utc(now)
+    if state.state in TERMINAL:
+        raise InvalidEvent(state.state, event, state.project, "the run has ended")
+    if isinstance(event, UserStop):
+        return _stop(state, now, event.reason.strip() or "user stop", critical=False)
+    if isinstance(event, Fatal):
+        return _stop(state, now, event.reason.strip() or "fatal error", critical=True)
+
+    s = state.state
+    if s is State.IDLE and isinstance(event, Start):
+        nxt = replace(state, started_at=now)
+        return _enter(
+            nxt, State.SETUP, now, (Notify("loop_start", f"VPS test loop started for {state.project}"),)
+        )
+    if s is State.SETUP and isinstance(event, SetupFinished):
+        return _on_setup(state, event, now, cfg)
+    if s is State.BUILD and isinstance(event, BuildFinished):
+        return _on_build(state, event, now, cfg)
+    if s is State.DEPLOY and isinstance(event, DeployFinished):
+        return _on_deploy(state, event, now, cfg)
+    if s is State.TEST and isinstance(event, TestFinished):
+        return _on_test(state, event, now, cfg)
+    if s is State.FIX and isinstance(event, FixFinished):
+        return _on_fix(state, event, now, cfg)
+    if s in WAIT_STATES and isinstance(event, WaitElapsed):
+        assert state.wait_until is not None
+        if now < state.wait_until:
+            raise InvalidEvent(s, event, state.project, f"the wait runs until {_iso(state.wait_until)}")
+        return _enter(state, State.TEST, now)
+    if s is State.RESTART and isinstance(event, RestartDone):
+        return _enter(replace(state, phase="initial", soak_checkpoint=0), State.SETUP, now)
+    raise InvalidEvent(s, event, state.project)
+
+
+def wait_is_over(state: RunState, now: datetime) -> bool:
+    """True when ``state`` is a WAIT state whose ``wait_until`` has been reached."""
+    return state.state in WAIT_STATES and state.wait_until is not None and _utc(now) >= state.wait_until
+
+
+def resume_effects(state: RunState, now: datetime) -> tuple[Effect, ...]:
+    """What a restarted runner does for a state read back from the state file (seeds/000).
+
+    - BUILD/DEPLOY/TEST/SETUP/RESTART: run that stage again; FIX: continue fixing.
+    - WAIT_* not yet over: ``StartWait`` until the saved ``wait_until``.
+    - WAIT_* already over: nothing to wait for; the runner sends ``WaitElapsed`` straight away
+      (``wait_is_over`` tells it so).
+    - IDLE, COMPLETE, STOPPED: nothing.
+    """
+    s = state.state
+    if s in WAIT_STATES:
+        if wait_is_over(state, now):
+            return ()
+        assert state.wait_until is not None
+        return (StartWait(state.wait_until, s),)
+    if s is State.SETUP:
+        return (RunSetup(),)
+    if s is State.BUILD:
+        return (RunBuild(),)
+    if s is State.DEPLOY:
+        return (RunDeploy(),)
+    if s is State.TEST:
+        return (RunTest(state.soak_checkpoint),)
+    if s is State.FIX:
+        return (RunFix(state.last_error or "resumed fix"),)
+    if s is State.RESTART:
+        return (Restart(),)
+    return ()
+
+
+def _on_setup(state: RunState, ev: SetupFinished, now: datetime, cfg: MachineConfig) -> Step:
+    if ev.total == 0 or ev.reachable < cfg.min_reachable_fraction * ev.total:
+        reason = (
+            f"only {ev.reachable} of {ev.total} nodes reachable at SETUP "
+            f"(need at least {_pct(cfg.min_reachable_fraction)})"
+        )
+        return _stop(state, now, reason, critical=True)
+    return _enter(state, State.BUILD, now)
+
+
+def _on_build(state: RunState, ev: BuildFinished, now: datetime, cfg: MachineConfig) -> Step:
+    if ev.ok:
+        return _enter(replace(state, consecutive_build_failures=0), State.DEPLOY, now)
+    failures = state.consecutive_build_failures + 1
+    error = f"build failed: {ev.error or 'no detail'}"
+    failed = replace(state, consecutive_build_failures=failures, last_error=error)
+    if failures >= cfg.max_build_failures:
+        return _stop(failed, now, f"build failed {failures} times in a row; last: {ev.error or 'no detail'}")
+    return _enter_fix(failed, now, cfg, error)
+
+
+def _on_deploy(state: RunState, ev: DeployFinished, now: datetime, cfg: MachineConfig) -> Step:
+    if ev.total == 0 or ev.succeeded < cfg.min_deployed_fraction * ev.total:
+        reason = (
+            f"only {ev.succeeded} of {ev.total} nodes deployed "
+            f"(need at least {_pct(cfg.min_deployed_fraction)})"
+        )
+        return _stop(state, now, reason, critical=True)
+    return _enter(state, State.TEST, now)
+
+
+def _on_test(state: RunState, ev: TestFinished, now: datetime, cfg: MachineConfig) -> Step:
+    c = state.counters
+    tested = replace(state, counters=replace(c, test_count=c.test_count + 1), last_test_at=now)
+    if ev.passed:
+        return _after_pass(tested, now, cfg)
+    error = f"tests failed: {ev.summary or 'no summary'}"
+    failed = replace(tested, test_failures=tested.test_failures + 1, last_error=error)
+    notes: tuple[Effect, ...] = ()
+    if state.test_failures == 0:
+        notes = (
+            Notify("first_failure", f"First test failure for {state.project}: {ev.summary or 'no summary'}"),
+        )
+    if state.phase == "soak":
+        return _enter(failed, State.RESTART, now, notes)
+    return _enter_fix(failed, now, cfg, error, notes)
+
+
+def _after_pass(state: RunState, now: datetime, cfg: MachineConfig) -> Step:
+    """A passing TEST moves to the next enabled soak checkpoint (disabled waits are skipped)."""
+    if state.soak_checkpoint == 0 and cfg.wait_1hr:
+        until = now + timedelta(seconds=cfg.wait_1hr_seconds)
+        nxt = replace(state, phase="soak", soak_checkpoint=1, wait_until=until)
+        note = Notify("wait_1hr", f"{state.project} passed; soak wait until {_iso(until)}")
+        return _enter(nxt, State.WAIT_1HR, now, (note,))
+    if state.soak_checkpoint <= 1 and cfg.wait_6hr:
+        until = now + timedelta(seconds=cfg.wait_6hr_seconds)
+        nxt = replace(state, phase="soak", soak_checkpoint=2, wait_until=until)
+        note = Notify("wait_6hr", f"{state.project} passed again; soak wait until {_iso(until)}")
+        return _enter(nxt, State.WAIT_6HR, now, (note,))
+    return _enter(state, State.COMPLETE, now)
+
+
+def _on_fix(state: RunState, ev: FixFinished, now: datetime, cfg: MachineConfig) -> Step:
+    c = state.counters
+    fixed = replace(state, counters=replace(c, fix_attempts=c.fix_attempts + 1))
+    if ev.commit is not None:
+        commit = Commit(ev.commit.sha, ev.commit.message, _utc(ev.commit.time))
+        nxt = replace(fixed, commits=(*state.commits, commit))
+        note = Notify("fix_committed", f"Fix committed for {state.project}: {commit.sha} {commit.message}")
+        return _enter(nxt, State.BUILD, now, (note,))
+    reason = f"fix attempt produced no commit: {ev.error or 'no detail'}"
+    fixed = replace(fixed, last_error=reason)
+    if cfg.max_fix_attempts is not None and fixed.counters.fix_attempts >= cfg.max_fix_attempts:
+        return _stop(fixed, now, f"no fix committed after {fixed.counters.fix_attempts} attempts; {reason}")
+    # Still in FIX: not a transition, so last_state_change stays.
+    return fixed, (RunFix(reason),)
+
+
+def _enter_fix(
+    state: RunState, now: datetime, cfg: MachineConfig, reason: str, notes: tuple[Effect, ...] = ()
+) -> Step:
+    attempts = state.counters.fix_attempts
+    if cfg.max_fix_attempts is not None and attempts >= cfg.max_fix_attempts:
+        stopped, effects = _stop(state, now, f"fix attempts exhausted ({attempts}); {reason}")
+        return stopped, (*notes, *effects)
+    return _enter(state, State.FIX, now, notes)
+
+
+def _stop(state: RunState, now: datetime, reason: str, *, critical: bool = True) -> Step:
+    nxt, effects = _enter(replace(state, stop_reason=reason), State.STOPPED, now)
+    if critical:
+        effects = (Notify("critical", f"{state.project} stopped: {reason}"), *effects)
+    return nxt, effects
+
+
+def _enter(state: RunState, target: State, now: datetime, before: tuple[Effect, ...] = ()) -> Step:
+    """Move to ``target``: keep the bookkeeping of the seed's state file and emit its entry effects."""
+    if (state.state, target) not in ALLOWED_TRANSITIONS:
+        raise AssertionError(f"machine bug: {state.state} -> {target} is not an allowed transition")
+    c = state.counters
+    if target is State.BUILD:
+        c = replace(c, build_count=c.build_count + 1)
+    elif target is State.DEPLOY:
+        c = replace(c, deploy_count=c.deploy_count + 1)
+    nxt = replace(
+        state,
+        state=target,
+        last_state_change=now,
+        counters=c,
+        wait_until=state.wait_until if target in WAIT_STATES else None,
+        stop_reason=state.stop_reason if target is State.STOPPED else None,
+    )
+    entry: tuple[Effect, ...]
+    if target is State.SETUP:
+        entry = (RunSetup(),)
+    elif target is State.BUILD:
+        entry = (RunBuild(),)
+    elif target is State.DEPLOY:
+        entry = (RunDeploy(),)
+    elif target is State.TEST:
+        entry = (RunTest(nxt.soak_checkpoint),)
+    elif target is State.FIX:
+        entry = (RunFix(nxt.last_error or "failure"),)
+    elif target in WAIT_STATES:
+        assert nxt.wait_until is not None
+        entry = (StartWait(nxt.wait_until, target),)
+    elif target is State.RESTART:
+        entry = (Restart(),)
+    elif target is State.COMPLETE:
+        entry = (Finish(), Notify("complete", f"VPS test complete for {state.project}"))
+    elif target is State.STOPPED:
+        entry = (Stop(nxt.stop_reason or "stopped"),)
+    else:  # pragma: no cover - IDLE is never entered
+        entry = ()
+    return nxt, (*before, *entry)
+
+
+# --------------------------------------------------------------------------- documents
+
+
+def _utc(dt: datetime) -> datetime:
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise ValueError(f"naive datetime {dt.isoformat()}: the machine needs timezone-aware UTC times")
+    return dt.astimezone(UTC)
+
+
+def _iso(dt: datetime | None) -> str | None:
+    if dt is None:
+        return None
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _pct(fraction: float) -> str:
+    return f"{fraction * 100:g}%"
+
+
+def _field(doc: Mapping[str, Any], key: str, where: str) -> Any:
+    if key not in doc:
+        raise StateError(f"state document: missing '{where}{key}'")
+    return doc[key]
+
+
+def _parse_time(value: Any, where: str, *, optional: bool = True) -> datetime | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise StateError(f"state document: '{where}' must be an ISO 8601 timestamp, got {value!r}")
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise StateError(f"state document: '{where}' is not an ISO 8601 timestamp: {value!r}") from None
+    if dt.tzinfo is None:
+        # The seed writes "...Z"; a bare time is taken as UTC rather than refused.
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
+
+
+def _count(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise StateError(f"state document: '{where}' must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _opt_str(value: Any, where: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise StateError(f"state document: '{where}' must be a string or null, got {value!r}")
+    return value
+
+
+def _from_document(cls: type[RunState], doc: Mapping[str, Any]) -> RunState:
+    if not isinstance(doc, Mapping):
+        raise StateError(f"state document must be a JSON object, got {type(doc).__name__}")
+    project = _field(doc, "project", "")
+    if not isinstance(project, str) or not project:
+        raise StateError(f"state document: 'project' must be a non-empty string, got {project!r}")
+    raw_state = _field(doc, "state", "")
+    try:
+        state = State(raw_state)
+    except ValueError:
+        allowed = ", ".join(s.value for s in State)
+        raise StateError(f"state document: unknown state {raw_state!r} (allowed: {allowed})") from None
+    phase = doc.get("phase", "initial")
+    if phase not in ("initial", "soak"):
+        raise StateError(f"state document: unknown phase {phase!r} (allowed: initial, soak)")
+
+    ts = doc.get("timestamps") or {}
+    if not isinstance(ts, Mapping):
+        raise StateError("state document: 'timestamps' must be an object")
+    started_at = _parse_time(_field(ts, "started_at", "timestamps."), "timestamps.started_at", optional=False)
+    assert started_at is not None
+    last_change = _parse_time(ts.get("last_state_change"), "timestamps.last_state_change") or started_at
+    last_test_at = _parse_time(ts.get("last_test_at"), "timestamps.last_test_at")
+    wait_until = _parse_time(ts.get("wait_until"), "timestamps.wait_until")
+    if state in WAIT_STATES and wait_until is None:
+        raise StateError(f"state document: state {state} needs 'timestamps.wait_until'")
+    if state not in WAIT_STATES:
+        wait_until = None  # a leftover from an earlier wait means nothing now
+
+    raw_counters = doc.get("counters") or {}
+    if not isinstance(raw_counters, Mapping):
+        raise StateError("state document: 'counters' must be an object")
+    counters = Counters(
+        **{k: _count(raw_counters.get(k, 0), f"counters.{k}") for k in Counters.__dataclass_fields__}
+    )
+
+    raw_commits = doc.get("commits") or []
+    if not isinstance(raw_commits, list):
+        raise StateError("state document: 'commits' must be a list")
+    commits = []
+    for i, rc in enumerate(raw_commits):
+        if not isinstance(rc, Mapping):
+            raise StateError(f"state document: 'commits[{i}]' must be an object")
+        sha = _field(rc, "sha", f"commits[{i}].")
+        message = rc.get("message", "")
+        if not isinstance(sha, str) or not isinstance(message, str):
+            raise StateError(f"state document: 'commits[{i}]' sha and message must be strings")
+        when = _parse_time(_field(rc, "time", f"commits[{i}]."), f"commits[{i}].time", optional=False)
+        assert when is not None
+        commits.append(Commit(sha, message, when))
+
+    m = doc.get("machine") or {}
+    if not isinstance(m, Mapping):
+        raise StateError("state document: 'machine' must be an object")
+    if "soak_checkpoint" in m:
+        checkpoint = _count(m["soak_checkpoint"], "machine.soak_checkpoint")
+        if checkpoint > 2:
+            raise StateError(f"state document: 'machine.soak_checkpoint' must be 0, 1 or 2, got {checkpoint}")
+    else:
+        checkpoint = _infer_checkpoint(state, phase)
+    stop_reason = _opt_str(m.get("stop_reason"), "machine.stop_reason")
+    if state is State.STOPPED and not stop_reason:
+        stop_reason = "stopped (reason not recorded)"
+    if state is not State.STOPPED:
+        stop_reason = None
+    return cls(
+        project=project,
+        state=state,
+        phase=phase,
+        started_at=started_at,
+        last_state_change=last_change,
+        last_test_at=last_test_at,
+        wait_until=wait_until,
+        counters=counters,
+        commits=tuple(commits),
+        consecutive_build_failures=_count(
+            m.get("consecutive_build_failures", 0), "machine.consecutive_build_failures"
+        ),
+        soak_checkpoint=checkpoint,
+        stop_reason=stop_reason,
+        last_error=_opt_str(m.get("last_error"), "machine.last_error"),
+        test_failures=_count(m.get("test_failures", 0), "machine.test_failures"),
+    )
+
+
+def _infer_checkpoint(state: State, phase: str) -> int:
+    if state is State.WAIT_1HR:
+        return 1
+    if state in (State.WAIT_6HR, State.COMPLETE):
+        return 2
+    # A soak TEST without a record of which one: assume the earlier checkpoint, so no wait is skipped.
+    if phase == "soak":
+        return 1
+    return 0
