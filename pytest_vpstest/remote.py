@@ -339,6 +339,11 @@ def _describe_connect_failure(exc: BaseException, address: str, inv: Inventory) 
         return f"timed out after {inv.connect_timeout:g} s"
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve {address} ({exc.strerror})"
+    if isinstance(exc, paramiko.SSHException) and (
+        # paramiko gives up on a silent server with "No existing session" or a banner error.
+        "no existing session" in str(exc).lower() or "banner" in str(exc).lower()
+    ):
+        return f"timed out after {inv.connect_timeout:g} s waiting for the SSH handshake"
     if isinstance(exc, paramiko.SSHException) and "timeout" in str(exc).lower():
         return f"timed out after {inv.connect_timeout:g} s ({_cause(exc)})"
     return _cause(exc)
@@ -531,13 +536,16 @@ class ProcessManager:
 
     def stop(self, service: str) -> None:
         ticks = max(1, int(self.grace_seconds * 10))
+        # The service leads its own process group (setsid): signal the group, so children go too.
+        # ``kill -SIG -PGID`` (no "--": dash's kill rejects it). After the leader is gone or the
+        # grace period ends, KILL whatever is left of the group.
         script = (
             f"{self._read_pid(service)}; {self._alive_fn(service)}; "
             'if [ -n "$pid" ] && alive; then '
-            'kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true; '
+            'kill -TERM -"$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true; '
             f'i=0; while alive && [ "$i" -lt {ticks} ]; do sleep 0.1; i=$((i+1)); done; '
-            'if alive; then kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; '
-            "echo killed; fi; fi; "
+            'kill -KILL -"$pid" 2>/dev/null || true; '
+            'if alive; then kill -KILL "$pid" 2>/dev/null || true; fi; fi; '
             f"rm -f {shlex.quote(self.pid_file(service))}"
         )
         self.session.run(f"sh -c {shlex.quote(script)}", timeout=self.grace_seconds + 30, check=True)
