@@ -1,0 +1,170 @@
+"""The loopback flavour: no root, no namespaces, no NAT.
+
+Node N of lab ``prefix`` gets the loopback address ``127.A.0.N`` (A derived from the prefix so labs
+coexist) as its data address, and an sshd of its own, run as the current user, on
+``127.A.0.N:<22000+N>``. Install path and log directory are per-node directories under the lab
+directory instead of mount namespaces. Every NAT type is ``none``.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import zlib
+from pathlib import Path
+
+from pytest_vpstest.errors import LabError
+from pytest_vpstest.lab import netns, services, sshd
+from pytest_vpstest.lab.inventory import INVENTORY_NAME, inventory_document, write_yaml_atomic
+from pytest_vpstest.lab.plan import BOOTSTRAP_PORT, REGISTRY_PORT, check_prefix
+from pytest_vpstest.lab.record import RECORD_NAME, LabRecord, NodeRecord, ServiceRecord, tcp_open
+from pytest_vpstest.lab.topology import Topology
+
+SSH_PORT_BASE = 22000
+START_TIMEOUT_S = 15.0
+
+
+def loopback_octet(prefix: str) -> int:
+    """The second octet of the lab's loopback addresses (64..191)."""
+    check_prefix(prefix)
+    return 64 + zlib.crc32(prefix.encode()) % 128
+
+
+def node_address(prefix: str, number: int) -> str:
+    return f"127.{loopback_octet(prefix)}.0.{number}"
+
+
+def _port_free(address: str, port: int, kind: socket.SocketKind) -> bool:
+    with socket.socket(socket.AF_INET, kind) as s:
+        try:
+            s.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+def up(topology: Topology, prefix: str, lab_dir: Path) -> LabRecord:
+    """Start one sshd (and the lab services) per node on loopback addresses; write the inventory."""
+    started = time.monotonic()
+    teardown(prefix, lab_dir)
+    for sub in ("run", "log", "nodes"):
+        (lab_dir / sub).mkdir(parents=True, exist_ok=True)
+    for stale in (INVENTORY_NAME, RECORD_NAME):
+        (lab_dir / stale).unlink(missing_ok=True)
+    nodes: list[NodeRecord] = []
+    ssh_nodes: list[sshd.SshdNode] = []
+    for number, node in enumerate(topology.nodes, start=1):
+        address = node_address(prefix, number)
+        port = SSH_PORT_BASE + number
+        if not _port_free(address, port, socket.SOCK_STREAM):
+            raise LabError(f"{address}:{port} is in use; is another loopback lab '{prefix}' running?")
+        node_dir = lab_dir / "nodes" / node.name
+        fs = node_dir / "fs"
+        for sub in ("opt/vpstest", "log", "run"):
+            (fs / sub).mkdir(parents=True, exist_ok=True)
+        ssh_nodes.append(sshd.SshdNode(name=node.name, listen=address, port=port, node_dir=node_dir))
+        nodes.append(
+            NodeRecord(
+                name=node.name,
+                role=node.role,
+                nat="none",
+                data_ip=address,
+                public_ip=address,
+                host=address,
+                port=port,
+                install_path=f"{fs / 'opt' / 'vpstest'}/",
+                log_dir=str(fs / "log"),
+            )
+        )
+    svcs = _services(nodes)
+    try:
+        sshd.prepare_keys(lab_dir, ssh_nodes, prefix)
+        for s in ssh_nodes:
+            sshd.write_config(s, lab_dir, loopback=True)
+            sshd.spawn_detached(
+                sshd.loopback_sshd_argv(s), pid_file=None, log_file=lab_dir / "log" / f"sshd-{s.name}.log"
+            )
+        note = None
+        if services.agent_available():
+            for svc in svcs:
+                services.start_service(svc, lab_dir)
+        else:
+            note = f"{services.AGENT_MODULE} is not installed: registry and bootstrap not started"
+        deadline = time.monotonic() + START_TIMEOUT_S
+        for s in ssh_nodes:
+            while not (
+                netns.read_pid(lab_dir / "run" / f"sshd-{s.name}.pid") and tcp_open(s.listen, s.port, 0.2)
+            ):
+                if time.monotonic() > deadline:
+                    raise LabError(
+                        f"sshd of {s.name} ({s.listen}:{s.port}) did not come up; "
+                        f"see {lab_dir / 'log' / f'sshd-{s.name}.log'}"
+                    )
+                time.sleep(0.02)
+        if note is None:
+            for svc in svcs:
+                while not _service_ready(lab_dir, svc):
+                    if time.monotonic() > deadline:
+                        raise LabError(
+                            f"{svc.kind} on {svc.node} ({svc.bind}) did not come up; "
+                            f"see {svc.log_file(lab_dir)}"
+                        )
+                    time.sleep(0.02)
+    except BaseException:
+        teardown(prefix, lab_dir)
+        raise
+    record = LabRecord(
+        prefix=prefix,
+        flavour="loopback",
+        topology=topology.name,
+        lab_dir=str(lab_dir),
+        nodes=tuple(nodes),
+        services=tuple(ServiceRecord(s.kind, s.node, s.bind, None) for s in svcs),
+        services_note=note,
+        build_seconds=round(time.monotonic() - started, 3),
+    )
+    write_yaml_atomic(lab_dir / INVENTORY_NAME, inventory_document(record))
+    record.save()
+    return record
+
+
+def _services(nodes: list[NodeRecord]) -> list[services.Service]:
+    svcs = [
+        services.Service("registry", n.name, f"{n.data_ip}:{REGISTRY_PORT}", None)
+        for n in nodes
+        if n.role == "registry"
+    ]
+    svcs += [
+        services.Service("bootstrap", n.name, f"{n.data_ip}:{BOOTSTRAP_PORT}", None)
+        for n in nodes
+        if n.role == "bootstrap"
+    ]
+    return svcs
+
+
+def _service_ready(lab_dir: Path, svc: services.Service) -> bool:
+    pid = netns.read_pid(svc.pid_file(lab_dir))
+    if pid is None:
+        return False
+    if not netns.pid_alive(pid):
+        raise LabError(f"{svc.kind} on {svc.node} exited at start; see {svc.log_file(lab_dir)}")
+    address, port = svc.bind.rsplit(":", 1)
+    kind = socket.SOCK_STREAM if svc.proto == "tcp" else socket.SOCK_DGRAM
+    return not _port_free(address, int(port), kind)
+
+
+def teardown(prefix: str, lab_dir: Path) -> list[str]:
+    """Stop every process of the loopback lab in ``lab_dir`` (recorded or not). Idempotent."""
+    check_prefix(prefix)
+    pids = set(netns.lab_processes(lab_dir))
+    run_dir = lab_dir / "run"
+    if run_dir.is_dir():
+        for f in run_dir.glob("*.pid"):
+            pid = netns.read_pid(f)
+            if pid is not None and netns.pid_alive(pid) and netns.is_lab_process(pid, lab_dir):
+                pids.add(pid)
+            f.unlink(missing_ok=True)
+    if pids:
+        netns.kill_all(pids)
+        return [f"{len(pids)} loopback lab processes"]
+    return []

@@ -1,0 +1,395 @@
+"""The netns flavour: build and remove a lab of network namespaces, veths, a bridge and nftables.
+
+:func:`build` turns a :class:`~pytest_vpstest.lab.plan.LabPlan` into kernel objects and processes;
+:func:`teardown` removes everything carrying the prefix, whether a record of it exists or not (a
+``lab up`` killed midway leaves no record), so it is also the first step of every build.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from pytest_vpstest.errors import LabError
+from pytest_vpstest.lab import nat, netns, services, sshd
+from pytest_vpstest.lab.inventory import INVENTORY_NAME, inventory_document, write_yaml_atomic
+from pytest_vpstest.lab.plan import (
+    BOOTSTRAP_PORT,
+    REGISTRY_PORT,
+    SSH_PORT,
+    LabPlan,
+    NodePlan,
+    choose_mgmt_octet,
+    make_plan,
+)
+from pytest_vpstest.lab.record import RECORD_NAME, LabRecord, NodeRecord, ServiceRecord, tcp_open
+from pytest_vpstest.lab.topology import Shaping, Topology
+
+TBF_LATENCY = "50ms"
+WORKERS = 4
+
+
+def taken_networks(prefix: str) -> list[ipaddress.IPv4Network]:
+    """IPv4 networks in use in the root namespace (routes and addresses), except lab ``prefix``'s."""
+    own = f"{prefix}-m"
+    nets: list[ipaddress.IPv4Network] = []
+    routes = json.loads(netns.run(["ip", "-j", "-4", "route", "show", "table", "all"]).stdout or "[]")
+    for r in routes:
+        dst = str(r.get("dst", ""))
+        if dst in ("", "default") or str(r.get("dev", "")).startswith(own):
+            continue
+        try:
+            nets.append(ipaddress.IPv4Network(dst, strict=False))
+        except ValueError:
+            continue
+    addrs = json.loads(netns.run(["ip", "-j", "-4", "addr", "show"]).stdout or "[]")
+    for link in addrs:
+        if str(link.get("ifname", "")).startswith(own):
+            continue
+        for a in link.get("addr_info", []):
+            nets.append(ipaddress.IPv4Network(f"{a['local']}/{a['prefixlen']}", strict=False))
+    return nets
+
+
+def pick_mgmt_octet(prefix: str) -> int:
+    return choose_mgmt_octet(prefix, taken_networks(prefix))
+
+
+# --- building ------------------------------------------------------------------------------------
+
+
+def _root_link_commands(plan: LabPlan) -> list[str]:
+    inet = plan.inet_ns
+    cmds = []
+    for n in plan.nodes:
+        if n.router_ns:
+            cmds.append(f"link add d{n.number} netns {inet} type veth peer name wan netns {n.router_ns}")
+            cmds.append(f"link add lan netns {n.router_ns} type veth peer name eth0 netns {n.ns}")
+        else:
+            cmds.append(f"link add d{n.number} netns {inet} type veth peer name eth0 netns {n.ns}")
+        cmds += [
+            f"link add {n.mgmt_host_if} type veth peer name mgmt netns {n.ns}",
+            f"link set {n.mgmt_host_if} addrgenmode none",
+            f"addr add {plan.harness_ip}/32 peer {n.mgmt_ip}/32 dev {n.mgmt_host_if}",
+            f"link set {n.mgmt_host_if} up",
+        ]
+    return cmds
+
+
+def _inet_commands(plan: LabPlan) -> list[str]:
+    cmds = ["link set lo up", "link add br0 type bridge", "link set br0 up"]
+    for n in plan.nodes:
+        cmds += [f"link set d{n.number} master br0", f"link set d{n.number} up"]
+    return cmds
+
+
+def _node_commands(plan: LabPlan, n: NodePlan) -> list[str]:
+    cmds = ["link set lo up"]
+    if n.router_ns:
+        cmds += [
+            f"addr add {n.data_ip}/24 dev eth0",
+            "link set eth0 up",
+            f"route add 198.18.0.0/24 via {n.lan_router_ip}",
+        ]
+    else:
+        cmds += [f"addr add {n.data_ip}/24 dev eth0", "link set eth0 up"]
+    cmds += [f"addr add {n.mgmt_ip}/32 peer {plan.harness_ip}/32 dev mgmt", "link set mgmt up"]
+    return cmds
+
+
+def _router_commands(n: NodePlan) -> list[str]:
+    return [
+        "link set lo up",
+        f"addr add {n.wan_ip}/24 dev wan",
+        "link set wan up",
+        f"addr add {n.lan_router_ip}/24 dev lan",
+        "link set lan up",
+    ]
+
+
+def _tbf(shaping: Shaping, dev: str) -> str:
+    return (
+        f"qdisc replace dev {dev} root tbf rate {shaping.rate_mbit:g}mbit "
+        f"burst {shaping.burst_kbit:g}kbit latency {TBF_LATENCY}"
+    )
+
+
+def _shaping_jobs(plan: LabPlan) -> list[tuple[str, list[str]]]:
+    """tc batches per namespace: shape both directions of each constrained node's data link."""
+    inet_cmds: list[str] = []
+    jobs: list[tuple[str, list[str]]] = []
+    for n in plan.nodes:
+        if n.node.shaping is None:
+            continue
+        inet_cmds.append(_tbf(n.node.shaping, f"d{n.number}"))
+        if n.router_ns:
+            jobs.append((n.router_ns, [_tbf(n.node.shaping, "wan")]))
+        else:
+            jobs.append((n.ns, [_tbf(n.node.shaping, "eth0")]))
+    if inet_cmds:
+        jobs.append((plan.inet_ns, inet_cmds))
+    return jobs
+
+
+def _ns_setup(ns: str, sysctls: dict[str, str], ruleset: str | None) -> None:
+    script = [f"sysctl -qw {k}={v}" for k, v in sysctls.items()]
+    if ruleset is not None:
+        script.append("nft -f -")
+    netns.run(["ip", "netns", "exec", ns, "sh", "-ec", "; ".join(script)], input_text=ruleset)
+
+
+def _node_ruleset(plan: LabPlan) -> str:
+    return nat.node_mgmt_ruleset(plan.harness_ip, SSH_PORT)
+
+
+def build_network(plan: LabPlan) -> None:
+    """Namespaces, links, addresses, routes, shaping and nftables of ``plan`` (no processes)."""
+    netns.ip_batch(f"netns add {ns}" for ns in plan.namespaces)
+    netns.ip_batch(_root_link_commands(plan))
+    netns.nft_load(nat.host_guard_ruleset(plan.prefix))
+    no_forward = {"net.ipv4.ip_forward": "0", "net.ipv6.conf.all.disable_ipv6": "1"}
+    jobs: list[Callable[[], None]] = [
+        lambda: netns.ip_batch(_inet_commands(plan), netns=plan.inet_ns),
+        lambda: _ns_setup(plan.inet_ns, no_forward, None),
+    ]
+    for n in plan.nodes:
+        jobs.append(lambda n=n: netns.ip_batch(_node_commands(plan, n), netns=n.ns))  # type: ignore[misc]
+        jobs.append(lambda n=n: _ns_setup(n.ns, no_forward, _node_ruleset(plan)))  # type: ignore[misc]
+        if n.router_ns:
+            router_ns = n.router_ns
+            jobs.append(lambda n=n, r=router_ns: netns.ip_batch(_router_commands(n), netns=r))  # type: ignore[misc]
+            ruleset = nat.router_ruleset(n.node.nat, f"198.19.{n.number}.0/24", n.data_ip)
+            forward = {"net.ipv4.ip_forward": "1", "net.ipv6.conf.all.disable_ipv6": "1"}
+            jobs.append(lambda r=router_ns, rs=ruleset, f=forward: _ns_setup(r, f, rs))  # type: ignore[misc]
+    _parallel(jobs)
+    _parallel(
+        [
+            lambda ns=ns, cmds=cmds: _tc_batch(ns, cmds)  # type: ignore[misc]
+            for ns, cmds in _shaping_jobs(plan)
+        ]
+    )
+
+
+def _tc_batch(ns: str, cmds: list[str]) -> None:
+    netns.run(["tc", "-n", ns, "-batch", "-"], input_text="\n".join(cmds) + "\n")
+
+
+def _parallel(jobs: list[Callable[[], None]]) -> None:
+    if not jobs:
+        return
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        for fut in [pool.submit(job) for job in jobs]:
+            fut.result()
+
+
+def prepare_node_fs(node_dir: Path) -> Path:
+    """A fresh filesystem view for a node: ``fs/opt``, ``fs/log``, ``fs/run`` (bind-mounted)."""
+    fs = node_dir / "fs"
+    if fs.exists():
+        shutil.rmtree(fs)
+    for sub, _ in sshd.NODE_MOUNTS:
+        (fs / sub).mkdir(parents=True, exist_ok=True)
+    return fs
+
+
+def ensure_mount_points() -> None:
+    """The host directories the node views are mounted over (empty on the host itself)."""
+    for _, dst in sshd.NODE_MOUNTS:
+        Path(dst).mkdir(parents=True, exist_ok=True)
+    # sshd's privilege separation directory (normally made by the init script).
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+
+
+# --- removing ------------------------------------------------------------------------------------
+
+
+def teardown(prefix: str, lab_dir: Path | None) -> list[str]:
+    """Remove every process, namespace, link and nft table of lab ``prefix``; return what was removed.
+
+    Finds things by name, so it also cleans up after a crashed or killed ``lab up``. Idempotent.
+    """
+    removed: list[str] = []
+    names = netns.namespaces(prefix)
+    inodes = {ino for ino in (netns.netns_inode(n) for n in names) if ino is not None}
+    pids = netns.pids_in(inodes) if inodes else []
+    if lab_dir is not None:
+        pids += _recorded_pids(lab_dir)
+    if pids:
+        netns.kill_all(pids)
+        removed.append(f"{len(set(pids))} processes")
+    links = netns.root_links(prefix)
+    if links:
+        # Deleting one end removes the peer; namespaces are reclaimed asynchronously otherwise.
+        netns.ip_batch(f"link del {link}" for link in links)
+        removed.append(f"{len(links)} management links")
+    if names:
+        netns.ip_batch(f"netns del {ns}" for ns in names)
+        removed.append(f"{len(names)} namespaces")
+    table = nat.host_table_name(prefix)
+    if netns.run(["nft", "list", "table", "inet", table], check=False).returncode == 0:
+        netns.run(["nft", "delete", "table", "inet", table])
+        removed.append(f"nft table inet {table}")
+    if lab_dir is not None:
+        removed += _unmount_under(lab_dir)
+    return removed
+
+
+def _recorded_pids(lab_dir: Path) -> list[int]:
+    run_dir = lab_dir / "run"
+    pids = []
+    if run_dir.is_dir():
+        for f in run_dir.glob("*.pid"):
+            pid = netns.read_pid(f)
+            if pid is not None and netns.pid_alive(pid) and netns.is_lab_process(pid, lab_dir):
+                pids.append(pid)
+            f.unlink(missing_ok=True)
+    return pids
+
+
+def _unmount_under(lab_dir: Path) -> list[str]:
+    """Unmount anything mounted from or onto the lab directory in the root mount namespace."""
+    root = str(lab_dir.resolve())
+    targets = []
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+            for line in fh:
+                mount_root, mount_point = line.split()[3:5]
+                if mount_point.startswith(root + "/") or mount_root.startswith(root + "/"):
+                    targets.append(mount_point)
+    except OSError:
+        return []
+    for t in sorted(targets, reverse=True):
+        netns.run(["umount", "-l", t], check=False)
+    return [f"mount {t}" for t in targets]
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise LabError(f"{what} did not come up within {timeout_s:.0f} s")
+        time.sleep(0.02)
+
+
+# --- the whole lab -------------------------------------------------------------------------------
+
+SSHD_START_TIMEOUT_S = 15.0
+SERVICE_START_TIMEOUT_S = 15.0
+
+
+def up(topology: Topology, prefix: str, lab_dir: Path) -> LabRecord:
+    """Build the netns lab for ``topology`` (removing any previous lab of ``prefix`` first)."""
+    started = time.monotonic()
+    teardown(prefix, lab_dir)
+    for sub in ("run", "log", "nodes"):
+        (lab_dir / sub).mkdir(parents=True, exist_ok=True)
+    for stale in (INVENTORY_NAME, RECORD_NAME):
+        (lab_dir / stale).unlink(missing_ok=True)
+    plan = make_plan(topology, prefix, pick_mgmt_octet(prefix))
+    ssh_nodes = [
+        sshd.SshdNode(name=n.name, listen=n.mgmt_ip, port=SSH_PORT, node_dir=lab_dir / "nodes" / n.name)
+        for n in plan.nodes
+    ]
+    ensure_mount_points()
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            keys = pool.submit(sshd.prepare_keys, lab_dir, ssh_nodes, prefix)
+            build_network(plan)
+            keys.result()
+        fs = {n.name: prepare_node_fs(s.node_dir) for n, s in zip(plan.nodes, ssh_nodes, strict=True)}
+        for s in ssh_nodes:
+            sshd.write_config(s, lab_dir, loopback=False)
+        _parallel(
+            [
+                lambda n=n, s=s: sshd.spawn_detached(  # type: ignore[misc]
+                    sshd.netns_sshd_argv(s, n.ns, fs[n.name]),
+                    pid_file=None,
+                    log_file=lab_dir / "log" / f"sshd-{n.name}.log",
+                )
+                for n, s in zip(plan.nodes, ssh_nodes, strict=True)
+            ]
+        )
+        service_list = _services(plan)
+        note = None
+        if services.agent_available():
+            for svc in service_list:
+                services.start_service(svc, lab_dir)
+        else:
+            note = f"{services.AGENT_MODULE} is not installed: registry and bootstrap not started"
+        for n in plan.nodes:
+            wait_for(
+                lambda n=n: _sshd_ready(lab_dir, n.name, n.mgmt_ip),  # type: ignore[misc]
+                f"sshd of {n.name} ({n.mgmt_ip}:22, log {lab_dir / 'log' / f'sshd-{n.name}.log'})",
+                SSHD_START_TIMEOUT_S,
+            )
+        if note is None:
+            for svc in service_list:
+                wait_for(
+                    lambda svc=svc: _service_ready(lab_dir, svc),  # type: ignore[misc]
+                    f"{svc.kind} on {svc.node} ({svc.bind}, log {svc.log_file(lab_dir)})",
+                    SERVICE_START_TIMEOUT_S,
+                )
+    except BaseException:
+        teardown(prefix, lab_dir)
+        raise
+    record = _record(plan, lab_dir, service_list, note, time.monotonic() - started)
+    write_yaml_atomic(lab_dir / INVENTORY_NAME, inventory_document(record))
+    record.save()
+    return record
+
+
+def _services(plan: LabPlan) -> list[services.Service]:
+    reg = plan.registry
+    svcs = [services.Service("registry", reg.name, f"{reg.data_ip}:{REGISTRY_PORT}", reg.ns)]
+    svcs += [
+        services.Service("bootstrap", b.name, f"{b.data_ip}:{BOOTSTRAP_PORT}", b.ns) for b in plan.bootstraps
+    ]
+    return svcs
+
+
+def _sshd_ready(lab_dir: Path, name: str, host: str) -> bool:
+    pid = netns.read_pid(lab_dir / "run" / f"sshd-{name}.pid")
+    return pid is not None and tcp_open(host, SSH_PORT, timeout=0.2)
+
+
+def _service_ready(lab_dir: Path, svc: services.Service) -> bool:
+    pid = netns.read_pid(svc.pid_file(lab_dir))
+    if pid is None or not netns.pid_alive(pid):
+        raise LabError(f"{svc.kind} on {svc.node} exited at start; see {svc.log_file(lab_dir)}")
+    return netns.listening(pid, svc.port, svc.proto)
+
+
+def _record(
+    plan: LabPlan, lab_dir: Path, svcs: list[services.Service], note: str | None, seconds: float
+) -> LabRecord:
+    nodes = tuple(
+        NodeRecord(
+            name=n.name,
+            role=n.node.role,
+            nat=n.node.nat,
+            data_ip=n.data_ip,
+            public_ip=n.public_ip,
+            host=n.mgmt_ip,
+            port=SSH_PORT,
+            ns=n.ns,
+            router_ns=n.router_ns,
+        )
+        for n in plan.nodes
+    )
+    return LabRecord(
+        prefix=plan.prefix,
+        flavour="netns",
+        topology=plan.topology.name,
+        lab_dir=str(lab_dir),
+        nodes=nodes,
+        services=tuple(ServiceRecord(s.kind, s.node, s.bind, s.netns) for s in svcs),
+        services_note=note,
+        mgmt_subnet=plan.mgmt_subnet,
+        harness_ip=plan.harness_ip,
+        build_seconds=round(seconds, 3),
+    )

@@ -1,0 +1,170 @@
+"""The addressing and naming plan of a netns lab: a pure function of topology, prefix and subnet.
+
+Names (everything carries the prefix, so ``lab down`` can find it after a crash)::
+
+    <prefix>-inet          namespace of the data network ("the internet"), bridge ``br0`` inside
+    <prefix>-<node>        a node's namespace
+    <prefix>-r-<node>      the NAT router in front of a NATed node
+    <prefix>-m<N>          root-namespace end of node N's management veth (node side: ``mgmt``)
+
+Addresses (node N is the node's 1-based position in the topology)::
+
+    198.18.0.N/24          data address of public node N, or WAN address of node N's router
+    198.19.N.1/24          router N's LAN side; 198.19.N.2 is the NATed node's data address
+    198.19.M.N/32          node N's management address (point-to-point to 198.19.M.254)
+    198.19.M.254           the harness's address on every management link
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import zlib
+from dataclasses import dataclass
+
+from pytest_vpstest.errors import ConfigError
+from pytest_vpstest.lab.topology import LabNode, Topology
+
+DATA_SUBNET = "198.18.0.0/24"
+DATA_PREFIXLEN = 24
+HARNESS_HOST = 254
+# Management /24s are 198.19.M.0 with M in this range (NAT LANs use 198.19.1-120.0).
+MGMT_OCTETS = range(128, 254)
+DEFAULT_PREFIX = "vps"
+PREFIX_RE = re.compile(r"[a-z][a-z0-9]{0,4}\Z")
+
+# Ports of the lab's infrastructure services.
+REGISTRY_PORT = 8080
+BOOTSTRAP_PORT = 3478
+AGENT_PORT = 9000
+SSH_PORT = 22
+
+
+def check_prefix(prefix: str) -> str:
+    """A prefix is 1-5 lowercase letters/digits, starting with a letter (IFNAMSIZ leaves 15)."""
+    if not PREFIX_RE.match(prefix):
+        raise ConfigError(
+            f"lab prefix {prefix!r} must be 1-5 lowercase letters or digits starting with a letter",
+            key="prefix",
+        )
+    return prefix
+
+
+def preferred_mgmt_octet(prefix: str) -> int:
+    """The first management /24 tried for ``prefix`` (200 for the default, spread for others)."""
+    if prefix == DEFAULT_PREFIX:
+        return 200
+    return MGMT_OCTETS.start + zlib.crc32(prefix.encode()) % len(MGMT_OCTETS)
+
+
+def choose_mgmt_octet(prefix: str, taken: list[ipaddress.IPv4Network]) -> int:
+    """The first management /24 (from the prefix's preferred one, wrapping) overlapping no route in
+    ``taken``."""
+    start = preferred_mgmt_octet(prefix)
+    span = len(MGMT_OCTETS)
+    for i in range(span):
+        octet = MGMT_OCTETS.start + (start - MGMT_OCTETS.start + i) % span
+        net = ipaddress.IPv4Network(f"198.19.{octet}.0/24")
+        if not any(net.overlaps(t) for t in taken):
+            return octet
+    raise ConfigError("no free management subnet in 198.19.128.0/17", key="prefix")
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    node: LabNode
+    number: int
+    ns: str
+    data_ip: str
+    mgmt_ip: str
+    mgmt_host_if: str
+    router_ns: str | None = None
+    wan_ip: str | None = None
+    lan_router_ip: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+    @property
+    def public_ip(self) -> str:
+        """The address other nodes see: the router's WAN address for a NATed node."""
+        return self.wan_ip or self.data_ip
+
+
+@dataclass(frozen=True)
+class LabPlan:
+    prefix: str
+    topology: Topology
+    mgmt_octet: int
+    nodes: tuple[NodePlan, ...]
+
+    @property
+    def inet_ns(self) -> str:
+        return f"{self.prefix}-inet"
+
+    @property
+    def harness_ip(self) -> str:
+        return f"198.19.{self.mgmt_octet}.{HARNESS_HOST}"
+
+    @property
+    def mgmt_subnet(self) -> str:
+        return f"198.19.{self.mgmt_octet}.0/24"
+
+    @property
+    def namespaces(self) -> tuple[str, ...]:
+        names = [self.inet_ns]
+        for n in self.nodes:
+            if n.router_ns:
+                names.append(n.router_ns)
+            names.append(n.ns)
+        return tuple(names)
+
+    def node(self, name: str) -> NodePlan:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    @property
+    def registry(self) -> NodePlan:
+        return next(n for n in self.nodes if n.node.role == "registry")
+
+    @property
+    def bootstraps(self) -> tuple[NodePlan, ...]:
+        return tuple(n for n in self.nodes if n.node.role == "bootstrap")
+
+
+def make_plan(topology: Topology, prefix: str, mgmt_octet: int) -> LabPlan:
+    """Name and address every part of the lab (see the module docstring)."""
+    check_prefix(prefix)
+    nodes = []
+    for number, node in enumerate(topology.nodes, start=1):
+        mgmt = dict(
+            mgmt_ip=f"198.19.{mgmt_octet}.{number}",
+            mgmt_host_if=f"{prefix}-m{number}",
+        )
+        if node.natted:
+            nodes.append(
+                NodePlan(
+                    node=node,
+                    number=number,
+                    ns=f"{prefix}-{node.name}",
+                    data_ip=f"198.19.{number}.2",
+                    router_ns=f"{prefix}-r-{node.name}",
+                    wan_ip=f"198.18.0.{number}",
+                    lan_router_ip=f"198.19.{number}.1",
+                    **mgmt,
+                )
+            )
+        else:
+            nodes.append(
+                NodePlan(
+                    node=node,
+                    number=number,
+                    ns=f"{prefix}-{node.name}",
+                    data_ip=f"198.18.0.{number}",
+                    **mgmt,
+                )
+            )
+    return LabPlan(prefix=prefix, topology=topology, mgmt_octet=mgmt_octet, nodes=tuple(nodes))
