@@ -120,8 +120,13 @@ class BootstrapState:
         if not isinstance(timeout, int | float) or not 0 < timeout <= 120:
             timeout = 10
         base = {"t": "punch", "session": session, "timeout": timeout}
-        to_requester = {**base, "id": rid, "peer": peer, "addr": wire.format_addr(peer_addr),
-                        "initiator": True}
+        to_requester = {
+            **base,
+            "id": rid,
+            "peer": peer,
+            "addr": wire.format_addr(peer_addr),
+            "initiator": True,
+        }
         to_peer = {**base, "peer": name, "addr": wire.format_addr(src), "initiator": False}
         return [(wire.encode(to_requester), src), (wire.encode(to_peer), peer_addr)]
 

@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_node(args.node, args.bind, args.registry, args.bootstrap, args.home)
     except OSError as exc:
-        logging.getLogger("agent").error("%s: cannot start on %s: %s", args.command,
-                                         wire.format_addr(args.bind), exc)
+        logging.getLogger("agent").error(
+            "%s: cannot start on %s: %s", args.command, wire.format_addr(args.bind), exc
+        )
         return 1

@@ -81,8 +81,12 @@ def build_request(args: argparse.Namespace) -> tuple[dict[str, Any], float]:
     """The control request for the parsed probe arguments and how long to wait for it."""
     action: str = args.action
     if action == "connect":
-        return {"action": action, "peer": args.peer, "method": args.method, "timeout": args.timeout}, \
-            args.timeout + 10
+        return {
+            "action": action,
+            "peer": args.peer,
+            "method": args.method,
+            "timeout": args.timeout,
+        }, args.timeout + 10
     if action == "publish":
         return {"action": action, "topic": args.topic}, 10
     if action == "received":

@@ -88,8 +88,9 @@ def validate_registration(body: object) -> dict[str, Any]:
     mapped_by = body.get("mapped_by", {})
     if not isinstance(mapped_by, dict) or len(mapped_by) > MAX_ADDRESSES:
         raise BadRequest("mapped_by must be an object of bootstrap → 'host:port'")
-    record["mapped_by"] = {_check_addr(k, "mapped_by key"): _check_addr(v, "mapped_by value")
-                           for k, v in mapped_by.items()}
+    record["mapped_by"] = {
+        _check_addr(k, "mapped_by key"): _check_addr(v, "mapped_by value") for k, v in mapped_by.items()
+    }
     for key in ("version", "started_at"):
         if key in body:
             value = body[key]
@@ -118,8 +119,9 @@ class RegistryState:
             if not isinstance(peers, list):
                 raise TypeError("peers is not a list")
             for peer in peers:
-                record = validate_registration({k: v for k, v in peer.items()
-                                                if k not in ("last_seen", "age_seconds")})
+                record = validate_registration(
+                    {k: v for k, v in peer.items() if k not in ("last_seen", "age_seconds")}
+                )
                 record["last_seen"] = float(peer.get("last_seen", 0))
                 self._peers[record["name"]] = record
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -153,8 +155,10 @@ class RegistryState:
     def peers(self) -> list[dict[str, Any]]:
         now = time.time()
         with self._lock:
-            return [{**p, "age_seconds": round(max(0.0, now - p["last_seen"]), 3)}
-                    for _, p in sorted(self._peers.items())]
+            return [
+                {**p, "age_seconds": round(max(0.0, now - p["last_seen"]), 3)}
+                for _, p in sorted(self._peers.items())
+            ]
 
     def count(self) -> int:
         with self._lock:
@@ -231,8 +235,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         path = urlsplit(self.path).path.rstrip("/")
         prefix = "/api/peers/"
-        if path.startswith(prefix) and wire.valid_name(path[len(prefix):]):
-            self._send(200, {"ok": True, "removed": self.server.state.remove(path[len(prefix):])})
+        if path.startswith(prefix) and wire.valid_name(path[len(prefix) :]):
+            self._send(200, {"ok": True, "removed": self.server.state.remove(path[len(prefix) :])})
         else:
             self._send(404, {"ok": False, "error": f"no such endpoint: DELETE {path or '/'}"})
 

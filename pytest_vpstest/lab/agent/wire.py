@@ -4,6 +4,7 @@ Every datagram's first byte says what it is:
 
 ``{``  a JSON control message (an object with a ``"t"`` type key)
 ``D``  bulk data: ``D`` + session (u32) + sequence (u64) + payload
+``A``  bulk data acknowledgement: ``A`` + session (u32) + highest sequence seen (u64)
 ``R``  relay request to a bootstrap: ``R`` + len(to) (u8) + to + inner datagram
 ``F``  relayed datagram from a bootstrap: ``F`` + len(from) (u8) + from + inner datagram
 
@@ -23,6 +24,7 @@ Message = dict[str, Any]
 
 KIND_JSON = 0x7B  # "{"
 KIND_DATA = 0x44  # "D"
+KIND_ACK = 0x41  # "A"
 KIND_RELAY = 0x52  # "R"
 KIND_FORWARD = 0x46  # "F"
 
@@ -101,6 +103,18 @@ def relay_overhead(name: str) -> int:
 
 def data_header(session: int, seq: int) -> bytes:
     return DATA_HEADER.pack(b"D", session, seq)
+
+
+def data_ack(session: int, highest_seq: int) -> bytes:
+    return DATA_HEADER.pack(b"A", session, highest_seq)
+
+
+def parse_ack(data: bytes) -> tuple[int, int] | None:
+    """(session, highest sequence seen) of a bulk data acknowledgement."""
+    if len(data) != DATA_HEADER.size or data[:1] != b"A":
+        return None
+    _, session, seq = DATA_HEADER.unpack(data)
+    return session, seq
 
 
 def parse_data(data: bytes) -> tuple[int, int, int] | None:
