@@ -59,9 +59,7 @@ def nat_group_key(a: str, b: str) -> str:
 def peer_nodes(inventory: Inventory, *, include_bootstraps: bool = True) -> tuple[Node, ...]:
     """Nodes that take part in P2P tests: everything but the registry (monitoring only)."""
     return tuple(
-        n
-        for n in inventory.nodes
-        if n.role != "registry" and (include_bootstraps or n.role != "bootstrap")
+        n for n in inventory.nodes if n.role != "registry" and (include_bootstraps or n.role != "bootstrap")
     )
 
 

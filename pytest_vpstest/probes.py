@@ -274,16 +274,44 @@ class ProbeRunner:
             try:
                 outcome = self.transport.run(node, command, limit + self.grace)
             except Exception as exc:  # a transport failure is a failed attempt, not a crash
-                return ProbeResult(action, node, command, None, "", "", time.monotonic() - start,
-                                   error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+                return ProbeResult(
+                    action,
+                    node,
+                    command,
+                    None,
+                    "",
+                    "",
+                    time.monotonic() - start,
+                    error=f"{type(exc).__name__}: {exc}".splitlines()[0],
+                )
         if outcome.timed_out:
-            return ProbeResult(action, node, command, outcome.exit_code, outcome.stdout, outcome.stderr,
-                               outcome.duration, True, None, f"timed out after {limit + self.grace:g}s")
+            return ProbeResult(
+                action,
+                node,
+                command,
+                outcome.exit_code,
+                outcome.stdout,
+                outcome.stderr,
+                outcome.duration,
+                True,
+                None,
+                f"timed out after {limit + self.grace:g}s",
+            )
         data, error = parse_output(action, outcome.stdout)
         if error is not None and outcome.exit_code not in (0, None):
             error = f"exit {outcome.exit_code}, {error}"
-        return ProbeResult(action, node, command, outcome.exit_code, outcome.stdout, outcome.stderr,
-                           outcome.duration, False, data, error)
+        return ProbeResult(
+            action,
+            node,
+            command,
+            outcome.exit_code,
+            outcome.stdout,
+            outcome.stderr,
+            outcome.duration,
+            False,
+            data,
+            error,
+        )
 
     # Convenience wrappers, one per action of the contract.
     def status(self, node: str, timeout: float | None = None) -> ProbeResult:
@@ -291,8 +319,15 @@ class ProbeRunner:
 
     def connect(self, node: str, peer: str, method: str, timeout: float | None = None) -> ProbeResult:
         p = self.inventory.node(peer)
-        return self.run("connect", node, timeout=timeout, hold=(peer,), peer=peer, method=method,
-                        peer_address=p.p2p_address or p.host)
+        return self.run(
+            "connect",
+            node,
+            timeout=timeout,
+            hold=(peer,),
+            peer=peer,
+            method=method,
+            peer_address=p.p2p_address or p.host,
+        )
 
     def publish(self, node: str, topic: str, timeout: float | None = None) -> ProbeResult:
         return self.run("gossip_publish", node, timeout=timeout, topic=topic)
@@ -303,8 +338,15 @@ class ProbeRunner:
     def throughput(self, node: str, peer: str, seconds: float, timeout: float | None = None) -> ProbeResult:
         p = self.inventory.node(peer)
         limit = timeout if timeout is not None else seconds + self.default_timeout
-        return self.run("throughput", node, timeout=limit, hold=(peer,), peer=peer,
-                        peer_address=p.p2p_address or p.host, seconds=_num_text(seconds))
+        return self.run(
+            "throughput",
+            node,
+            timeout=limit,
+            hold=(peer,),
+            peer=peer,
+            peer_address=p.p2p_address or p.host,
+            seconds=_num_text(seconds),
+        )
 
     def crdt(self, node: str, amount: int, timeout: float | None = None) -> ProbeResult:
         return self.run("crdt", node, timeout=timeout, amount=amount)

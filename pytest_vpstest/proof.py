@@ -200,18 +200,27 @@ def prometheus_text(metrics: Mapping[str, float], labels: Mapping[str, str]) -> 
     return "\n".join(lines) + "\n"
 
 
-def write_metrics(run_dir: Path, metrics: Mapping[str, float], test_results: Mapping[str, Any],
-                  labels: Mapping[str, str]) -> dict[str, str]:
+def write_metrics(
+    run_dir: Path, metrics: Mapping[str, float], test_results: Mapping[str, Any], labels: Mapping[str, str]
+) -> dict[str, str]:
     json_path = run_dir / "metrics.json"
     prom_path = run_dir / "metrics.prom"
-    write_json_atomic(json_path, {"schema_version": 1, "labels": dict(labels), "metrics": dict(metrics),
-                                  "test_results": dict(test_results)})
+    write_json_atomic(
+        json_path,
+        {
+            "schema_version": 1,
+            "labels": dict(labels),
+            "metrics": dict(metrics),
+            "test_results": dict(test_results),
+        },
+    )
     prom_path.write_text(prometheus_text(metrics, labels), encoding="utf-8")
     return {"Metrics": str(json_path), "Prometheus": str(prom_path)}
 
 
-def write_connection_report(run_dir: Path, pairs: Sequence[Mapping[str, Any]],
-                            failures: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+def write_connection_report(
+    run_dir: Path, pairs: Sequence[Mapping[str, Any]], failures: Sequence[Mapping[str, Any]]
+) -> dict[str, str]:
     """The per-pair connection report: every pair's numbers plus the raw evidence of failed attempts."""
     path = run_dir / "evidence" / "connections.json"
     write_json_atomic(path, {"schema_version": 1, "pairs": list(pairs), "failed_attempts": list(failures)})

@@ -9,17 +9,24 @@ exactly the numbers of a serial run.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import math
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pytest_vpstest.criteria import flatten_metrics, rate, wilson_interval
+import pytest
+
+from pytest_vpstest.criteria import Check, Verdict, flatten_metrics, rate, wilson_interval
 from pytest_vpstest.pairs import CATEGORIES
+
+if TYPE_CHECKING:
+    from pytest_vpstest.fixtures import RunContext
 
 MEASUREMENT_KEY = "vpstest"
 NODES_KEY = "vpstest.nodes"
@@ -216,7 +223,9 @@ def pair_rows(measurements: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]
     return rows
 
 
-def build_test_results(measurements: list[Mapping[str, Any]], passed: bool, last_run: str) -> dict[str, Any]:
+def build_test_results(
+    measurements: Sequence[Mapping[str, Any]], passed: bool, last_run: str
+) -> dict[str, Any]:
     """The seed's ``test_results`` section."""
     return {"last_run": last_run, "passed": passed, "suites": aggregate(measurements)}
 
@@ -258,3 +267,321 @@ def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+# --------------------------------------------------------------------------------------------
+# The end of a run (controller only): verdict, results.json, state file, history, evidence, proof
+
+
+@dataclass
+class RunOutcome:
+    verdict: Verdict
+    results: dict[str, Any]
+    results_path: Path
+    proof_path: Path | None = None
+    lines: list[str] = field(default_factory=list)
+
+
+def _targets(run: RunContext) -> dict[str, dict[str, float]]:
+    return {
+        k.replace("-", "_"): dict(v.success_criteria)
+        for k, v in run.project_config.tests
+        if v.success_criteria
+    }
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def finish_run(config: pytest.Config, run: RunContext, collector: Collector) -> RunOutcome:
+    """Judge the run and record it everywhere it belongs; never raises for a recording problem
+    (a failed step becomes a warning line, the verdict still decides the exit status)."""
+    from pytest_vpstest.criteria import CriteriaSpec, judge
+    from pytest_vpstest.errors import CriteriaError
+
+    finished = time.time()
+    counts = collector.counts()
+    measurements = collector.measurements()
+    suites = aggregate(measurements)
+    suites_run = tuple(s for s in SUITE_OF_FOCUS["full-suite"] if s in suites)
+    metrics = metrics_of({"suites": suites}, counts)
+    lines: list[str] = []
+    previous = _previous_metrics(run, lines) if run.criteria == "improvement" else None
+    spec = CriteriaSpec(
+        run.criteria, run.criteria_expr, _targets(run), run.project_config.soak.regression_tolerance
+    )
+    try:
+        verdict = judge(spec, metrics, suites_run, previous)
+    except CriteriaError as exc:
+        bad = Check(run.criteria_expr or run.criteria, "is", None, None, False, str(exc))
+        verdict = Verdict(False, run.criteria, (bad,), (str(exc),), run.criteria_expr)
+    pairs = pair_rows(measurements)
+    test_results = build_test_results(measurements, verdict.passed, _iso(finished))
+    evidence = _write_evidence(config, run, metrics, test_results, pairs, measurements, lines)
+    results_path = run.results_json or run.run_dir / "results.json"
+    document: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run.run_id,
+        "project": run.project,
+        "focus": run.focus,
+        "criteria": run.criteria,
+        "started_at": _iso(run.started_at),
+        "finished_at": _iso(finished),
+        "passed": verdict.passed,
+        "verdict": verdict.to_json(),
+        "tests": counts,
+        "metrics": metrics,
+        "test_results": test_results,
+        "pairs": pairs,
+        "evidence": evidence,
+        "config": str(run.config_path),
+        "inventory": str(run.inventory_path),
+        "reproduce": run.reproduce(),
+    }
+    write_json_atomic(results_path, document)
+    lines.append(f"results: {results_path}")
+    state = _merge_state(run, test_results, lines)
+    _record_history(run, collector, document, finished, lines)
+    from pytest_vpstest.proof import ProofInput, fix_commits_of, write_proof
+
+    tested = sorted(
+        {n for t in collector.vps_tests for n in t.nodes},
+        key=lambda n: run.inventory.names.index(n) if n in run.inventory.names else 1 << 30,
+    )
+    proof_path = write_proof(
+        run.project_dir,
+        ProofInput(
+            project=run.project,
+            started_at=run.started_at,
+            finished_at=finished,
+            verdict=verdict,
+            focus=run.focus,
+            evidence={"Results": str(results_path), **evidence},
+            fix_commits=fix_commits_of(state),
+            nodes_tested=tested,
+            inventory=run.inventory,
+            pairs=pairs,
+            run_id=run.run_id,
+            reproduce=run.reproduce(),
+        ),
+    )
+    lines.append(f"proof: {proof_path}")
+    config.hook.pytest_vpstest_results(run=run, results=document)
+    return RunOutcome(verdict, document, results_path, proof_path, lines)
+
+
+def _write_evidence(
+    config: pytest.Config,
+    run: RunContext,
+    metrics: Mapping[str, float],
+    test_results: Mapping[str, Any],
+    pairs: list[dict[str, Any]],
+    measurements: list[dict[str, Any]],
+    lines: list[str],
+) -> dict[str, str]:
+    from pytest_vpstest.proof import collect_logs, write_connection_report, write_metrics
+
+    proof = run.proof or "metrics"
+    evidence: dict[str, str] = {}
+    if proof in ("metrics", "all-evidence"):
+        labels = {"project": run.project, "run_id": run.run_id, "focus": run.focus}
+        evidence.update(write_metrics(run.run_dir, metrics, test_results, labels))
+    if proof in ("all-evidence",):
+        failures = [f | {"test": m.get("test")} for m in measurements for f in m.get("failures", [])]
+        evidence.update(write_connection_report(run.run_dir, pairs, failures))
+    if proof in ("logs", "all-evidence"):
+        try:
+            pool = config.hook.pytest_vpstest_make_pool(
+                inventory=run.inventory, project_config=run.project_config
+            )
+        except Exception as exc:
+            lines.append(f"warning: logs not collected: {type(exc).__name__}: {exc}")
+        else:
+            try:
+
+                def fetch(node: Any) -> str:
+                    text = config.hook.pytest_vpstest_fetch_logs(run=run, pool=pool, node=node.name)
+                    return str(text or "")
+
+                evidence.update(collect_logs(run.inventory.nodes, fetch, run.project_dir / "logs"))
+            finally:
+                pool.close_all()
+    if proof == "manual-verify":
+        evidence["Manual verification"] = "requested: inspect the matrix and the results file"
+    return evidence
+
+
+def _merge_state(run: RunContext, test_results: dict[str, Any], lines: list[str]) -> dict[str, Any] | None:
+    """Merge ``test_results`` into the project's state file through the store's lease.
+
+    Skipped under the loop (``VPSTEST_RUNNER_TOKEN`` set: the loop holds the lease and merges).
+    """
+    from pytest_vpstest.errors import LeaseHeldError, StateError
+    from pytest_vpstest.store import StateStore
+
+    store = StateStore(run.state_dir, run.project)
+    if os.environ.get("VPSTEST_RUNNER_TOKEN"):
+        lines.append("state: left to the running loop (VPSTEST_RUNNER_TOKEN is set)")
+        return store.load()
+    try:
+        lease = store.acquire()
+    except LeaseHeldError as exc:
+        lines.append(f"warning: state file not updated: {exc}")
+        return store.load()
+    except StateError as exc:
+        lines.append(f"warning: state file not updated: {exc}")
+        return None
+    try:
+        document = store.load() or {
+            "project": run.project,
+            "state": "IDLE",
+            "phase": None,
+            "timestamps": {},
+            "counters": {},
+            "commits": [],
+            "nodes": {},
+            "logs": [],
+        }
+        document = dict(document)
+        for key in ("schema_version", "fencing_token", "last_seq"):
+            document.pop(key, None)
+        document["test_results"] = test_results
+        timestamps = dict(document.get("timestamps") or {})
+        timestamps["last_test_at"] = test_results["last_run"]
+        document["timestamps"] = timestamps
+        store.update(lease, document)
+        lines.append(f"state: {store.state_path}")
+        return document
+    except StateError as exc:
+        lines.append(f"warning: state file not updated: {exc}")
+        return None
+    finally:
+        store.release(lease)
+
+
+def _history_path(run: RunContext) -> Path:
+    return run.state_dir / "history.sqlite"
+
+
+def _previous_metrics(run: RunContext, lines: list[str]) -> dict[str, float] | None:
+    try:
+        history_mod = importlib.import_module("pytest_vpstest.history")
+    except ImportError:
+        lines.append("warning: no history module: improvement judged as a first run")
+        return None
+    previous = history_mod.History(_history_path(run)).previous_run(run.project, run.focus)
+    return _metrics_of_previous(previous)
+
+
+def _metrics_of_previous(previous: Any) -> dict[str, float] | None:
+    if previous is None:
+        return None
+    if isinstance(previous, Mapping):
+        raw = previous.get("verdict_json")
+    else:
+        raw = getattr(previous, "verdict_json", None)
+    if isinstance(raw, str):
+        raw = json.loads(raw)
+    if isinstance(raw, Mapping) and isinstance(raw.get("metrics"), Mapping):
+        return {str(k): float(v) for k, v in raw["metrics"].items()}
+    return None
+
+
+def _record_history(
+    run: RunContext, collector: Collector, document: Mapping[str, Any], finished: float, lines: list[str]
+) -> None:
+    try:
+        history_mod = importlib.import_module("pytest_vpstest.history")
+    except ImportError:
+        lines.append("warning: history not recorded (no history module)")
+        return
+    rows = node_rows(collector, run.inventory.names)
+    verdict = dict(document["verdict"]) | {"metrics": document["metrics"]}
+    try:
+        history_mod.History(_history_path(run)).record_run(
+            run_id=run.run_id,
+            project=run.project,
+            focus=run.focus,
+            criteria=run.criteria,
+            started_at=document["started_at"],
+            finished_at=document["finished_at"],
+            passed=bool(document["passed"]),
+            verdict=verdict,
+            loop_state=os.environ.get("VPSTEST_LOOP_STATE"),
+            hosts={
+                n: {
+                    "passed": r["passed"],
+                    "failed": r["failed"],
+                    "exit_code": 1 if r["failed"] else 0,
+                    "output": "\n".join(r["output"]),
+                }
+                for n, r in rows.items()
+            },
+            metrics=[(s, c, n, v) for s, c, n, v in _metric_rows(document["test_results"]["suites"])],
+        )
+        lines.append(f"history: {_history_path(run)}")
+    except Exception as exc:  # history is a record, not the verdict
+        lines.append(f"warning: history not recorded: {type(exc).__name__}: {exc}")
+
+
+def _metric_rows(suites: Mapping[str, Any]) -> list[tuple[str, str, str, float]]:
+    """(suite, category, name, value) rows: ``connectivity, direct, rate, 98.6``."""
+    rows: list[tuple[str, str, str, float]] = []
+    for suite, body in suites.items():
+        for name, value in flatten_metrics(body).items():
+            category, _, leaf = name.rpartition(".")
+            rows.append((suite, category, leaf, value))
+    return rows
+
+
+def html_summary(collector: Collector, run: RunContext) -> list[str]:
+    """HTML fragments for pytest-html's summary: the connectivity matrix and the per-pair table."""
+    from html import escape
+
+    from pytest_vpstest.proof import render_matrix
+
+    pairs = pair_rows(collector.measurements())
+    if not pairs:
+        return []
+    matrix = render_matrix(pairs, run.inventory.names)
+    parts = [
+        f"<h2>pytest-vpstest: connectivity matrix (run {escape(run.run_id)})</h2>",
+        f"<pre>{escape(matrix)}</pre>",
+        "<h3>Per-pair measurements</h3><table>",
+        "<tr><th>suite</th><th>from</th><th>to</th><th>method</th><th>success</th><th>rate</th>"
+        "<th>Mbps</th><th>iperf3</th></tr>",
+    ]
+    for r in pairs:
+        mbps = r.get("mbps") or []
+        avg = f"{sum(mbps) / len(mbps):.1f}" if mbps else ""
+        parts.append(
+            "<tr>"
+            + "".join(
+                f"<td>{escape(str(x))}</td>"
+                for x in (
+                    r["suite"],
+                    r["from"],
+                    r["to"],
+                    r["method"],
+                    f"{r.get('success', '')}/{r.get('attempts', '')}",
+                    r.get("rate", ""),
+                    avg,
+                    r.get("iperf3_mbps") or "",
+                )
+            )
+            + "</tr>"
+        )
+    parts.append("</table>")
+    return parts
+
+
+def html_extras(user_properties: Iterable[tuple[str, object]]) -> list[dict[str, Any]]:
+    """pytest-html extras for one test: its measurement as JSON."""
+    for key, value in user_properties:
+        if key == MEASUREMENT_KEY and isinstance(value, str):
+            from pytest_html import extras
+
+            extra: dict[str, Any] = extras.json(json.loads(value), name="vpstest measurement")
+            return [extra]
+    return []

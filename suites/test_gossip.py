@@ -1,0 +1,133 @@
+"""Gossip: broadcast delivery, propagation latency and duplicates; CRDT convergence.
+
+Some nodes publish one message each; every other peer node is asked whether it received it
+(polled until the suite timeout). Recorded: delivery ratio, latency p50/p95/max, duplicates.
+Then every node increments a grow-only counter by a distinct amount and all nodes must converge
+on the same digest with value = baseline + the sum of the increments.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from pytest_vpstest.fixtures import RunContext, parametrize, skip_if_not_deployed
+from pytest_vpstest.pairs import gossip_publishers, peer_nodes
+from suites._support import describe
+
+pytestmark = [pytest.mark.vps_suite("gossip"), pytest.mark.soak]
+
+POLL_SECONDS = 0.25
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    def publishers(run: RunContext) -> list[str]:
+        count = int(run.suite_extra("gossip", "publishers", 2))
+        return [n.name for n in gossip_publishers(run.inventory, count)]
+
+    parametrize(metafunc, "publisher", publishers, lambda n: f"{n}[publish]")
+
+
+def test_broadcast(publisher: str, probe: Any, vps_run: RunContext, vps_record: Any) -> None:
+    skip_if_not_deployed(vps_run, publisher)
+    settings = vps_run.suite("gossip")
+    receivers = [n.name for n in peer_nodes(vps_run.inventory) if n.name != publisher]
+    topic = f"vpstest-{vps_run.run_id}"
+    published = probe.publish(publisher, topic, settings.timeout_seconds)
+    if not published.ok:
+        vps_record(
+            {
+                "suite": "gossip",
+                "kind": "delivery",
+                "publisher": publisher,
+                "expected": len(receivers),
+                "delivered": 0,
+                "latencies_ms": [],
+                "duplicates": 0,
+                "missing": receivers,
+                "failures": [published.evidence()],
+            },
+            nodes=(publisher,),
+        )
+        pytest.fail(f"{publisher}: publish failed\n{describe([published])}", pytrace=False)
+    message_id = str(published.get("message_id"))
+    deadline = time.monotonic() + settings.timeout_seconds
+    pending = set(receivers)
+    latencies: dict[str, float] = {}
+    duplicates = 0
+    last: dict[str, Any] = {}
+    while pending and time.monotonic() < deadline:
+        for name in sorted(pending):
+            r = probe.received(name, message_id, settings.timeout_seconds)
+            last[name] = r
+            if r.ok and r.get("received") is True:
+                pending.discard(name)
+                latency = r.get("latency_ms")
+                if isinstance(latency, int | float):
+                    latencies[name] = float(latency)
+                duplicates += int(r.get("duplicates") or 0)
+        if pending:
+            time.sleep(POLL_SECONDS)
+    delivered = len(receivers) - len(pending)
+    vps_record(
+        {
+            "suite": "gossip",
+            "kind": "delivery",
+            "publisher": publisher,
+            "message_id": message_id,
+            "expected": len(receivers),
+            "delivered": delivered,
+            "latencies_ms": [latencies[n] for n in sorted(latencies)],
+            "duplicates": duplicates,
+            "missing": sorted(pending),
+            "failures": [last[n].evidence() for n in sorted(pending) if n in last][:3],
+        },
+        nodes=(publisher, *receivers),
+        delivered=f"{delivered}/{len(receivers)}",
+    )
+
+
+def test_crdt_convergence(probe: Any, vps_run: RunContext, vps_record: Any) -> None:
+    nodes = [n.name for n in peer_nodes(vps_run.inventory)]
+    skip_if_not_deployed(vps_run, *nodes)
+    if len(nodes) < 2:
+        pytest.skip("CRDT convergence needs at least two peer nodes")
+    settings = vps_run.suite("gossip")
+    before = {n: probe.crdt(n, 0, settings.timeout_seconds) for n in nodes}
+    bad = [r for r in before.values() if not r.ok]
+    if bad:
+        pytest.fail(f"CRDT read failed on {len(bad)} node(s)\n{describe(bad)}", pytrace=False)
+    baseline = max(int(r.get("value")) for r in before.values())
+    increments = {n: i + 1 for i, n in enumerate(nodes)}
+    for n, amount in increments.items():
+        r = probe.crdt(n, amount, settings.timeout_seconds)
+        if not r.ok:
+            pytest.fail(f"{n}: CRDT increment failed\n{describe([r])}", pytrace=False)
+    expected = baseline + sum(increments.values())
+    deadline = time.monotonic() + max(settings.timeout_seconds, 5.0)
+    while True:
+        now = {n: probe.crdt(n, 0, settings.timeout_seconds) for n in nodes}
+        values = {n: r.get("value") for n, r in now.items()}
+        digests = {n: r.get("digest") for n, r in now.items()}
+        converged = (
+            all(r.ok for r in now.values())
+            and len(set(digests.values())) == 1
+            and all(v == expected for v in values.values())
+        )
+        if converged or time.monotonic() >= deadline:
+            break
+        time.sleep(POLL_SECONDS)
+    vps_record(
+        {
+            "suite": "gossip",
+            "kind": "crdt",
+            "expected": expected,
+            "values": values,
+            "digests": digests,
+            "converged": converged,
+        },
+        nodes=tuple(nodes),
+        converged=str(converged),
+    )

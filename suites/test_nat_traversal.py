@@ -1,0 +1,62 @@
+"""NAT traversal: hole punches between pairs with at least one NATed side, grouped by NAT-type pair.
+
+K attempts per ordered pair with a cool-off between attempts (``tests.nat_traversal.nat_cooloff_seconds``)
+so a NAT mapping from the previous attempt does not help the next. A punch counts only when the
+connection ends on a direct path; a punch reported as relayed fails the test. Per group: attempts,
+success, rate and a 95% Wilson interval.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from pytest_vpstest.fixtures import RunContext, parametrize, skip_if_not_deployed
+from pytest_vpstest.pairs import Pair, nat_traversal_pairs
+from suites._support import connected, describe, failure_evidence, rtts
+
+pytestmark = [pytest.mark.vps_suite("nat_traversal"), pytest.mark.needs_nat, pytest.mark.soak]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    parametrize(metafunc, "pair", lambda run: nat_traversal_pairs(run.inventory), lambda p: p.id)
+
+
+def test_hole_punch(pair: Pair, probe: Any, vps_run: RunContext, vps_record: Any) -> None:
+    skip_if_not_deployed(vps_run, pair.src, pair.dst)
+    settings = vps_run.suite("nat_traversal")
+    attempts = vps_run.attempts_for("nat_traversal")
+    results = []
+    for i in range(attempts):
+        if i:
+            time.sleep(settings.nat_cooloff_seconds)
+        results.append(probe.connect(pair.src, pair.dst, "holepunch", settings.timeout_seconds))
+    success = sum(connected(r, "holepunch") for r in results)
+    vps_record(
+        {
+            "suite": "nat_traversal",
+            "src": pair.src,
+            "dst": pair.dst,
+            "method": "holepunch",
+            "group": pair.nat_group,
+            "attempts": attempts,
+            "success": success,
+            "paths": [r.get("path") for r in results],
+            "rtt_ms": rtts(results),
+            "failures": failure_evidence(results, "holepunch"),
+        },
+        nodes=(pair.src, pair.dst),
+        nat_group=pair.nat_group,
+        success=f"{success}/{attempts}",
+    )
+    if not any(r.valid for r in results):
+        pytest.fail(f"{pair.id}: the probe never gave a valid answer\n{describe(results)}", pytrace=False)
+    relayed = [r for r in results if r.ok and r.get("path") != "direct"]
+    if relayed:
+        pytest.fail(
+            f"{pair.id} ({pair.nat_group}): punched connection reported path "
+            f"{relayed[0].get('path')!r}, not direct\n{describe(results)}",
+            pytrace=False,
+        )
