@@ -301,6 +301,7 @@ class StateStore:
                     "expired" if holder.expired(now) else "holder exited",
                 )
             token = max(last_token, self._token_floor()) + 1
+            self._remove_orphaned_temp_files()
             info = LeaseInfo(
                 project=self.project,
                 token=token,
@@ -480,6 +481,12 @@ class StateStore:
             yield
         finally:
             os.close(fd)
+
+    def _remove_orphaned_temp_files(self) -> None:
+        """Delete temp files of writes a crashed writer never renamed into place. Call under the lock."""
+        for leftover in self.directory.glob(".*.json.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
 
     def _note(self, message: str) -> None:
         self.recovered.append(message)
