@@ -156,7 +156,12 @@ def _service_ready(lab_dir: Path, svc: services.Service) -> bool:
 def teardown(prefix: str, lab_dir: Path) -> list[str]:
     """Stop every process of the loopback lab in ``lab_dir`` (recorded or not). Idempotent."""
     check_prefix(prefix)
-    pids = set(netns.lab_processes(lab_dir))
+    # Services are found by the loopback addresses they bind (127.A.0.N belongs to this prefix).
+    services_marker = f"{services.AGENT_MODULE} registry --bind 127.{loopback_octet(prefix)}.0."
+    bootstrap_marker = services_marker.replace(" registry ", " bootstrap ")
+    pids = set(netns.lab_processes(lab_dir)) | set(
+        netns.processes_matching((services_marker, bootstrap_marker))
+    )
     run_dir = lab_dir / "run"
     if run_dir.is_dir():
         for f in run_dir.glob("*.pid"):

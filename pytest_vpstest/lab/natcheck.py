@@ -22,6 +22,7 @@ classifier prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import secrets
 import selectors
@@ -99,10 +100,8 @@ def _handle(
 
 def _send(sock: socket.socket, msg: dict[str, Any], endpoint: str) -> None:
     host, port = endpoint.rsplit(":", 1)
-    try:
+    with contextlib.suppress(OSError, ValueError):
         sock.sendto(json.dumps(msg).encode(), (host, int(port)))
-    except (OSError, ValueError):
-        pass
 
 
 # --- classifier ----------------------------------------------------------------------------------
@@ -150,13 +149,14 @@ def _udp_socket(bind: str) -> socket.socket:
 
 
 def classify(
-    server: str, alt_server: str, ports: tuple[int, int] = DEFAULT_PORTS, bind: str = "0.0.0.0"
-) -> Classification:  # noqa: S104
+    server: str, alt_server: str, ports: tuple[int, int] = DEFAULT_PORTS, bind: str = ""
+) -> Classification:
     """Discover the mapping and filtering behaviour of the NAT between us and the reflectors."""
     a1, b1, b2 = (server, ports[0]), (alt_server, ports[0]), (alt_server, ports[1])
     mapped: dict[str, str] = {}
     with _udp_socket(bind) as s:
-        local = "%s:%d" % s.getsockname()
+        host, port = s.getsockname()
+        local = f"{host}:{port}"
         for dest in (a1, b1, b2):
             answer = _ask(s, dest, "same", ATTEMPTS)
             if answer is None:

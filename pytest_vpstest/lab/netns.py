@@ -185,13 +185,19 @@ def is_lab_process(pid: int, lab_dir: Path) -> bool:
     return any(root in a or a == "pytest_vpstest.lab.agent" for a in args)
 
 
-def lab_processes(lab_dir: Path) -> list[int]:
-    """Processes whose command line names a file in ``lab_dir`` (e.g. ``sshd -f <lab>/nodes/...``)."""
-    root = str(lab_dir) + "/"
+def processes_matching(markers: tuple[str, ...]) -> list[int]:
+    """Processes whose command line (joined by spaces) contains one of ``markers``."""
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
-        if any(a.startswith(root) for a in cmdline(int(entry.name))):
+        line = " ".join(cmdline(int(entry.name)))
+        if any(m in line for m in markers):
             found.append(int(entry.name))
     return found
+
+
+def lab_processes(lab_dir: Path) -> list[int]:
+    """The sshds of ``lab_dir``, found by their command line (``sshd -D -f <lab>/nodes/...``), which
+    sshd keeps in its rewritten process title too."""
+    return processes_matching((f"sshd -D -f {lab_dir}/nodes/",))
