@@ -169,7 +169,7 @@ DEFAULT_TARGETS: dict[str, dict[str, float]] = {
 
 
 def _target_metric(suite: str, key: str, metrics: Mapping[str, float]) -> str:
-    base = f"{metric_key(suite)}.{metric_key(key)}"
+    base = ".".join(metric_key(part) for part in (suite, *key.split(".")))
     return f"{base}.rate" if f"{base}.rate" in metrics else base
 
 
@@ -513,15 +513,22 @@ def evaluate(node: Node, metrics: Mapping[str, float], expression: str | None = 
     return _eval(node, metrics, expression if expression is not None else render(node))
 
 
+def _start(node: Node) -> int:
+    """Column where the text of ``node`` starts (its leftmost operand)."""
+    if isinstance(node, Arith | Compare | BoolOp):
+        return _start(node.left)
+    return node.col
+
+
 def _num(value: float | bool, node: Node, src: str) -> float:
     if isinstance(value, bool):
-        raise _error(src, node.col, "expected a number, got a condition")
+        raise _error(src, _start(node), "expected a number, got a condition")
     return value
 
 
 def _as_bool(value: float | bool, node: Node, src: str | None = None) -> bool:
     if not isinstance(value, bool):
-        raise _error(src or render(node), node.col, "expected a condition (a comparison), got a number")
+        raise _error(src or render(node), _start(node), "expected a condition (a comparison), got a number")
     return value
 
 

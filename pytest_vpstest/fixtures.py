@@ -239,8 +239,12 @@ def probe(vps_run: RunContext, deployment: dict[str, Any], node_pool: Any) -> An
     def values_for(name: str) -> dict[str, object]:
         n = vps_run.inventory.node(name)
         install = n.install_path or cfg.deploy.install_path
-        bin_path = (deployed.get(name) or {}).get("bin") or binary_path(cfg, install)
-        return {"bin": bin_path, "install_path": install, "log_dir": n.log_dir or "/var/log/vpstest"}
+        info = deployed.get(name) or {}
+        return {
+            "bin": info.get("bin") or binary_path(cfg, install),
+            "install_path": info.get("install_path") or install,
+            "log_dir": info.get("log_dir") or n.log_dir or install.rstrip("/") + "/logs",
+        }
 
     return ProbeRunner(
         transport=node_pool,
@@ -351,8 +355,11 @@ def default_build(run: RunContext) -> dict[str, Any]:
 def default_deploy(run: RunContext, pool: Any, artifact: str | None) -> dict[str, Any]:
     """Deploy with ``deploy.deploy`` and summarise per node; fewer than half deployed is not ok."""
     deploy_mod = importlib.import_module("pytest_vpstest.deploy")
-    if artifact is None and run.project_config.build is not None and run.project_config.build.artifact:
-        artifact = str(run.project_config.workspace / run.project_config.build.artifact)
+    from pytest_vpstest.errors import DeployError
+
+    cfg = run.project_config
+    if artifact is None and cfg.build is not None and cfg.build.artifact:
+        artifact = str(cfg.workspace / cfg.build.artifact)
     if artifact is None:
         return {
             "ok": False,
@@ -360,32 +367,24 @@ def default_deploy(run: RunContext, pool: Any, artifact: str | None) -> dict[str
             "deployed": {},
             "failed": {},
         }
-    report = deploy_mod.deploy(pool, run.inventory, run.project_config, Path(artifact))
-    from pytest_vpstest.probes import binary_path
-
+    lines: list[str] = []
+    try:
+        report = deploy_mod.deploy(pool, run.inventory, cfg, Path(artifact), log=lines.append)
+        ok = True
+    except DeployError as exc:
+        report = getattr(exc, "report", None)
+        if report is None:
+            return {"ok": False, "error": str(exc), "deployed": {}, "failed": {}, "log": lines}
+        ok = False
     deployed: dict[str, dict[str, Any]] = {}
     failed: dict[str, str] = {}
-    per_node = getattr(report, "nodes", None) or getattr(report, "results", None) or {}
-    items = (
-        per_node.items()
-        if isinstance(per_node, Mapping)
-        else [(getattr(r, "node", "?"), r) for r in per_node]
-    )
-    for name, r in items:
-        name = str(getattr(name, "name", name))
-        if getattr(r, "ok", False):
-            n = run.inventory.node(name)
-            default_bin = binary_path(
-                run.project_config, n.install_path or run.project_config.deploy.install_path
-            )
-            deployed[name] = {
-                "bin": str(getattr(r, "bin_path", None) or getattr(r, "path", None) or default_bin)
-            }
+    for name, d in report.per_node.items():
+        if d.ok:
+            plan = deploy_mod.plan_node(run.inventory.node(name), cfg, Path(artifact))
+            deployed[name] = {"bin": plan.binary, "install_path": plan.install_path, "log_dir": plan.log_dir}
         else:
-            failed[name] = str(getattr(r, "error", None) or getattr(r, "reason", None) or "failed")
-    total = len(deployed) + len(failed)
-    ok = bool(getattr(report, "ok", total > 0 and len(deployed) * 2 >= total))
-    return {"ok": ok, "deployed": deployed, "failed": failed}
+            failed[name] = f"{d.stage_failed}: {d.error}"
+    return {"ok": ok, "deployed": deployed, "failed": failed, "log": lines[-50:]}
 
 
 def default_fetch_logs(run: RunContext, pool: Any, node: str) -> str:

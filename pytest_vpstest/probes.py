@@ -212,12 +212,13 @@ class NodeSlots:
 
 
 def binary_path(config: ProjectConfig, install_path: str | None = None) -> str:
-    """Where the deployed artifact lives on a node: install path + the artifact's file name."""
+    """Where the deployed artifact lives on a node (as ``deploy.plan_node`` puts it): install path +
+    the first module's binary name, else the artifact's file name."""
     base = install_path or config.deploy.install_path
-    if config.build is not None and config.build.artifact:
-        name = os.path.basename(config.build.artifact.rstrip("/"))
-    elif config.modules:
+    if config.modules:
         name = config.modules[0][1].binary
+    elif config.build is not None and config.build.artifact:
+        name = os.path.basename(config.build.artifact.rstrip("/"))
     else:
         name = config.project
     return base.rstrip("/") + "/" + name

@@ -1,0 +1,137 @@
+"""Verdicts (all-pass, threshold, improvement, custom), the Wilson interval, and one-line
+CriteriaErrors that point at the column of a bad expression."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_vpstest.criteria import (
+    CriteriaSpec,
+    custom,
+    flatten_metrics,
+    improvement,
+    judge,
+    threshold,
+    wilson_interval,
+)
+from pytest_vpstest.errors import CriteriaError
+
+METRICS = {
+    "connectivity.direct.rate": 98.6,
+    "connectivity.nat_traversed.rate": 87.5,
+    "connectivity.relay.rate": 100.0,
+    "throughput.avg_mbps": 45.3,
+    "tests.failed": 0.0,
+}
+
+
+def test_wilson_interval_known_values() -> None:
+    assert wilson_interval(63, 72) == (77.92, 93.28)
+    assert wilson_interval(0, 10) == (0.0, 27.75)
+    assert wilson_interval(10, 10) == (72.25, 100.0)
+    assert wilson_interval(0, 0) == (0.0, 100.0)
+    with pytest.raises(ValueError):
+        wilson_interval(5, 4)
+
+
+def test_threshold_uses_seed_defaults_and_reports_gap() -> None:
+    v = threshold(METRICS, {}, ("connectivity",))
+    assert not v.passed
+    failed = v.failures
+    assert failed == [
+        {"metric": "connectivity.direct.rate", "op": ">=", "target": 99.0, "measured": 98.6, "gap": -0.4}
+    ]
+    assert any("gap -0.4" in line for line in v.summary_lines())
+
+
+def test_threshold_configured_targets_floors_and_ceilings() -> None:
+    metrics = METRICS | {"gossip.latency_ms.p95": 120.0, "gossip.delivery_rate": 100.0}
+    v = threshold(
+        metrics,
+        {"connectivity": {"direct": 98}, "gossip": {"latency_ms.p95": 100, "delivery": 99}},
+        ("connectivity", "gossip", "throughput"),
+    )
+    by_metric = {c.metric: c for c in v.checks}
+    assert by_metric["connectivity.direct.rate"].passed
+    assert by_metric["gossip.latency_ms.p95"].op == "<=" and not by_metric["gossip.latency_ms.p95"].passed
+    assert not by_metric["gossip.delivery"].passed and by_metric["gossip.delivery"].measured is None
+    assert any("throughput" in n for n in v.notes)
+
+
+def test_test_failures_fail_every_mode() -> None:
+    broken = METRICS | {"tests.failed": 2.0}
+    assert not judge(CriteriaSpec("all-pass"), broken, ()).passed
+    assert not judge(
+        CriteriaSpec("threshold", targets={"connectivity": {"direct": 0}}), broken, ("connectivity",)
+    ).passed
+    assert not judge(CriteriaSpec("improvement"), broken, ()).passed
+    assert not judge(CriteriaSpec("custom", "1 > 0"), broken, ()).passed
+
+
+def test_all_pass_needs_every_rate_at_100() -> None:
+    assert not judge(CriteriaSpec("all-pass"), METRICS, ()).passed
+    perfect = {k: (100.0 if k.endswith("rate") else v) for k, v in METRICS.items()}
+    assert judge(CriteriaSpec("all-pass"), perfect | {"gossip.crdt.converged": 1.0}, ()).passed
+    assert not judge(CriteriaSpec("all-pass"), perfect | {"gossip.crdt.converged": 0.0}, ()).passed
+
+
+def test_improvement_first_run_passes_with_note_then_compares() -> None:
+    first = improvement(METRICS, None)
+    assert first.passed and "first run" in first.notes[0]
+    worse = METRICS | {"connectivity.relay.rate": 90.0}
+    v = improvement(worse, METRICS)
+    assert not v.passed
+    assert [c.metric for c in v.checks if not c.passed] == ["connectivity.relay.rate"]
+    assert improvement(worse, METRICS, tolerance=10).passed
+    better = METRICS | {"connectivity.direct.rate": 99.9}
+    assert "connectivity.direct.rate" in improvement(better, METRICS).notes[0]
+
+
+def test_custom_expression_checks_each_conjunct() -> None:
+    v = custom(METRICS, "connectivity.relay.rate >= 99 and throughput.avg_mbps * 2 > 100")
+    assert not v.passed
+    failing = [c for c in v.checks if not c.passed]
+    assert len(failing) == 1 and failing[0].measured == pytest.approx(90.6) and failing[0].target == 100.0
+    assert custom(METRICS, "not (connectivity.direct.rate < 50) or false").passed
+
+
+@pytest.mark.parametrize(
+    ("expression", "column", "text"),
+    [
+        ("", 1, "empty expression"),
+        ("connectivity.relay.rate >", 26, "expected a number"),
+        ("(1 < 2", 7, "expected ')'"),
+        ("1 < 2 < 3", 7, "chained comparison"),
+        ("connectivity.relay.rate >= 99 @ 1", 31, "unexpected character '@'"),
+        ("nope.rate > 1", 1, "unknown metric 'nope.rate'"),
+        ("connectivity.relay.rate", 1, "expected a condition"),
+        ("1 + (2 > 1) > 0", 6, "expected a number, got a condition"),
+        ("1 / 0 > 1", 3, "division by zero"),
+        ("1 > 0 1", 7, "unexpected '1'"),
+        ("a.and > 1", 1, "keyword used inside a metric name"),
+    ],
+)
+def test_bad_expressions_raise_one_line_errors_at_the_column(expression: str, column: int, text: str) -> None:
+    with pytest.raises(CriteriaError) as info:
+        custom(METRICS, expression)
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"column {column}:" in message and text in message
+
+
+def test_judge_custom_without_expression_and_unknown_mode() -> None:
+    with pytest.raises(CriteriaError, match="needs an expression"):
+        judge(CriteriaSpec("custom"), METRICS, ())
+    with pytest.raises(CriteriaError, match="unknown criteria"):
+        judge(CriteriaSpec("best-effort"), METRICS, ())
+
+
+def test_flatten_metrics_normalises_keys() -> None:
+    tree = {
+        "nat_traversal": {"full-cone~symmetric": {"rate": 50.0, "ci95": [1, 2]}},
+        "gossip": {"crdt": {"converged": True}},
+    }
+    assert flatten_metrics(tree) == {
+        "nat_traversal.full_cone_symmetric.rate": 50.0,
+        "gossip.crdt.converged": 1.0,
+    }
