@@ -1,0 +1,103 @@
+"""Shared helpers for the lab tier: one real lab per test module, real ssh, commands in namespaces."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_vpstest import lab
+from pytest_vpstest.lab.netns import netns_available
+from pytest_vpstest.lab.record import LabRecord, NodeRecord
+
+NETNS_SKIP = "needs root and network namespaces: run as root, or use `vpstest lab up --flavour loopback`"
+
+
+def netns_skip_reason() -> str | None:
+    ok, why = netns_available()
+    return None if ok else f"{NETNS_SKIP} ({why})"
+
+
+requires_netns = pytest.mark.skipif(netns_skip_reason() is not None, reason=netns_skip_reason() or "")
+
+
+@dataclass
+class Lab:
+    """A running lab and ways to act inside it."""
+
+    record: LabRecord
+    dir: Path
+
+    def node(self, name: str) -> NodeRecord:
+        return next(n for n in self.record.nodes if n.name == name)
+
+    def ssh_argv(self, name: str, command: str, *, known_hosts: Path | None = None) -> list[str]:
+        n = self.node(name)
+        user = "root" if self.record.flavour == "netns" else _current_user()
+        return [
+            "ssh",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"UserKnownHostsFile={known_hosts or self.dir / 'known_hosts'}",
+            "-o",
+            "ConnectTimeout=5",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-i",
+            str(self.dir / "id_ed25519"),
+            "-p",
+            str(n.port),
+            f"{user}@{n.host}",
+            command,
+        ]
+
+    def ssh(
+        self, name: str, command: str, *, check: bool = True, **kw: Any
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(self.ssh_argv(name, command, **kw), capture_output=True, text=True, timeout=30)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"ssh {name} {command!r} failed ({proc.returncode}): {proc.stderr.strip()}")
+        return proc
+
+    def in_ns(self, ns: str, argv: list[str], *, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout
+        )
+
+    def python_in(
+        self, ns: str, code: str, *args: str, timeout: float = 20
+    ) -> subprocess.CompletedProcess[str]:
+        return self.in_ns(ns, [sys.executable, "-c", code, *args], timeout=timeout)
+
+
+def _current_user() -> str:
+    import getpass
+
+    return getpass.getuser()
+
+
+def lab_fixture(
+    prefix: str, topology: str = "full", flavour: lab.Flavour = "netns"
+) -> Callable[..., Iterator[Lab]]:
+    """A module-scoped fixture that brings up one lab with ``prefix`` and removes it afterwards."""
+
+    @pytest.fixture(scope="module")
+    def _lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+        if flavour == "netns" and (reason := netns_skip_reason()):
+            pytest.skip(reason)
+        where = tmp_path_factory.mktemp(f"lab-{prefix}")
+        record = lab.up(topology, flavour, prefix, where)
+        try:
+            yield Lab(record=record, dir=where)
+        finally:
+            lab.down(prefix, where)
+
+    return _lab
