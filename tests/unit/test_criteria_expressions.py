@@ -130,7 +130,7 @@ def test_arithmetic_matches_python_exactly(expr: Expr, metrics: dict[str, float]
     assert evaluate(parse(expr.text), metrics, expr.text) == expected
 
 
-ALPHABET = st.sampled_from(list("abc.xyz_0123456789 ()<>=!+-*/&|@#\"'\t") + ["and", "or", "not", "true", " "])
+ALPHABET = st.sampled_from([*"abc.xyz_0123456789 ()<>=!+-*/&|@#\"'\t", "and", "or", "not", "true", " "])
 
 
 @given(st.one_of(st.text(max_size=40), st.lists(ALPHABET, max_size=20).map("".join)), metrics_st)
