@@ -46,6 +46,7 @@ __all__ = [
     "normalise",
     "obtain_fix",
     "run_fix",
+    "run_interruptible",
     "write_brief",
 ]
 
@@ -298,7 +299,7 @@ def _tail(text: str, n: int = 5) -> str:
     return " | ".join(lines[-n:])[:400]
 
 
-def _run_interruptible(
+def run_interruptible(
     argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], stop: threading.Event, timeout: float,
     output: Callable[[str], None],
 ) -> tuple[int | None, str]:
@@ -361,19 +362,23 @@ def obtain_fix(
     output: Callable[[str], None] = lambda _line: None,
     poll_seconds: float = 2.0,
     env: Mapping[str, str] | None = None,
+    base_sha: str | None = None,
 ) -> FixOutcome:
     """Get a new commit in ``workspace``: run the fixer command, or wait for someone to commit.
+
+    A commit is new when HEAD differs from ``base_sha`` (default: HEAD when called).
 
     Returns ``FixOutcome(commit, None)`` on a new, verified commit; ``FixOutcome(None, error)``
     when the fixer failed, made no commit, the wait ran out, the verification failed, or stop was set.
     """
-    before = git_head(workspace)
+    head_now = git_head(workspace)
+    before_sha = base_sha if base_sha is not None else (head_now.sha if head_now else None)
     run_env = {**os.environ, **(env or {}), "VPSTEST_BRIEF": str(brief)}
     if config.command:
         argv = [*shlex.split(config.command), str(brief)]
         output(f"fix: running {shlex.join(argv)}")
         try:
-            rc, text = _run_interruptible(argv, cwd=workspace, env=run_env, stop=stop,
+            rc, text = run_interruptible(argv, cwd=workspace, env=run_env, stop=stop,
                                           timeout=config.commit_wait_seconds, output=output)
         except OSError as exc:
             return FixOutcome(None, f"fixer command could not start: {exc}", brief)
@@ -382,7 +387,7 @@ def obtain_fix(
         if rc != 0:
             return FixOutcome(None, f"fixer command exited {rc}: {_tail(text)}", brief)
         after = git_head(workspace)
-        if after is None or (before is not None and after.sha == before.sha):
+        if after is None or after.sha == before_sha:
             return FixOutcome(None, "fixer command made no new commit", brief)
     else:
         output(f"fix: waiting up to {config.commit_wait_seconds:g}s for a new commit in {workspace} "
@@ -394,7 +399,7 @@ def obtain_fix(
                 return FixOutcome(None, "stopped while waiting for a commit", brief)
             waited += poll_seconds
             head = git_head(workspace)
-            if head is not None and (before is None or head.sha != before.sha):
+            if head is not None and head.sha != before_sha:
                 after = head
                 break
         if after is None:
@@ -402,7 +407,7 @@ def obtain_fix(
     if config.verify_command:
         output(f"fix: verifying with {config.verify_command}")
         try:
-            rc, text = _run_interruptible(shlex.split(config.verify_command), cwd=workspace, env=run_env,
+            rc, text = run_interruptible(shlex.split(config.verify_command), cwd=workspace, env=run_env,
                                           stop=stop, timeout=max(config.commit_wait_seconds, 60.0),
                                           output=output)
         except OSError as exc:
