@@ -523,16 +523,27 @@ class ProcessManager:
         if current.running:
             return ServiceStatus(service, True, current.pid, "already running")
         run_dir = posixpath.join(self.install_path, "run")
+        pid_file = shlex.quote(self.pid_file(service))
+        # The service's own shell writes its pid (after setsid, so it is the session and group
+        # leader whatever setsid had to do), then execs the command; the environment marker is
+        # in place before the pid file exists, so status never sees a half-started service.
+        launcher = shlex.quote('echo $$ > "$1"; exec sh -c "$2"')
         script = (
             f"set -e; mkdir -p {shlex.quote(run_dir)} {shlex.quote(self.log_dir)}; "
-            f"cd {shlex.quote(self.install_path)}; "
-            f"{_SERVICE_ENV}={shlex.quote(service)} setsid nohup sh -c {shlex.quote(command)} "
+            f"cd {shlex.quote(self.install_path)}; rm -f {pid_file}; "
+            f"{_SERVICE_ENV}={shlex.quote(service)} setsid nohup sh -c {launcher} {shlex.quote(service)} "
+            f"{pid_file} {shlex.quote(command)} "
             f">> {shlex.quote(self.log_file(service))} 2>&1 < /dev/null & "
-            f"echo $! > {shlex.quote(self.pid_file(service))}; echo $!"
+            f"i=0; while [ ! -s {pid_file} ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; "
+            f"set +e; {self._read_pid(service)}; {self._alive_fn(service)}; "
+            'if [ -n "$pid" ] && alive; then echo "running $pid"; else echo "stopped $pid"; fi'
         )
         res = self.session.run(f"sh -c {shlex.quote(script)}", timeout=30, check=True)
-        pid = _int_or_none(res.stdout.strip())
-        return ServiceStatus(service, True, pid, "started")
+        word, _, pid_text = res.stdout.strip().partition(" ")
+        pid = _int_or_none(pid_text)
+        if word == "running":
+            return ServiceStatus(service, True, pid, "started")
+        return ServiceStatus(service, False, pid, "exited right after start")
 
     def stop(self, service: str) -> None:
         ticks = max(1, int(self.grace_seconds * 10))
