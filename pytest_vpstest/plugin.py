@@ -147,6 +147,8 @@ def _make_run(config: pytest.Config, config_path: Path) -> RunContext:
     from pytest_vpstest.errors import ConfigError
 
     loaders = importlib.import_module("pytest_vpstest.config")
+    if not hasattr(loaders, "load_project_config"):
+        raise ConfigError("this installation cannot load config files (config.load_project_config missing)")
     config_path = (
         config_path if config_path.is_absolute() else Path(config.invocation_params.dir) / config_path
     )

@@ -1,0 +1,225 @@
+"""The plugin end to end against a fake fleet (local commands behind the SessionPool seam, a fake
+agent with known answers): the header, the numbers in results.json and in the state file's
+test_results, history rows, the proof markdown with its matrix, the exit status following the
+criteria, identical numbers under ``-n 2``, build and deploy once per run, failed attempts kept as
+evidence, and the lease / runner-token rules for the state file."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.plugin.conftest import FakeFleet
+
+MakeFleet = Callable[..., FakeFleet]
+
+EXPECTED_SUITES: dict[str, Any] = {
+    "connectivity": {
+        "direct": {"attempts": 24, "success": 12, "rate": 50.0},
+        "nat_traversed": {"attempts": 24, "success": 12, "rate": 50.0},
+        "relay": {"attempts": 24, "success": 24, "rate": 100.0},
+    },
+    "nat_traversal": {
+        "none~full-cone": {"attempts": 8, "success": 8, "rate": 100.0, "ci95": [67.56, 100.0]},
+        "none~symmetric": {"attempts": 8, "success": 0, "rate": 0.0, "ci95": [0.0, 32.44]},
+        "full-cone~symmetric": {"attempts": 4, "success": 0, "rate": 0.0, "ci95": [0.0, 48.99]},
+    },
+    "gossip": {
+        "messages": 2,
+        "expected": 6,
+        "delivered": 6,
+        "delivery_rate": 100.0,
+        "duplicates": 0,
+        "latency_ms": {"p50": 12.0, "p95": 12.0, "max": 12.0},
+        "crdt": {"converged": True, "expected": 10, "nodes": 4, "distinct_digests": 1},
+    },
+    "throughput": {"pairs": 4, "avg_mbps": 25.0, "min_mbps": 10.0, "max_mbps": 40.0},
+}
+
+
+def test_full_suite_serial_records_everything(fake_fleet: MakeFleet) -> None:
+    fleet = fake_fleet()
+    result = fleet.run("--vps-attempts=2", "--vps-proof=all-evidence", "-p", "no:randomly")
+    # 36 connectivity + 10 NAT + 2 broadcasts + 1 CRDT + 4 throughput
+    result.assert_outcomes(passed=53)
+    assert result.ret == 0
+    out = result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [
+            f"vpstest: config {fleet.config}, inventory {fleet.dir / 'inventory.yaml'} (5 nodes), project demo, run *",
+            "vpstest: reproduce with: pytest --pyargs suites --vps-config=*",
+            "*vpstest verdict (threshold): PASSED*",
+        ]
+    )
+    assert "connectivity.direct.rate: 50 (target >= 40, gap +10)" in out
+
+    doc = fleet.results()
+    assert doc["schema_version"] == 1 and doc["project"] == "demo" and doc["passed"] is True
+    assert doc["test_results"]["suites"] == EXPECTED_SUITES
+    assert doc["tests"] == {"passed": 53, "failed": 0, "skipped": 0}
+    assert {(r["from"], r["to"], r["method"]) for r in doc["pairs"] if r["suite"] == "connectivity"} >= {
+        ("n2", "p1", "holepunch"),
+        ("p1", "n1", "relay"),
+    }
+
+    state = fleet.state()
+    assert state["test_results"]["suites"] == EXPECTED_SUITES
+    assert state["test_results"]["passed"] is True
+    assert state["project"] == "demo"
+
+    proofs = list((fleet.state_dir / "demo").glob("proof-*.md"))
+    assert len(proofs) == 1
+    proof = proofs[0].read_text()
+    assert proof.startswith("# Test Proof: demo\n## Date: ")
+    assert "## Result: PASSED" in proof
+    assert "- ✓ connectivity.nat_traversed.rate: 50% (target: >= 40%, gap +10)" in proof
+    assert "| **p1** | — | d✓ h✓ r✓ | d✗ h✓ r✓ | d✗ h✗ r✓ |" in proof
+    assert "- NAT: n2 (symmetric)" in proof
+
+    run_dir = next((fleet.state_dir / "demo" / "runs").iterdir())
+    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    assert metrics["connectivity.relay.rate"] == 100.0
+    assert "vpstest_throughput_avg_mbps{" in (run_dir / "metrics.prom").read_text()
+    assert json.loads((run_dir / "evidence" / "connections.json").read_text())["pairs"]
+    assert (fleet.state_dir / "demo" / "logs" / "p1.log").read_text() == "log of p1\n"
+
+    history = fleet.state_dir / "history.sqlite"
+    with sqlite3.connect(history) as db:
+        hosts = {row[0]: row[1:] for row in db.execute("SELECT host_id, passed, failed FROM test_runs")}
+        runs = db.execute("SELECT count(*) FROM runs").fetchone()[0]
+    assert runs == 1
+    assert hosts["p1"][1] == 0 and hosts["p1"][0] > 0
+
+
+def test_xdist_gives_the_same_numbers_and_builds_once(fake_fleet: MakeFleet) -> None:
+    fleet = fake_fleet()
+    serial = fleet.run("--vps-attempts=2", f"--vps-results-json={fleet.dir / 'serial.json'}")
+    serial.assert_outcomes(passed=53)
+    (fleet.dir / "crdt").unlink()
+    for name in ("build", "deploy"):
+        (fleet.dir / f"{name}.calls").unlink()
+    parallel = fleet.run("--vps-attempts=2", "-n", "2", f"--vps-results-json={fleet.dir / 'parallel.json'}")
+    parallel.assert_outcomes(passed=53)
+    a = json.loads((fleet.dir / "serial.json").read_text())
+    b = json.loads((fleet.dir / "parallel.json").read_text())
+    assert a["test_results"]["suites"] == b["test_results"]["suites"] == EXPECTED_SUITES
+    assert a["pairs"] == b["pairs"]
+    assert fleet.calls("build") == 1 and fleet.calls("deploy") == 1
+
+
+def test_custom_criteria_failure_sets_exit_status_and_says_by_how_much(fake_fleet: MakeFleet) -> None:
+    fleet = fake_fleet()
+    result = fleet.run(
+        "--vps-focus=connectivity",
+        "--vps-criteria=custom",
+        "--vps-criteria-expr=connectivity.direct.rate >= 60 and connectivity.relay.rate == 100",
+    )
+    result.assert_outcomes(passed=36)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        ["*vpstest verdict (custom): FAILED*", "*FAIL connectivity.direct.rate: 50 (target >= 60, gap -10)*"]
+    )
+    doc = fleet.results()
+    assert doc["passed"] is False
+    assert doc["verdict"]["failures"] == [
+        {"metric": "connectivity.direct.rate", "op": ">=", "target": 60.0, "measured": 50.0, "gap": -10.0}
+    ]
+    assert fleet.state()["test_results"]["passed"] is False
+
+
+def test_bad_custom_expression_is_a_usage_error(fake_fleet: MakeFleet) -> None:
+    fleet = fake_fleet()
+    result = fleet.run("--vps-criteria=custom", "--vps-criteria-expr=connectivity.direct.rate >= (")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*column 29*"])
+
+
+def test_failed_build_fails_setup_with_parsed_errors(
+    fake_fleet: MakeFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = fake_fleet()
+    monkeypatch.setenv("FAKE_BUILD_FAIL", "1")
+    result = fleet.run("--vps-focus=throughput", "-n", "2")
+    result.assert_outcomes(errors=4)
+    result.stdout.fnmatch_lines(["*build failed*", "*error[E0425]: cannot find value `x`*"])
+    assert fleet.calls("build") == 1 and fleet.calls("deploy") == 0
+
+
+def test_nodes_that_failed_deploy_are_skipped(fake_fleet: MakeFleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    fleet = fake_fleet()
+    monkeypatch.setenv("FAKE_DEPLOY_FAIL", "n2")
+    result = fleet.run("--vps-focus=throughput", "-rs")
+    result.assert_outcomes(passed=2, skipped=2)
+    result.stdout.fnmatch_lines(["*not deployed: n2 (start: refused)*"])
+
+
+def test_fewer_than_half_deployed_fails_the_session(
+    fake_fleet: MakeFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = fake_fleet()
+    monkeypatch.setenv("FAKE_DEPLOY_FAIL", "p1,p2,n1")
+    result = fleet.run("--vps-focus=throughput")
+    result.assert_outcomes(errors=4)
+    result.stdout.fnmatch_lines(["*deployment failed: p1: start: refused; p2: start: refused*"])
+
+
+def test_skip_build_and_deploy(fake_fleet: MakeFleet) -> None:
+    fleet = fake_fleet()
+    result = fleet.run("--vps-focus=throughput", "--vps-skip-build", "--vps-skip-deploy")
+    result.assert_outcomes(passed=4)
+    assert fleet.calls("build") == 0 and fleet.calls("deploy") == 0
+
+
+def test_garbage_probe_output_is_a_failed_attempt_with_evidence(
+    fake_fleet: MakeFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = fake_fleet()
+    monkeypatch.setenv("FAKE_GARBAGE", "1")
+    result = fleet.run("--vps-focus=connectivity", "--vps-proof=all-evidence", "-k", "p1->p2")
+    # p1->p2[direct] never gets a valid answer: a hard error of that pair's test.
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*p1->p2[direct]: the probe never gave a valid answer*"])
+    report = json.loads(
+        next((fleet.state_dir / "demo" / "runs").glob("*/evidence/connections.json")).read_text()
+    )
+    failure = report["failed_attempts"][0]
+    assert failure["stdout"] == "segfault\n" and failure["exit_code"] == 139
+    assert failure["command"].endswith("fakeagent.sh connect p1 p2 direct")
+
+
+def test_state_left_to_the_loop_when_runner_token_set(
+    fake_fleet: MakeFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = fake_fleet()
+    monkeypatch.setenv("VPSTEST_RUNNER_TOKEN", "7")
+    result = fleet.run("--vps-focus=throughput")
+    result.assert_outcomes(passed=4)
+    assert not (fleet.state_dir / "demo" / "state.json").exists()
+    assert fleet.results()["test_results"]["suites"]["throughput"]["avg_mbps"] == 25.0
+
+
+def test_lease_held_by_a_running_loop_is_a_warning(fake_fleet: MakeFleet) -> None:
+    from pytest_vpstest.store import StateStore
+
+    fleet = fake_fleet()
+    store = StateStore(fleet.state_dir, "demo")
+    lease = store.acquire()
+    try:
+        result = fleet.run("--vps-focus=throughput")
+    finally:
+        store.release(lease)
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(
+        ["*warning: state file not updated: project 'demo' is already being run by pid*"]
+    )
+    assert result.ret == 0
+
+
+def test_focus_deselects_other_suites_and_marker_selection(fake_fleet: MakeFleet) -> None:
+    fleet = fake_fleet()
+    result = fleet.run("--vps-focus=gossip", "-m", "soak")
+    result.assert_outcomes(passed=3, deselected=50)
