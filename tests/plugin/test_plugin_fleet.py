@@ -50,7 +50,7 @@ def test_full_suite_serial_records_everything(fake_fleet: MakeFleet) -> None:
     out = result.stdout.str()
     result.stdout.fnmatch_lines(
         [
-            f"vpstest: config {fleet.config}, inventory {fleet.dir / 'inventory.yaml'} (5 nodes), project demo, run *",
+            f"vpstest: config {fleet.config}, inventory {fleet.dir / 'inventory.yaml'} (5 nodes)*",
             "vpstest: reproduce with: pytest --pyargs suites --vps-config=*",
             "*vpstest verdict (threshold): PASSED*",
         ]
