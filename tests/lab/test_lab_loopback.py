@@ -1,0 +1,139 @@
+"""The loopback flavour: one real sshd per node on its own 127.x address and port, running as the
+current user; per-node install and log directories; no NAT; ``lab down`` stops everything. Also
+brought up and used by a non-root user when the machine has one (via ``runuser``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pytest_vpstest import lab as lab_api
+from pytest_vpstest.lab import netns, services
+from tests.lab.conftest import Lab, lab_fixture
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.skipif(not Path("/usr/sbin/sshd").exists(), reason="/usr/sbin/sshd is not installed"),
+]
+
+lab = lab_fixture("vpst6", "small", flavour="loopback")
+
+
+def test_every_node_answers_over_ssh_as_the_current_user(lab: Lab) -> None:
+    names = [n.name for n in lab.record.nodes]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(lambda n: lab.ssh(n, "id -un; echo $SSH_CONNECTION").stdout.split(), names))
+    for name, (user, *conn) in zip(names, answers, strict=True):
+        node = lab.node(name)
+        assert user == pwd.getpwuid(os.getuid()).pw_name
+        assert conn[2:] == [node.host, str(node.port)]
+
+
+def test_inventory_is_loopback_without_nat(lab: Lab) -> None:
+    doc = yaml.safe_load((lab.dir / "inventory.yaml").read_text())
+    assert doc["lab"] == "loopback"
+    paths = set()
+    for n in doc["nodes"]:
+        assert n["nat"] == "none"
+        assert n["host"].startswith("127.") and n["host"] == n["p2p_address"]
+        assert n["port"] != 22
+        assert Path(n["install_path"]).is_dir() and Path(n["log_dir"]).is_dir()
+        assert Path(n["install_path"]).is_relative_to(lab.dir)
+        paths.add(n["install_path"])
+    assert len(paths) == len(doc["nodes"]), "each node has its own install path"
+
+
+def test_status_reports_every_sshd_up(lab: Lab) -> None:
+    record, nodes = lab_api.status(lab.record.prefix, lab.dir)
+    assert record.flavour == "loopback"
+    assert all(n.sshd_up for n in nodes) and not any(n.agent_up for n in nodes)
+
+
+@pytest.mark.skipif(not services.agent_available(), reason="the reference agent (lab/agent) is not installed")
+def test_registry_serves_health_on_its_loopback_address(lab: Lab) -> None:
+    registry = next(s for s in lab.record.services if s.kind == "registry")
+    with urllib.request.urlopen(f"http://{registry.bind}/health", timeout=5) as r:
+        assert r.status == 200
+
+
+def test_down_stops_every_sshd(tmp_path: Path) -> None:
+    lab_api.up("small", "loopback", "vpst7", tmp_path)
+    pids = [netns.read_pid(tmp_path / "run" / f"sshd-{n}.pid") for n in ("saorsa-1", "saorsa-7")]
+    assert all(p is not None and netns.pid_alive(p) for p in pids)
+    lab_api.down("vpst7", tmp_path)
+    assert not any(p is not None and netns.pid_alive(p) for p in pids)
+    assert netns.lab_processes(tmp_path) == []
+    assert lab_api.down("vpst7", tmp_path) == []
+
+
+def _unprivileged_user() -> pwd.struct_passwd | None:
+    for entry in pwd.getpwall():
+        if entry.pw_uid >= 1000 and entry.pw_shell.endswith(("sh", "bash")) and Path(entry.pw_dir).is_dir():
+            return entry
+    return None
+
+
+def test_a_non_root_user_runs_the_loopback_lab() -> None:
+    user = _unprivileged_user()
+    python = "/usr/bin/python3"
+    if os.geteuid() != 0 or user is None or shutil.which("runuser") is None:
+        pytest.skip("needs root, runuser and an unprivileged login user to switch to")
+    if subprocess.run([python, "-c", "import yaml"], capture_output=True).returncode != 0:
+        pytest.skip(f"{python} cannot import yaml (the unprivileged user cannot use this venv)")
+    repo = Path(__file__).resolve().parents[2]
+    # pytest's own temp directories are private to root; this one belongs to the user.
+    state = Path(tempfile.mkdtemp(prefix="vpstest-user-lab-"))
+    os.chown(state, user.pw_uid, user.pw_gid)
+    env = ["env", f"HOME={user.pw_dir}", f"XDG_STATE_HOME={state}", f"PYTHONPATH={repo}"]
+    base = ["runuser", "-u", user.pw_name, "--", *env, python, "-m", "pytest_vpstest.cli", "lab"]
+    up = subprocess.run(
+        [*base, "up", "--prefix", "vpst8", "--topology", "small"], capture_output=True, text=True, timeout=60
+    )
+    lab_dir = state / "vpstest" / "lab" / "vpst8"
+    try:
+        assert up.returncode == 0, up.stderr
+        assert "flavour loopback" in up.stdout, "a non-root user gets the loopback flavour automatically"
+        doc = yaml.safe_load((lab_dir / "inventory.yaml").read_text())
+        node = doc["nodes"][-1]
+        ssh = [
+            "ssh",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"UserKnownHostsFile={lab_dir / 'known_hosts'}",
+            "-i",
+            str(lab_dir / "id_ed25519"),
+            "-p",
+            str(node["port"]),
+            f"{node['user']}@{node['host']}",
+            "id -un",
+        ]
+        proc = subprocess.run(
+            ["runuser", "-u", user.pw_name, "--", *ssh], capture_output=True, text=True, timeout=30
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == user.pw_name == node["user"]
+        status = subprocess.run(
+            [*base, "status", "--prefix", "vpst8", "--json"], capture_output=True, text=True, timeout=30
+        )
+        assert all(n["sshd_up"] for n in json.loads(status.stdout)["nodes"])
+    finally:
+        down = subprocess.run(
+            [*base, "down", "--prefix", "vpst8"], capture_output=True, text=True, timeout=60
+        )
+        leftover = netns.lab_processes(lab_dir)
+        shutil.rmtree(state, ignore_errors=True)
+    assert down.returncode == 0, down.stderr
+    assert leftover == []
