@@ -65,7 +65,8 @@ def _loaders() -> Any:
 
 
 def load_config(arg: str | None) -> Any:
-    return _loaders().load_project_config(_config_path(arg))
+    path = _config_path(arg)
+    return _loaders().load_project_config(path)
 
 
 def resolve_inventory_path(spec: str, base: Path) -> Path:
@@ -116,6 +117,8 @@ def _iso_now() -> str:
 def _cmd_start(args: argparse.Namespace) -> int:
     from pytest_vpstest.interview import Cancelled, Plan, console_io, prefill_from, run_interview
 
+    if not args.yes and not sys.stdin.isatty():
+        raise VpsTestError("no terminal for the interview; pass --yes to start with the given parameters")
     config = load_config(args.config)
     inventory = load_inventory(args.nodes, config)
     state_dir = state_dir_of(args, config)
@@ -129,8 +132,6 @@ def _cmd_start(args: argparse.Namespace) -> int:
             criteria_expr=config.criteria_expr,
         )
     else:
-        if not sys.stdin.isatty():
-            raise VpsTestError("no terminal for the interview; pass --yes to start with the given parameters")
         try:
             plan = run_interview(prefill, config=config, inventory=inventory, io=console_io())
         except Cancelled as exc:

@@ -1,0 +1,87 @@
+"""A real runner process whose stages are stand-ins that take a little time (for crash tests).
+
+    python -m tests.e2e.fake_runner STATE_DIR [--stage-seconds S] [--wait-seconds W] [--project P]
+
+Stage outcomes depend only on the recorded state, so a process killed and started again makes the
+same decisions: the first TEST fails until a fix commit is recorded; every later TEST passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pytest_vpstest import machine as m
+from pytest_vpstest.config import Inventory, Node, ProjectConfig, SoakConfig
+from pytest_vpstest.errors import VpsTestError
+from pytest_vpstest.loop import Runner, StageContext, TestOutcome
+
+
+class SlowStages:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def _work(self, ctx: StageContext, name: str) -> None:
+        ctx.log(f"{name}: working for {self.seconds}s")
+        ctx.stop.wait(self.seconds)
+
+    def setup(self, ctx: StageContext) -> m.SetupFinished:
+        self._work(ctx, "setup")
+        return m.SetupFinished(2, 2)
+
+    def build(self, ctx: StageContext) -> m.BuildFinished:
+        self._work(ctx, "build")
+        return m.BuildFinished(True)
+
+    def deploy(self, ctx: StageContext) -> m.DeployFinished:
+        self._work(ctx, "deploy")
+        return m.DeployFinished(2, 2)
+
+    def test(self, ctx: StageContext, checkpoint: int) -> TestOutcome:
+        self._work(ctx, f"test{checkpoint}")
+        ok = bool(ctx.state.commits)
+        results = {"test_results": {"passed": ok, "suites": {"connectivity": {"relay": {
+            "attempts": 4, "success": 4 if ok else 0, "rate": 100.0 if ok else 0.0}}}}}
+        return TestOutcome(ok, "" if ok else "relay rate 0.0 (target 100)", results)
+
+    def fix(self, ctx: StageContext, reason: str) -> m.FixFinished:
+        self._work(ctx, "fix")
+        n = len(ctx.state.commits) + 1
+        return m.FixFinished(m.Commit(f"{n:040x}", f"fix {n}", datetime.now(UTC)))
+
+    def restart(self, ctx: StageContext) -> None:
+        self._work(ctx, "restart")
+
+    def finish(self, ctx: StageContext) -> None:
+        self._work(ctx, "finish")
+
+    def stopped(self, ctx: StageContext, reason: str) -> None:
+        ctx.log(f"stopped: {reason}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("state_dir")
+    p.add_argument("--project", default="crashy")
+    p.add_argument("--stage-seconds", type=float, default=0.5)
+    p.add_argument("--wait-seconds", type=float, default=1.0)
+    p.add_argument("--resume", action="store_true")
+    args = p.parse_args(argv)
+    cfg = ProjectConfig(path=None, project=args.project, workspace=Path(args.state_dir),
+                        soak=SoakConfig(wait_1hr_seconds=args.wait_seconds, wait_6hr_seconds=args.wait_seconds))
+    inv = Inventory(nodes=(Node(name="n1", host="127.0.0.1"), Node(name="n2", host="127.0.0.1")))
+    runner = Runner(cfg, inv, Path(args.state_dir), stages=SlowStages(args.stage_seconds),
+                    install_signal_handlers=True, stop_poll_seconds=0.2, fix_retry_seconds=0.2, lease_ttl=5)
+    try:
+        final = runner.run(resume_only=args.resume)
+    except VpsTestError as exc:
+        print(f"vpstest: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    print(f"final: {final.state}", flush=True)
+    return 0 if final.state is m.State.COMPLETE else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
