@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true")
     args = p.parse_args(argv)
     cfg = ProjectConfig(path=None, project=args.project, workspace=Path(args.state_dir),
-                        soak=SoakConfig(wait_1hr_seconds=args.wait_seconds, wait_6hr_seconds=args.wait_seconds))
+                        soak=SoakConfig(wait_1hr_seconds=args.wait_seconds,
+                                        wait_6hr_seconds=args.wait_seconds))
     inv = Inventory(nodes=(Node(name="n1", host="127.0.0.1"), Node(name="n2", host="127.0.0.1")))
     runner = Runner(cfg, inv, Path(args.state_dir), stages=SlowStages(args.stage_seconds),
                     install_signal_handlers=True, stop_poll_seconds=0.2, fix_retry_seconds=0.2, lease_ttl=5)

@@ -146,4 +146,5 @@ def test_cli_status_logs_and_stop_on_a_waiting_runner(tmp_path: Path) -> None:
     again = _vpstest("stop", "crashy", "--state-dir", str(tmp_path))
     assert again.returncode == 0 and "already STOPPED" in again.stdout
     missing = _vpstest("stop", "nope", "--state-dir", str(tmp_path))
-    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no project 'nope'" in missing.stderr
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+    assert "no project 'nope'" in missing.stderr

@@ -106,7 +106,8 @@ def test_nodes_lists_unreachable_nodes_with_one_line_causes(tmp_path: Path,
         pytest.skip("config.load_inventory not available yet")
     (tmp_path / "known_hosts").write_text("")
     inv = {"schema_version": 1, "known_hosts": "known_hosts", "connect_timeout": 2, "nodes": [
-        {"name": "a-1", "host": "127.0.0.1", "port": 1, "role": "registry", "provider": "lab", "region": "here"},
+        {"name": "a-1", "host": "127.0.0.1", "port": 1, "role": "registry", "provider": "lab",
+         "region": "here"},
         {"name": "a-4", "host": "127.0.0.1", "port": 1, "role": "nat", "nat": "full-cone"},
     ]}
     path = tmp_path / "nodes.yaml"
