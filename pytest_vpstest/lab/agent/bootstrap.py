@@ -162,7 +162,7 @@ def serve(bind: Addr) -> int:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, option, 4 * 1024 * 1024)
     sock.bind(bind)
-    sock.settimeout(0.5)
+    sock.settimeout(0.2)
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     state = BootstrapState()

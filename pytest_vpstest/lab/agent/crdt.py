@@ -17,6 +17,8 @@ class GCounter:
     def increment(self, node: str, amount: int) -> None:
         if amount < 0:
             raise ValueError("a grow-only counter cannot decrease")
+        if amount == 0:
+            return
         self.counts[node] = self.counts.get(node, 0) + amount
 
     def merge(self, other: Mapping[str, object]) -> bool:
@@ -36,5 +38,6 @@ class GCounter:
 
     def digest(self) -> str:
         """Equal on every replica holding the same state: replicas have converged when digests match."""
-        canonical = json.dumps(sorted(self.counts.items()), separators=(",", ":"))
+        # Zero entries carry no information and need not have been replicated.
+        canonical = json.dumps(sorted((n, c) for n, c in self.counts.items() if c), separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]

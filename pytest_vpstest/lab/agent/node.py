@@ -231,7 +231,9 @@ class Node:
         loop = asyncio.get_running_loop()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._mapped_changed.wait(), 2.0)
+        rounds = 0
         while True:
+            rounds += 1
             self._mapped_changed.clear()
             try:
                 await loop.run_in_executor(None, registry_client.register, self.registry, self.registration())
@@ -247,8 +249,10 @@ class Node:
             except registry_client.RegistryError as exc:
                 log.warning("registration failed: %s", exc)
             await self.refresh_peers()
+            # Peers joining together find each other quickly, then the pace settles.
+            interval = 1.0 if rounds <= 5 else REGISTER_INTERVAL
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._mapped_changed.wait(), REGISTER_INTERVAL)
+                await asyncio.wait_for(self._mapped_changed.wait(), interval)
 
     async def refresh_peers(self) -> None:
         loop = asyncio.get_running_loop()

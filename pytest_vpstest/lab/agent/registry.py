@@ -266,7 +266,7 @@ def serve(bind: Addr, data_file: Path | None = None) -> int:
     host, port = server.server_address[:2]
     log.info("registry listening on http://%s", wire.format_addr((str(host), int(port))))
     try:
-        server.serve_forever(poll_interval=0.5)
+        server.serve_forever(poll_interval=0.1)
     finally:
         server.server_close()
     log.info("registry stopped")
