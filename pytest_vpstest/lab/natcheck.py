@@ -28,6 +28,7 @@ import secrets
 import selectors
 import socket
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -43,31 +44,35 @@ MAX_LIFETIME_S = 3600.0
 
 
 def serve(
-    bind: str, alt: str | None, ports: tuple[int, int] = DEFAULT_PORTS, lifetime_s: float = 600.0
+    bind: str,
+    alt: str | None,
+    ports: tuple[int, int] = DEFAULT_PORTS,
+    lifetime_s: float = 600.0,
+    stop: threading.Event | None = None,
 ) -> None:
-    """Answer probes on ``bind``:P1 and :P2 for at most ``lifetime_s`` seconds."""
-    socks = []
-    for port in ports:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((bind, port))
-        socks.append(s)
-    sel = selectors.DefaultSelector()
-    for i, s in enumerate(socks):
-        sel.register(s, selectors.EVENT_READ, i)
-    print(f"natcheck reflector on {bind} ports {ports[0]},{ports[1]}", flush=True)
-    deadline = time.monotonic() + min(lifetime_s, MAX_LIFETIME_S)
-    while time.monotonic() < deadline:
-        for key, _ in sel.select(timeout=0.5):
-            index = int(key.data)
-            try:
-                data, (host, port) = socks[index].recvfrom(2048)
-                msg = json.loads(data)
-            except (OSError, ValueError):
-                continue
-            if not isinstance(msg, dict):
-                continue
-            _handle(msg, f"{host}:{port}", socks, index, bind, alt, ports)
+    """Answer probes on ``bind``:P1 and :P2 for at most ``lifetime_s`` seconds (or until ``stop``)."""
+    with contextlib.ExitStack() as stack:
+        socks = []
+        for port in ports:
+            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((bind, port))
+            socks.append(s)
+        sel = stack.enter_context(selectors.DefaultSelector())
+        for i, s in enumerate(socks):
+            sel.register(s, selectors.EVENT_READ, i)
+        print(f"natcheck reflector on {bind} ports {ports[0]},{ports[1]}", flush=True)
+        deadline = time.monotonic() + min(lifetime_s, MAX_LIFETIME_S)
+        while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
+            for key, _ in sel.select(timeout=0.1):
+                index = int(key.data)
+                try:
+                    data, (host, port) = socks[index].recvfrom(2048)
+                    msg = json.loads(data)
+                except (OSError, ValueError):
+                    continue
+                if isinstance(msg, dict):
+                    _handle(msg, f"{host}:{port}", socks, index, bind, alt, ports)
 
 
 def _handle(
