@@ -23,7 +23,6 @@ from typing import Any
 import pytest
 
 from pytest_vpstest.config import Inventory, ProjectConfig, SuiteConfig
-from pytest_vpstest.results import MEASUREMENT_KEY, NODES_KEY, encode, write_json_atomic
 
 RUN_KEY = pytest.StashKey["RunContext"]()
 NOT_CONFIGURED = "pytest-vpstest is not configured: pass --vps-config (or set vps_config in the ini file)"
@@ -127,6 +126,8 @@ def once(run_dir: Path, name: str, produce: Callable[[], dict[str, Any]]) -> dic
                     "traceback": traceback.format_exc(limit=5),
                 }
             result.setdefault("pid", os.getpid())
+            from pytest_vpstest.results import write_json_atomic
+
             write_json_atomic(marker, result)
             return result
         finally:
@@ -266,6 +267,8 @@ class Recorder:
     def __call__(
         self, measurement: Mapping[str, Any], nodes: tuple[str, ...] = (), **flat: float | str | None
     ) -> None:
+        from pytest_vpstest.results import MEASUREMENT_KEY, NODES_KEY, encode
+
         self.record_property(MEASUREMENT_KEY, encode(measurement))
         if nodes:
             self.record_property(NODES_KEY, ",".join(nodes))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -169,7 +168,7 @@ def _make_run(config: pytest.Config, config_path: Path) -> RunContext:
 
     worker = getattr(config, "workerinput", None)
     run_id = worker.get("vpstest_run_id") if worker else None
-    run_id = run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+    run_id = run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + os.urandom(3).hex()
     state_opt = _setting(config, "state_dir")
     state_dir = Path(str(state_opt)) if state_opt else (project_config.state_dir or _default_state_dir())
     results_json = _setting(config, "results_json")
