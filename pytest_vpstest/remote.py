@@ -617,8 +617,9 @@ class SystemdManager:
         name = shlex.quote(f"{service}.service")
         script = (
             f"set -e; want={text}; "
-            f'if [ ! -f {unit} ] || [ "$(cat {unit})" != "$want" ]; then '
-            f'printf "%s\\n" "$want" > {unit}; systemctl daemon-reload; fi; '
+            # $(...) drops trailing newlines on both sides, so an unchanged unit compares equal.
+            f'if [ ! -f {unit} ] || [ "$(cat {unit})" != "$(printf %s "$want")" ]; then '
+            f'printf %s "$want" > {unit}; systemctl daemon-reload; fi; '
             f"systemctl start {name}"
         )
         self.session.run(f"sh -c {shlex.quote(script)}", timeout=60, check=True)
