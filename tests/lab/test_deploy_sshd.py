@@ -1,0 +1,163 @@
+"""Deploy and rollback over real SSH to loopback sshd "nodes", with the real registry.
+
+Each node is its own OpenSSH server with its own install path under tmp and the plain-process
+service manager; the artifact is a small Python service that registers with the project's real
+registry (``lab.agent`` registry on loopback), queried through a node over SSH. Proves: nodes are
+deployed in parallel and register; a node whose sshd is down is reported (stage ``connect``, one
+line) and skipped; a redeploy keeps ``.prev`` and rollback brings the previous version back up;
+fewer than half the nodes deployed raises ``DeployError`` naming the failures.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pytest_vpstest.config import DeployConfig, Inventory, ModuleConfig, ProjectConfig, RegistryAccess
+from pytest_vpstest.deploy import deploy, plan_node, rollback
+from pytest_vpstest.errors import DeployError
+from pytest_vpstest.lab.agent.registry import make_server
+from pytest_vpstest.remote import ProcessManager, SessionPool
+from tests.support.sshd import SshdHandle, free_port, sshd_factory  # noqa: F401
+
+pytestmark = pytest.mark.lab
+
+SERVICE = """#!/usr/bin/env python3
+import json, sys, time, urllib.request
+VERSION = {version!r}
+args = dict(zip(sys.argv[2::2], sys.argv[3::2]))
+print(VERSION, " ".join(sys.argv[1:]), flush=True)
+body = json.dumps({{"name": args["--node"], "addresses": ["127.0.0.1:9000"], "version": VERSION}}).encode()
+request = urllib.request.Request(
+    args["--registry"].rstrip("/") + "/api/peers", data=body,
+    headers={{"Content-Type": "application/json"}}, method="POST",
+)
+urllib.request.urlopen(request, timeout=5).read()
+time.sleep(300)
+"""
+
+
+@pytest.fixture
+def registry_url() -> Iterator[str]:
+    server = make_server(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@dataclass
+class Fleet:
+    inventory: Inventory
+    config: ProjectConfig
+    tmp: Path
+
+    def artifact(self, version: str) -> Path:
+        path = self.tmp / f"agent-{version}"
+        path.write_text(SERVICE.format(version=version))
+        return path
+
+    def manager(self, pool: SessionPool, name: str) -> tuple[ProcessManager, str]:
+        plan = plan_node(self.inventory.node(name), self.config, Path("agent"))
+        return ProcessManager(
+            pool.session(name), install_path=plan.install_path, log_dir=plan.log_dir
+        ), plan.service
+
+
+def make_fleet(
+    tmp_path: Path, factory: Callable[[str], SshdHandle], registry: str, up: list[str], down: list[str]
+) -> Fleet:
+    handles = [factory(name) for name in up]
+    nodes = [
+        h.node(install_path=str(tmp_path / h.name / "opt"), log_dir=str(tmp_path / h.name / "log"))
+        for h in handles
+    ]
+    for name in down:
+        nodes.append(handles[0].node(name, port=free_port(), install_path=str(tmp_path / name / "opt")))
+    inventory = handles[0].inventory(
+        *nodes, registry=RegistryAccess(url=registry, via_node=handles[0].name), connect_timeout=3.0
+    )
+    config = ProjectConfig(
+        path=None,
+        project="demo",
+        workspace=tmp_path,
+        modules=(("agent", ModuleConfig(binary="agent")),),
+        deploy=DeployConfig(
+            start_command="{bin} run --node {node} --registry {registry}", registration_timeout_seconds=10
+        ),
+    )
+    return Fleet(inventory, config, tmp_path)
+
+
+def stop_all(fleet: Fleet, names: list[str]) -> None:
+    with SessionPool(fleet.inventory) as pool:
+        for name in names:
+            manager, service = fleet.manager(pool, name)
+            manager.stop(service)
+
+
+def test_deploy_skips_a_down_node_then_rollback(
+    tmp_path: Path,
+    sshd_factory: Callable[[str], SshdHandle],  # noqa: F811
+    registry_url: str,
+) -> None:
+    fleet = make_fleet(tmp_path, sshd_factory, registry_url, ["node-a", "node-b"], ["node-down"])
+    lines: list[str] = []
+    try:
+        with SessionPool(fleet.inventory) as pool:
+            report = deploy(
+                pool, fleet.inventory, fleet.config, fleet.artifact("v1"), log=lines.append, verify_seconds=1
+            )
+            assert (report.succeeded, report.total) == (2, 3)
+            down = report.per_node["node-down"]
+            assert down.stage_failed == "connect" and "connection refused" in (down.error or "")
+            assert "\n" not in (down.error or "")
+            assert any("node-a: registered" in line for line in lines)
+
+            report2 = deploy(
+                pool,
+                fleet.inventory,
+                fleet.config,
+                fleet.artifact("v2"),
+                nodes=["node-a", "node-b"],
+                verify_seconds=1,
+            )
+            assert report2.succeeded == 2 and report2.per_node["node-a"].previous_kept
+            manager, service = fleet.manager(pool, "node-a")
+            assert manager.logs(service).splitlines()[-1].startswith("v2 run --node node-a")
+
+            back = rollback(pool, fleet.inventory, fleet.config, ["node-a", "node-down"], verify_seconds=1)
+            assert back.per_node["node-a"].ok
+            assert back.per_node["node-down"].stage_failed == "connect"
+            assert manager.logs(service).splitlines()[-1].startswith("v1 run --node node-a")
+            assert manager.status(service).running
+        # A fresh connection still finds the services that the closed sessions started.
+        with SessionPool(fleet.inventory) as pool:
+            for name in ("node-a", "node-b"):
+                manager, service = fleet.manager(pool, name)
+                assert manager.status(service).running
+    finally:
+        stop_all(fleet, ["node-a", "node-b"])
+
+
+def test_fewer_than_half_deployed_raises(
+    tmp_path: Path,
+    sshd_factory: Callable[[str], SshdHandle],  # noqa: F811
+    registry_url: str,
+) -> None:
+    fleet = make_fleet(tmp_path, sshd_factory, registry_url, ["node-a"], ["down-1", "down-2"])
+    try:
+        with SessionPool(fleet.inventory) as pool, pytest.raises(DeployError) as info:
+            deploy(pool, fleet.inventory, fleet.config, fleet.artifact("v1"), verify_seconds=0.5)
+        text = str(info.value)
+        assert text.startswith("deployed to 1/3 nodes (fewer than 50%)")
+        assert "down-1: connect: " in text and "down-2: connect: " in text and "\n" not in text
+    finally:
+        stop_all(fleet, ["node-a"])
