@@ -323,19 +323,24 @@ class History:
     def previous_run(self, project: str, focus: str | None, before: str | None = None) -> RunRecord | None:
         """The latest finished run of ``project`` and ``focus`` (None matches runs without one).
 
-        ``before`` (a run id, or an ISO timestamp) limits it to runs started earlier: pass the
-        current run's id to find the one to compare with.
+        ``before`` limits it to runs started before that run (a recorded run id) or time (ISO
+        8601); an id not recorded yet only excludes itself. Pass the current run's id to find the
+        run to compare with.
         """
         clauses = ["project = ?", "finished_at IS NOT NULL", "focus IS ?"]
         params: list[Any] = [project, focus]
         if before is not None:
             ref = self.run(before)
-            started = _iso(ref.started_at) if ref is not None else before
-            clauses.append("started_at < ?")
-            params.append(started)
             if ref is not None:
+                clauses += ["started_at < ?", "id != ?"]
+                params += [_iso(ref.started_at), ref.id]
+            elif _is_time(before):
+                clauses.append("started_at < ?")
+                params.append(_iso(before))
+            else:
+                # A run id not recorded yet (the current run asks before it records itself).
                 clauses.append("id != ?")
-                params.append(ref.id)
+                params.append(before)
         row = (
             self._conn()
             .execute(
@@ -408,6 +413,14 @@ class History:
             r["failed"] or 0,
             state,
         )
+
+
+def _is_time(text: str) -> bool:
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _like_prefix(text: str) -> str:
