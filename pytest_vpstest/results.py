@@ -9,7 +9,6 @@ exactly the numbers of a serial run.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import math
 import os
@@ -342,7 +341,7 @@ def finish_run(config: pytest.Config, run: RunContext, collector: Collector) -> 
     write_json_atomic(results_path, document)
     lines.append(f"results: {results_path}")
     state = _merge_state(run, test_results, lines)
-    _record_history(run, collector, document, finished, lines)
+    _record_history(run, collector, document, lines)
     from pytest_vpstest.proof import ProofInput, fix_commits_of, write_proof
 
     tested = sorted(
@@ -465,61 +464,57 @@ def _history_path(run: RunContext) -> Path:
 
 
 def _previous_metrics(run: RunContext, lines: list[str]) -> dict[str, float] | None:
+    """Metrics of the previous finished run of the same project and focus (None: first run)."""
+    from pytest_vpstest.history import History
+
     try:
-        history_mod = importlib.import_module("pytest_vpstest.history")
-    except ImportError:
-        lines.append("warning: no history module: improvement judged as a first run")
+        with History(_history_path(run)) as history:
+            previous = history.previous_run(run.project, run.focus, before=run.run_id)
+    except Exception as exc:  # an unreadable history is judged as a first run, said aloud
+        lines.append(f"warning: history unreadable, improvement judged as a first run: {exc}")
         return None
-    previous = history_mod.History(_history_path(run)).previous_run(run.project, run.focus)
-    return _metrics_of_previous(previous)
-
-
-def _metrics_of_previous(previous: Any) -> dict[str, float] | None:
-    if previous is None:
+    verdict = previous.verdict if previous is not None else None
+    if not isinstance(verdict, Mapping) or not isinstance(verdict.get("metrics"), Mapping):
         return None
-    if isinstance(previous, Mapping):
-        raw = previous.get("verdict_json")
-    else:
-        raw = getattr(previous, "verdict_json", None)
-    if isinstance(raw, str):
-        raw = json.loads(raw)
-    if isinstance(raw, Mapping) and isinstance(raw.get("metrics"), Mapping):
-        return {str(k): float(v) for k, v in raw["metrics"].items()}
-    return None
+    return {str(k): float(v) for k, v in verdict["metrics"].items()}
 
 
 def _record_history(
-    run: RunContext, collector: Collector, document: Mapping[str, Any], finished: float, lines: list[str]
+    run: RunContext, collector: Collector, document: Mapping[str, Any], lines: list[str]
 ) -> None:
-    try:
-        history_mod = importlib.import_module("pytest_vpstest.history")
-    except ImportError:
-        lines.append("warning: history not recorded (no history module)")
-        return
-    rows = node_rows(collector, run.inventory.names)
-    verdict = dict(document["verdict"]) | {"metrics": document["metrics"]}
-    try:
-        history_mod.History(_history_path(run)).record_run(
-            run_id=run.run_id,
-            project=run.project,
-            focus=run.focus,
-            criteria=run.criteria,
+    """One ``runs`` row (verdict with its metrics), one ``test_runs`` row per node, metric rows."""
+    from pytest_vpstest.history import History, HostRun, RunRecord
+
+    loop_state = os.environ.get("VPSTEST_LOOP_STATE")
+    checkpoint = loop_state.split(":", 1)[1] if loop_state and ":" in loop_state else None
+    record = RunRecord(
+        id=run.run_id,
+        project=run.project,
+        started_at=document["started_at"],
+        finished_at=document["finished_at"],
+        passed=bool(document["passed"]),
+        focus=run.focus,
+        criteria=run.criteria,
+        verdict=dict(document["verdict"]) | {"metrics": document["metrics"]},
+        loop_state=loop_state,
+        checkpoint=checkpoint,
+    )
+    hosts = [
+        HostRun(
+            host_id=name,
             started_at=document["started_at"],
             finished_at=document["finished_at"],
-            passed=bool(document["passed"]),
-            verdict=verdict,
-            loop_state=os.environ.get("VPSTEST_LOOP_STATE"),
-            hosts={
-                n: {
-                    "passed": r["passed"],
-                    "failed": r["failed"],
-                    "exit_code": 1 if r["failed"] else 0,
-                    "output": "\n".join(r["output"]),
-                }
-                for n, r in rows.items()
-            },
-            metrics=[(s, c, n, v) for s, c, n, v in _metric_rows(document["test_results"]["suites"])],
+            exit_code=1 if row["failed"] else 0,
+            passed=row["passed"],
+            failed=row["failed"],
+            output="\n".join(row["output"]),
         )
+        for name, row in node_rows(collector, run.inventory.names).items()
+        if row["passed"] or row["failed"]
+    ]
+    try:
+        with History(_history_path(run)) as history:
+            history.record_run(record, hosts, _metric_rows(document["test_results"]["suites"]))
         lines.append(f"history: {_history_path(run)}")
     except Exception as exc:  # history is a record, not the verdict
         lines.append(f"warning: history not recorded: {type(exc).__name__}: {exc}")
@@ -531,7 +526,7 @@ def _metric_rows(suites: Mapping[str, Any]) -> list[tuple[str, str, str, float]]
     for suite, body in suites.items():
         for name, value in flatten_metrics(body).items():
             category, _, leaf = name.rpartition(".")
-            rows.append((suite, category, leaf, value))
+            rows.append((suite, category or "all", leaf, value))
     return rows
 
 

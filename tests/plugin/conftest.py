@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import textwrap
 from collections.abc import Callable
@@ -67,7 +68,10 @@ class FakeFleet:
     state_dir: Path
 
     def run(self, *args: str) -> pytest.RunResult:
-        return self.pytester.runpytest(
+        # xdist workers take the controller's sys.path as it was when xdist was first imported,
+        # so runs with -n go through a subprocess that finds fakefleet_plugin via PYTHONPATH.
+        run = self.pytester.runpytest_subprocess if "-n" in args else self.pytester.runpytest
+        return run(
             "-p",
             "fakefleet_plugin",
             "--pyargs",
@@ -104,7 +108,9 @@ def fake_fleet(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Ca
         cfg = d / "vps.yaml"
         cfg.write_text(config_text(d / "fakeagent.sh", state, extra_config))
         pytester.syspathinsert(d)
-        monkeypatch.setenv("PYTHONPATH", str(d))
+        monkeypatch.setenv(
+            "PYTHONPATH", os.pathsep.join(p for p in (str(d), os.environ.get("PYTHONPATH")) if p)
+        )
         monkeypatch.setenv("FAKE_FLEET_DIR", str(d))
         monkeypatch.delenv("VPSTEST_RUNNER_TOKEN", raising=False)
         return FakeFleet(pytester, d, cfg, state)

@@ -135,7 +135,7 @@ def test_bad_custom_expression_is_a_usage_error(fake_fleet: MakeFleet) -> None:
     fleet = fake_fleet()
     result = fleet.run("--vps-criteria=custom", "--vps-criteria-expr=connectivity.direct.rate >= (")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*column 29*"])
+    result.stderr.fnmatch_lines(["*column 30: expected a number*"])
 
 
 def test_failed_build_fails_setup_with_parsed_errors(
@@ -145,7 +145,7 @@ def test_failed_build_fails_setup_with_parsed_errors(
     monkeypatch.setenv("FAKE_BUILD_FAIL", "1")
     result = fleet.run("--vps-focus=throughput", "-n", "2")
     result.assert_outcomes(errors=4)
-    result.stdout.fnmatch_lines(["*build failed*", "*error[E0425]: cannot find value `x`*"])
+    result.stdout.fnmatch_lines(["*build failed*", "*src/main.rs:3:5: error?E0425?: cannot find value `x`"])
     assert fleet.calls("build") == 1 and fleet.calls("deploy") == 0
 
 
@@ -179,10 +179,10 @@ def test_garbage_probe_output_is_a_failed_attempt_with_evidence(
 ) -> None:
     fleet = fake_fleet()
     monkeypatch.setenv("FAKE_GARBAGE", "1")
-    result = fleet.run("--vps-focus=connectivity", "--vps-proof=all-evidence", "-k", "p1->p2")
+    result = fleet.run("--vps-focus=connectivity", "--vps-proof=all-evidence", "-k", "p1- and p2[")
     # p1->p2[direct] never gets a valid answer: a hard error of that pair's test.
     result.assert_outcomes(passed=2, failed=1)
-    result.stdout.fnmatch_lines(["*p1->p2[direct]: the probe never gave a valid answer*"])
+    result.stdout.fnmatch_lines(["p1->p2?direct?: the probe never gave a valid answer"])
     report = json.loads(
         next((fleet.state_dir / "demo" / "runs").glob("*/evidence/connections.json")).read_text()
     )
