@@ -155,6 +155,8 @@ class NodeSession:
         self._node = node
         self._inventory = inventory
         self._lock = threading.Lock()
+        # fabric keeps one SFTP client per connection; transfers from several threads take turns.
+        self._sftp_lock = threading.Lock()
         self._conn: fabric.Connection | None = None
         self._address: str | None = None
         self.connects = 0  # how many SSH connections this session has opened (caching is visible)
@@ -222,7 +224,8 @@ class NodeSession:
         """Upload the local file to the remote path (SFTP)."""
         conn = self._connection()
         try:
-            conn.put(str(local), remote=remote)
+            with self._sftp_lock:
+                conn.put(str(local), remote=remote)
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise NodeError(
                 self._node.name, f"upload {local} -> {remote} failed: {_cause(exc)}", address=self._address
@@ -232,7 +235,8 @@ class NodeSession:
         """Download the remote file to the local path (SFTP)."""
         conn = self._connection()
         try:
-            conn.get(remote, local=str(local))
+            with self._sftp_lock:
+                conn.get(remote, local=str(local))
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise NodeError(
                 self._node.name, f"download {remote} -> {local} failed: {_cause(exc)}", address=self._address
