@@ -58,7 +58,7 @@ _ERROR_RE = re.compile(
     re.IGNORECASE,
 )
 _TIMESTAMP_RE = re.compile(
-    r"^\s*\[?(?P<ts>\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})?)\]?\s*"
+    r"^\s*\[?(?P<ts>\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?)\]?\s*"
 )
 # Order matters: the most specific shapes first, so an IPv4:port is not read as numbers.
 _NORMALISERS: tuple[tuple[re.Pattern[str], str], ...] = (

@@ -48,6 +48,8 @@ def test_normalise_replaces_variable_parts() -> None:
     assert a == b == "ERROR peer <addr> timed out after <n> ms (conn <hex>)"
     assert normalise("msg 5f0c2e1a-1111-2222-3333-444455556666 dup") == "msg <uuid> dup"
     assert normalise("peer 3f2a9c1e88aa11bb left") == "peer <id> left"
+    # Python logging's default time format (comma before the milliseconds).
+    assert normalise("2026-11-26 01:31:55,466 ERROR node: x") == "ERROR node: x"
 
 
 def test_signatures_count_and_track_first_last_seen() -> None:
