@@ -189,6 +189,9 @@ class NodeSession:
         started = time.monotonic()
         try:
             res = conn.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)
+            if res.exited == -1 and not conn.is_connected:
+                # paramiko reports -1 when the connection died before an exit status came.
+                raise EOFError("the SSH connection closed before the command finished")
             result = CommandResult(
                 node=self._node.name,
                 command=command,
@@ -208,11 +211,12 @@ class NodeSession:
                 timed_out=True,
             )
         except (paramiko.SSHException, EOFError, OSError) as exc:
-            self._drop()
+            address = self._address
+            self._drop()  # the next command reconnects
             raise NodeError(
                 self._node.name,
                 f"connection lost running {_short(command)}: {_cause(exc)}",
-                address=self._address,
+                address=address,
             ) from None
         if check and not result.ok:
             raise NodeError(

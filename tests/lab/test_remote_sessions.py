@@ -192,6 +192,17 @@ def test_fan_out_gives_per_node_results_and_errors(sshd_factory: Callable[[str],
     assert isinstance(err, UnreachableNodeError) and "connection refused" in str(err)
 
 
+def test_lost_connection_is_a_node_error_and_the_next_command_reconnects(sshd: SshdHandle) -> None:  # noqa: F811
+    with SessionPool(sshd.inventory()) as pool:
+        # $PPID of the command's shell is the server process of this very connection.
+        with pytest.raises(NodeError, match="connection lost running") as info:
+            pool.run("node-1", "kill -9 $PPID; sleep 2", timeout=10)
+        assert "\n" not in str(info.value) and f"({sshd.host})" in str(info.value)
+        assert pool.run("node-1", "echo back").stdout == "back\n"
+        session = pool.session("node-1")
+        assert isinstance(session, NodeSession) and session.connects == 2
+
+
 def test_close_all_closes_sessions_and_pool_reconnects(sshd: SshdHandle) -> None:  # noqa: F811
     pool = SessionPool(sshd.inventory())
     first = pool.session("node-1")
