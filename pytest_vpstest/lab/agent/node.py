@@ -25,6 +25,8 @@ import os
 import secrets
 import signal
 import socket
+import struct
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +52,10 @@ PUNCH_INTERVAL = 0.1
 PING_INTERVAL = 0.25
 TX_WINDOW = 256
 ACK_EVERY = 16
+# Datagrams per segmentation-offload send: 32 x 1472 bytes stays under the 64 KiB UDP limit.
+GSO_BATCH = 32
+SOL_UDP = getattr(socket, "SOL_UDP", 17)
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # Linux >= 4.18
 
 RouteKind = Literal["direct", "relay"]
 
@@ -134,6 +140,7 @@ class Node:
         self._server: asyncio.AbstractServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._mapped_changed = asyncio.Event()
+        self._gso = sys.platform == "linux"
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -772,42 +779,59 @@ class Node:
         return result
 
     async def _blast(self, route: Route, peer: str, session: int, tx: TxSession, seconds: float) -> int:
-        """Send for ``seconds`` with at most ``TX_WINDOW`` unacknowledged datagrams; bytes sent."""
+        """Send for ``seconds`` with at most ``TX_WINDOW`` unacknowledged datagrams; bytes sent.
+
+        Where the kernel offers UDP segmentation offload, one ``sendmsg`` carries a batch of
+        datagrams (each with its own header) that the kernel splits at ``segment`` bytes: the same
+        datagrams on the wire, a fraction of the system calls.
+        """
         prefix = wire.relay(peer, b"") if route.kind == "relay" else b""
         # Relayed datagrams get the bootstrap's header added, so leave room for the longer name.
         overhead = max(len(prefix), wire.relay_overhead(self.name)) if prefix else 0
-        size = wire.MAX_UNFRAGMENTED - overhead
-        packet = bytearray(len(prefix) + size)
-        packet[: len(prefix)] = prefix
-        header_at, payload = len(prefix), size - wire.DATA_HEADER.size
-        sendto, target = self.udp.sock.sendto, route.addr
-        pack = wire.DATA_HEADER.pack_into
+        segment = wire.MAX_UNFRAGMENTED - overhead + len(prefix)
+        payload = segment - len(prefix) - wire.DATA_HEADER.size
+        batch = bytearray(segment * GSO_BATCH)
+        for i in range(GSO_BATCH):
+            batch[i * segment : i * segment + len(prefix)] = prefix
+        view = memoryview(batch)
+        sock, target, pack = self.udp.sock, route.addr, wire.DATA_HEADER.pack_into
+        gso_control = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", segment))]
         seq, sent = 0, 0
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            in_flight = seq - (tx.acked + 1)
-            if in_flight < TX_WINDOW:
-                for _ in range(min(TX_WINDOW - in_flight, 64)):
-                    pack(packet, header_at, b"D", session, seq)
-                    try:
-                        sendto(packet, target)
-                    except (BlockingIOError, InterruptedError):
-                        await asyncio.sleep(0.0005)
-                        break
-                    except OSError as exc:
-                        log.debug("bulk send failed: %s", exc)
-                        await asyncio.sleep(0.001)
-                        break
-                    seq += 1
-                    sent += payload
-                await asyncio.sleep(0)
-            else:
+            room = TX_WINDOW - (seq - (tx.acked + 1))
+            if room <= 0:
                 tx.progress.clear()
                 try:
                     await asyncio.wait_for(tx.progress.wait(), 0.05)
                 except TimeoutError:
                     # No acknowledgement for a while: count the window as lost and carry on.
                     tx.acked = seq - 1
+                continue
+            count = min(room, GSO_BATCH) if self._gso else 1
+            for i in range(count):
+                pack(batch, i * segment + len(prefix), b"D", session, seq + i)
+            try:
+                if count > 1:
+                    sock.sendmsg([view[: count * segment]], gso_control, 0, target)
+                else:
+                    sock.sendto(view[:segment], target)
+            except (BlockingIOError, InterruptedError):
+                await asyncio.sleep(0.0005)
+                continue
+            except OSError as exc:
+                if count > 1:
+                    log.info("UDP segmentation offload unavailable (%s); sending datagrams one by one", exc)
+                    self._gso = False
+                else:
+                    log.debug("bulk send failed: %s", exc)
+                    await asyncio.sleep(0.001)
+                continue
+            seq += count
+            sent += count * payload
+            if count == 1 and seq % 32:
+                continue
+            await asyncio.sleep(0)
         return sent
 
     # ---- control ---------------------------------------------------------------------------
