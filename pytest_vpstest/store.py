@@ -63,9 +63,9 @@ _CHUNK = 64 * 1024
 
 _log = logging.getLogger(__name__)
 
-# Test seam: called with a label at the points where a crash is most harmful ("after-append",
-# "before-replace"). The crash test's writer process sets it to sleep there, widening the window
-# in which a SIGKILL lands mid-commit. Unset in normal use.
+# Test seam: called with a label where a crash does the most harm ("after-append" and "before-replace"
+# of a commit, "before-update-replace" of an update). The crash test's writer process sets it to sleep
+# there, widening the window in which a SIGKILL lands mid-commit. Unset in normal use.
 _pause_hook: Callable[[str], None] | None = None
 
 
@@ -241,7 +241,7 @@ class StateStore:
     ``clock`` is the store's only source of time (lease expiry, timestamps); ``host`` and ``pid``
     identify this writer (default: this machine and process). ``pid_alive`` decides whether a holder
     on the same host is still running; a lease whose holder is dead is taken over without waiting
-    for it to expire.
+    for it to expire. ``lock_timeout`` bounds the wait for lease.lock (``StateError`` after it).
     """
 
     def __init__(
@@ -254,6 +254,7 @@ class StateStore:
         pid: int | None = None,
         lease_ttl: float = 60.0,
         pid_alive: Callable[[int], bool] = _pid_alive,
+        lock_timeout: float = 30.0,
     ) -> None:
         if not isinstance(project, str) or not is_safe_identifier(project):
             raise StateError(
@@ -274,6 +275,7 @@ class StateStore:
         self.host = host if host is not None else socket.gethostname()
         self.pid = pid if pid is not None else os.getpid()
         self.lease_ttl = float(lease_ttl)
+        self.lock_timeout = float(lock_timeout)
         self._pid_alive = pid_alive
         # One line per repair done by the last load() / transitions(), for the CLI to print.
         self.recovered: list[str] = []
@@ -373,7 +375,7 @@ class StateStore:
                 last_seq = self._last_seq(tail)
                 if transition is None:
                     state = self._state_document(document, lease.token, last_seq)
-                    _write_atomic(self.state_path, self._encode_state(state), "before-replace")
+                    _write_atomic(self.state_path, self._encode_state(state), "before-update-replace")
                     return last_seq
                 seq = last_seq + 1
                 state = self._state_document(document, lease.token, seq)
@@ -474,13 +476,38 @@ class StateStore:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
+        """Hold ``flock`` on lease.lock. Critical sections are milliseconds long; a lock held longer
+        means a process stopped or hung inside one, which must not be broken (it may still write),
+        so after ``lock_timeout`` seconds we give up with an error instead of waiting forever."""
         self.directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            deadline = time.monotonic() + self.lock_timeout
+            delay = 0.001
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise StateError(
+                            f"{self.lock_path}: still locked after {self.lock_timeout:g}s "
+                            f"({self._describe_lease_unlocked()}); a writer may be stopped or hung "
+                            "in the middle of a write"
+                        ) from None
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.05)
             yield
         finally:
             os.close(fd)
+
+    def _describe_lease_unlocked(self) -> str:
+        """Best-effort description of the holder, read without the lock (lease.json is replaced whole)."""
+        try:
+            held = json.loads(self.lease_path.read_bytes()).get("holder")
+            return f"lease held by pid {held['pid']} on {held['host']}" if held else "lease free"
+        except (OSError, ValueError, AttributeError, KeyError, TypeError):
+            return "lease holder unknown"
 
     def _remove_orphaned_temp_files(self) -> None:
         """Delete temp files of writes a crashed writer never renamed into place. Call under the lock."""

@@ -9,13 +9,15 @@ goes. With ``--commits N`` it stops after N commits, releases the lease and prin
 it runs until killed. ``VPSTEST_CRASH_PAUSE=<seconds>`` sleeps at the store's crash-sensitive points
 (after the log append, before the state file's rename) so a kill lands inside those windows;
 ``VPSTEST_CRASH_STOP_AT=<after-append|before-replace>:<n>`` prints ``at <label>`` at the n-th such
-point and waits there to be killed.
+point and waits there to be killed; ``VPSTEST_CRASH_FREEZE_AT=<n>`` prints ``frozen`` and stops itself
+(SIGSTOP) before its n-th commit, outside the store's lock, until the test sends SIGCONT.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -76,7 +78,12 @@ def main() -> int:
 
     document: dict[str, Any] = store.load() or {"project": args.project, "state": "IDLE", "counter": 0}
     done = 0
+    freeze_at = int(os.environ.get("VPSTEST_CRASH_FREEZE_AT") or 0)
     while args.commits == 0 or done < args.commits:
+        if done + 1 == freeze_at:
+            # Stop ourselves between writes, outside the store's lock, as a paused process would be.
+            print("frozen", flush=True)
+            os.kill(os.getpid(), signal.SIGSTOP)
         counter = int(document.get("counter", 0)) + 1
         previous = document.get("state", "IDLE")
         proposed = {
@@ -92,7 +99,9 @@ def main() -> int:
                 lease = store.renew(lease)
             seq = store.commit(lease, proposed, transition)
         except StaleLeaseError:
-            # Paused past the lease (a busy machine): take it again and continue from what is committed.
+            # Paused past the lease (a busy machine, SIGSTOP): take it again and continue from what is
+            # committed, after whoever wrote meanwhile.
+            print(f"stale {lease.token}", flush=True)
             lease = _acquire(store, time.monotonic() + 10 * args.ttl + 5)
             document = store.load() or document
             continue
@@ -105,6 +114,7 @@ def main() -> int:
             try:
                 store.update(lease, document)
             except StaleLeaseError:
+                print(f"stale {lease.token}", flush=True)
                 lease = _acquire(store, time.monotonic() + 10 * args.ttl + 5)
                 document = store.load() or document
         done += 1

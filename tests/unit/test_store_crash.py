@@ -29,8 +29,10 @@ TTL = 0.5
 TIME_BUDGET = 120.0  # a hard bound on the whole test, far above its usual few seconds
 
 
-def start_writer(state_dir: Path, host: str, *, commits: int = 0, env: dict[str, str] | None = None) -> Any:
-    argv = [sys.executable, str(WRITER), str(state_dir), PROJECT, "--host", host, "--ttl", str(TTL)]
+def start_writer(
+    state_dir: Path, host: str, *, commits: int = 0, env: dict[str, str] | None = None, ttl: float = TTL
+) -> Any:
+    argv = [sys.executable, str(WRITER), str(state_dir), PROJECT, "--host", host, "--ttl", str(ttl)]
     argv += ["--commits", str(commits), "--pad", "8192"]
     return subprocess.Popen(
         argv,

@@ -1,0 +1,98 @@
+"""Several real writer processes against one project (``_crash_writer.py``): started together they take
+turns through the lease and every transition is logged once, in order; a writer frozen with SIGSTOP
+past its lease is fenced off when it wakes — its next write is refused and nothing it tried to write
+lands after its successor's — and a second project in the same state directory is never blocked."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_vpstest.errors import StateError
+from pytest_vpstest.store import StateStore
+from tests.unit.test_store_crash import check_consistent, read_line, start_writer
+
+PROJECT = "crashy"  # the writer's project, as in the crash test
+
+
+def finish(proc: Any, timeout: float = 60) -> str:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"writer failed with {proc.returncode}: {err}"
+    return str(out)
+
+
+def test_writers_started_together_take_turns(tmp_path: Path) -> None:
+    # A long TTL: turns pass by release, and a busy machine must not make a writer lose its lease.
+    writers = [start_writer(tmp_path, "host-a", commits=15, ttl=30) for _ in range(4)]
+    outputs = [finish(w) for w in writers]
+    assert all(out.splitlines()[-1] == "done" for out in outputs)
+    entries = check_consistent(tmp_path)
+    assert len(entries) == 60
+    tokens = [e["token"] for e in entries]
+    assert tokens == sorted(tokens), "a lower token wrote after a higher one"
+    # Each writer's transitions form one unbroken run under its own token(s).
+    writers_in_order = [e["snapshot"]["writer"] for e in entries]
+    runs = [w for i, w in enumerate(writers_in_order) if i == 0 or w != writers_in_order[i - 1]]
+    assert sorted(runs) == sorted({w.pid for w in writers}), runs
+
+
+def test_frozen_writer_is_fenced_off_when_it_wakes(tmp_path: Path) -> None:
+    frozen = start_writer(tmp_path, "host-a", env={"VPSTEST_CRASH_FREEZE_AT": "10"})
+    successor = None
+    try:
+        first_token = int(read_line(frozen, 15).split()[1])
+        assert read_line(frozen, 15) == "frozen"
+        # Same host, but the holder's pid is alive (stopped): the successor has to wait for expiry.
+        started = time.monotonic()
+        successor = start_writer(tmp_path, "host-a")
+        second_token = int(read_line(successor, 15).split()[1])
+        assert second_token > first_token and time.monotonic() - started >= 0.3
+        time.sleep(0.2)
+        frozen.send_signal(signal.SIGCONT)
+        assert read_line(frozen, 15) == f"stale {first_token}"
+        time.sleep(0.2)
+    finally:
+        for proc in (frozen, successor):
+            if proc is not None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+                proc.communicate(timeout=10)
+    entries = check_consistent(tmp_path)  # counter == seq throughout: no write was lost or stale
+    tokens = [e["token"] for e in entries]
+    assert tokens == sorted(tokens)
+    assert tokens.count(first_token) == 9, "the frozen writer's nine commits before it froze"
+    successor_start = tokens.index(second_token)
+    assert first_token not in tokens[successor_start:], "the frozen writer wrote after its successor"
+
+
+def test_a_writer_stopped_inside_the_lock_gives_a_clear_error(tmp_path: Path) -> None:
+    store = StateStore(tmp_path, PROJECT, host="host-a", pid=os.getpid(), lock_timeout=0.2)
+    store.directory.mkdir()
+    # flock conflicts between two open files even in one process: stands in for a stopped writer.
+    with store.lock_path.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        started = time.monotonic()
+        with pytest.raises(StateError, match=r"lease\.lock: still locked after 0\.2s"):
+            store.acquire()
+        assert time.monotonic() - started < 5
+    assert store.acquire().token == 1
+
+
+def test_another_project_is_not_blocked(tmp_path: Path) -> None:
+    busy = start_writer(tmp_path, "host-a")
+    try:
+        read_line(busy, 15)
+        other = StateStore(tmp_path, "other-project", host="host-a", pid=os.getpid())
+        lease = other.acquire()
+        assert other.commit(lease, {"project": "other-project", "state": "SETUP"}, {"to": "SETUP"}) == 1
+        other.release(lease)
+    finally:
+        busy.kill()
+        busy.communicate(timeout=10)
+    assert StateStore(tmp_path, PROJECT, host="checker", pid=1).transitions()
