@@ -36,7 +36,7 @@ def test_demo_workspace_builds_and_its_fixer_repairs_the_planted_defect(tmp_path
     assert build.returncode == 0, build.stderr
     assert (ws / "dist" / "agent.pyz").stat().st_size > 1000
     brief = tmp_path / "brief.md"
-    brief.write_text("| 3 | n1×3 | - | - | `ERROR node: relay: dropped forwarded datagram from saorsa-<n>` |\n")
+    brief.write_text("| 3 | n1×3 | `ERROR node: relay: dropped forwarded datagram from saorsa-<n>` |\n")
     fix = subprocess.run([sys.executable, "fixer.py", str(brief)], cwd=ws, capture_output=True,
                          text=True, timeout=60)
     assert fix.returncode == 0, fix.stdout + fix.stderr
