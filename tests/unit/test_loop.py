@@ -320,3 +320,38 @@ def test_two_projects_run_at_once(tmp_path: Path) -> None:
     assert {k: v.state for k, v in results.items()} == {"alpha": m.State.COMPLETE, "beta": m.State.COMPLETE}
     for name in ("alpha", "beta"):
         assert [e["to"] for e in StateStore(tmp_path / "state", name).transitions()] == FULL_PATH
+
+
+def test_webhook_and_dashboard_down_during_the_run_get_everything_later(tmp_path: Path) -> None:
+    from pytest_vpstest.config import ChannelConfig, NotifyConfig
+    from pytest_vpstest.notify import Notifier, build_channels
+    from tests.unit.test_notify import Receiver
+
+    hook, dash = Receiver(), Receiver()
+    hook.start()
+    dash.start()
+    hook.stop()  # both endpoints are down for the whole run
+    dash.stop()
+    cfg = ProjectConfig(path=None, project="demo", workspace=tmp_path,
+                        soak=SoakConfig(wait_1hr_seconds=1, wait_6hr_seconds=1),
+                        notify=NotifyConfig(
+                            channels=(ChannelConfig(kind="webhook", url=hook.url, timeout_seconds=1),),
+                            dashboard_url=dash.url))
+    clock = FakeClock()
+    final = Runner(cfg, INV, tmp_path / "state", stages=FakeStages(tests=[False, True]), clock=clock,
+                   sleeper=clock.sleep).run()
+    assert final.state is m.State.COMPLETE
+    hook.start()
+    dash.start()
+    try:
+        later = Notifier(tmp_path / "state" / "demo" / "outbox", "demo", build_channels(cfg.notify, print))
+        assert later.flush()
+    finally:
+        hook.stop()
+        dash.stop()
+    transitions = [e["data"]["to"] for e in dash.received if e["kind"] == "transition"]
+    assert transitions == FULL_PATH
+    seqs = [e["seq"] for e in dash.received]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert [e["kind"] for e in hook.received] == ["loop_start", "first_failure", "fix_committed", "wait_1hr",
+                                                  "wait_6hr", "complete"]
