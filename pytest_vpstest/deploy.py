@@ -336,6 +336,8 @@ def deploy(
 
     Returns the per-node report when at least half the targets deployed; otherwise raises
     :class:`DeployError` (with the report as ``.report``) naming each failed node, stage and cause.
+    A ``deploy.start_command`` with an unknown placeholder raises :class:`ConfigError` before any
+    node is touched.
     """
     say = log or (lambda _line: None)
     targets = target_nodes(inventory, project_config, nodes)
@@ -343,6 +345,10 @@ def deploy(
         raise DeployError("no nodes to deploy to (deploy.nodes selects none)")
     if not artifact.is_file():
         raise DeployError(f"artifact {artifact} does not exist")
+    # A bad start_command template is the config's fault, not the nodes': refuse before touching any.
+    for name in targets:
+        node = inventory.node(name)
+        start_command(node, plan_node(node, project_config, artifact), inventory, project_config)
     digest = _sha256(artifact)
     say(f"deploying {artifact.name} to {len(targets)} node(s): {', '.join(targets)}")
     outcomes = pool.fan_out(

@@ -300,3 +300,17 @@ def test_no_targets_or_missing_artifact_raise(world: World) -> None:
             run_deploy(world, pool, world.tmp / "x", nodes=[])
         with pytest.raises(DeployError, match="does not exist"):
             run_deploy(world, pool, world.tmp / "missing")
+
+
+def test_bad_start_command_is_refused_before_any_node_is_touched(world: World) -> None:
+    world.config = replace(
+        world.config, deploy=replace(world.config.deploy, start_command="{bin} --peer {peer}")
+    )
+    factory = local_session_factory()
+    artifact = write_artifact(world.tmp / "v1", "v1")
+    with (
+        SessionPool(world.inventory, session_factory=factory) as pool,
+        pytest.raises(ConfigError, match=r"unknown placeholder \{peer\}"),
+    ):
+        run_deploy(world, pool, artifact)
+    assert factory.sessions == {}  # type: ignore[attr-defined]
