@@ -259,28 +259,33 @@ def probe(vps_run: RunContext, deployment: dict[str, Any], node_pool: Any) -> An
 
 @dataclass
 class Recorder:
-    """Records a suite test's measurement so it reaches the controller (and JUnit XML)."""
+    """Records a suite test's measurement as user properties of its report.
 
-    record_property: Callable[[str, object], None]
-    request: pytest.FixtureRequest
+    They travel from xdist workers to the controller with the report, and JUnit XML writes them as
+    test-case properties (with ``junit_family=xunit1`` or ``legacy``; xunit2 has no per-test
+    properties, so the run's metrics are also written as suite properties at session end).
+    Appending to ``user_properties`` directly, rather than through ``record_property``, avoids
+    that fixture's warning under xunit2.
+    """
+
+    item: pytest.Item
 
     def __call__(
         self, measurement: Mapping[str, Any], nodes: tuple[str, ...] = (), **flat: float | str | None
     ) -> None:
         from pytest_vpstest.results import MEASUREMENT_KEY, NODES_KEY, encode
 
-        self.record_property(MEASUREMENT_KEY, encode(measurement))
+        props = self.item.user_properties
+        props.append((MEASUREMENT_KEY, encode(measurement)))
         if nodes:
-            self.record_property(NODES_KEY, ",".join(nodes))
-        for key, value in flat.items():
-            if value is not None:
-                self.record_property(key, value)
+            props.append((NODES_KEY, ",".join(nodes)))
+        props.extend((key, value) for key, value in flat.items() if value is not None)
 
 
 @pytest.fixture
-def vps_record(record_property: Callable[[str, object], None], request: pytest.FixtureRequest) -> Recorder:
+def vps_record(request: pytest.FixtureRequest) -> Recorder:
     """``vps_record(measurement, nodes=(...), rate=..)``: attach a measurement to this test's report."""
-    return Recorder(record_property, request)
+    return Recorder(request.node)
 
 
 def skip_if_not_deployed(run: RunContext, *nodes: str) -> None:

@@ -278,13 +278,15 @@ class VpsPlugin:
             report.nodeid, report.when, report.outcome, report.duration, report.user_properties, message[:300]
         )
 
-    @pytest.hookimpl(trylast=True)
+    # tryfirst: before the JUnit XML writer, so the run's metrics become its suite properties.
+    @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.run.is_worker or not self.collector.vps_tests:
             return
         from pytest_vpstest.results import finish_run
 
         self.outcome = finish_run(self.config, self.run, self.collector)
+        _junit_suite_properties(self.config, self.outcome.results["metrics"])
         if not self.outcome.verdict.passed and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -313,6 +315,15 @@ class VpsPlugin:
 
             report.extras = [*getattr(report, "extras", []), *html_extras(item.user_properties)]
         return report
+
+
+def _junit_suite_properties(config: pytest.Config, metrics: dict[str, float]) -> None:
+    from _pytest.junitxml import xml_key
+
+    xml = config.stash.get(xml_key, None)
+    if xml is not None:
+        for name, value in sorted(metrics.items()):
+            xml.add_global_property(f"vpstest.{name}", value)
 
 
 # Default implementations of the plugin's own hooks (a conftest or plugin may override them).

@@ -223,3 +223,36 @@ def test_focus_deselects_other_suites_and_marker_selection(fake_fleet: MakeFleet
     fleet = fake_fleet()
     result = fleet.run("--vps-focus=gossip", "-m", "soak")
     result.assert_outcomes(passed=3, deselected=50)
+
+
+def test_html_report_and_junit_carry_the_measurements(fake_fleet: MakeFleet) -> None:
+    fleet = fake_fleet()
+    html, junit = fleet.dir / "report.html", fleet.dir / "junit.xml"
+    result = fleet.run(
+        "--vps-focus=connectivity",
+        "--vps-attempts=1",
+        f"--html={html}",
+        "--self-contained-html",
+        f"--junitxml={junit}",
+        "-o",
+        "junit_family=xunit1",
+    )
+    result.assert_outcomes(passed=36)
+    page = html.read_text()
+    assert "pytest-vpstest: connectivity matrix" in page
+    assert "| **p1** | — | d✓ h✓ r✓ | d✗ h✓ r✓ | d✗ h✗ r✓ |" in page
+    assert "vpstest measurement" in page
+    xml = junit.read_text()
+    assert '<property name="vpstest.nodes" value="n1,n2" />' in xml
+    assert '<property name="success" value="1/1" />' in xml
+    assert "&quot;category&quot;:&quot;relay&quot;" in xml
+    assert '<property name="vpstest.connectivity.relay.rate" value="100.0" />' in xml
+
+
+def test_junit_xunit2_gets_suite_properties_without_warnings(fake_fleet: MakeFleet) -> None:
+    fleet = fake_fleet()
+    junit = fleet.dir / "junit.xml"
+    result = fleet.run("--vps-focus=throughput", f"--junitxml={junit}")
+    result.assert_outcomes(passed=4)
+    assert "record_property is incompatible" not in result.stdout.str()
+    assert '<property name="vpstest.throughput.avg_mbps" value="25.0" />' in junit.read_text()
