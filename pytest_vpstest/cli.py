@@ -191,7 +191,14 @@ def start_background(
         rc = proc.poll()
         if rc is not None:
             lines = [x for x in out_path.read_text(errors="replace").splitlines() if x.strip()]
-            raise VpsTestError(lines[-1].removeprefix("vpstest: error: ") if lines else f"runner exited {rc}")
+            errors = [x for x in lines if x.startswith("vpstest: error: ")]
+            if rc == 2 or errors or not (pdir / "state.json").exists():
+                raise VpsTestError(errors[-1].removeprefix("vpstest: error: ") if errors
+                                   else (lines[-1] if lines else f"runner exited {rc}"))
+            row = project_status(state_dir, project)
+            print(f"vpstest: {project}: runner pid {proc.pid} already finished: {row['state']}"
+                  + (f" ({row['stop_reason']})" if row["stop_reason"] else ""))
+            return 0 if row["state"] == "COMPLETE" else 1
         holder = store.holder()
         if holder is not None and holder.pid == proc.pid:
             print(f"vpstest: {project}: runner started in the background (pid {proc.pid})")

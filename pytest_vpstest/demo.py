@@ -256,7 +256,7 @@ def run_demo(
     """Run the demo end to end; 0 when the loop reached COMPLETE."""
     from pytest_vpstest import lab
     from pytest_vpstest import machine as m
-    from pytest_vpstest.config import load_inventory, load_project_config  # type: ignore[attr-defined]
+    from pytest_vpstest.config import load_inventory, load_project_config
     from pytest_vpstest.loop import Runner, machine_config
 
     say = out or (lambda line: print(line, flush=True))
@@ -282,7 +282,8 @@ def run_demo(
         # Bounded fix attempts: a demo must end even if something unexpected breaks the lab.
         mcfg = machine_config(config)
         mcfg = m.MachineConfig(**{**mcfg.__dict__, "max_fix_attempts": 3})
-        runner = Runner(config, inventory, Path(config.state_dir), out=say, install_signal_handlers=True,
+        state_dir = config.state_dir or ws / ".vpstest"
+        runner = Runner(config, inventory, state_dir, out=say, install_signal_handlers=True,
                         fix_retry_seconds=2.0, machine_cfg=mcfg)
         final = runner.run()
     finally:
@@ -309,7 +310,7 @@ def _summary(final: Any, config: Any, ws: Path, config_path: Path, seconds: floa
              say: Callable[[str], None]) -> None:
     from pytest_vpstest.store import StateStore
 
-    state_dir = Path(config.state_dir)
+    state_dir = config.state_dir or ws / ".vpstest"
     store = StateStore(state_dir, config.project)
     doc = store.load() or {}
     runner = doc.get("runner") or {}
