@@ -431,7 +431,8 @@ class StateStore:
             if entry is not None and entry["seq"] > _int_field(state, "last_seq", 0):
                 self._note(
                     f"{self.state_path}: behind the transitions log (last_seq "
-                    f"{_int_field(state, 'last_seq', 0)} < {entry['seq']}); using the log's snapshot"
+                    f"{_int_field(state, 'last_seq', 0)} < {entry['seq']}); using the log's snapshot",
+                    expected_while_writing=True,
                 )
                 return LoadResult(self._from_entry(entry), "log", list(self.recovered))
             return LoadResult(state, "state", list(self.recovered))
@@ -469,7 +470,10 @@ class StateStore:
                 raise StateError(f"{self.log_path}:{number}: not a valid transition entry")
             entries.append(entry)
         if fragment:
-            self._note(f"{self.log_path}:{len(lines) + 1}: skipped a torn final line (no newline)")
+            self._note(
+                f"{self.log_path}:{len(lines) + 1}: skipped a torn final line (no newline)",
+                expected_while_writing=True,
+            )
         return entries
 
     # -------------------------------------------------------------- internals
@@ -515,9 +519,11 @@ class StateStore:
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
 
-    def _note(self, message: str) -> None:
+    def _note(self, message: str, *, expected_while_writing: bool = False) -> None:
+        """Record a repair or fallback. Some are what any reader sees while a writer is mid-commit
+        (state.json one step behind the log, a line being appended): those are logged quietly."""
         self.recovered.append(message)
-        _log.warning("%s", message)
+        _log.log(logging.DEBUG if expected_while_writing else logging.WARNING, "%s", message)
 
     def _handle(self, info: LeaseInfo) -> Lease:
         return Lease(
@@ -671,7 +677,10 @@ class StateStore:
         finally:
             os.close(fd)
         if tail.torn and not quiet:
-            self._note(f"{self.log_path}: ignored a torn final line left by an interrupted write")
+            self._note(
+                f"{self.log_path}: ignored an incomplete final line (an interrupted or ongoing write)",
+                expected_while_writing=True,
+            )
         return tail.last
 
     def _scan_for_last_good(self, fd: int) -> dict[str, Any] | None:

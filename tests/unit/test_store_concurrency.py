@@ -96,3 +96,25 @@ def test_another_project_is_not_blocked(tmp_path: Path) -> None:
         busy.kill()
         busy.communicate(timeout=10)
     assert StateStore(tmp_path, PROJECT, host="checker", pid=1).transitions()
+
+
+def test_readers_see_only_committed_states_while_a_writer_runs(tmp_path: Path) -> None:
+    writer = start_writer(tmp_path, "host-a")
+    seen: list[int] = []
+    try:
+        read_line(writer, 15)
+        reader = StateStore(tmp_path, PROJECT, host="reader", pid=os.getpid())
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline and len(seen) < 400:
+            document = reader.load()
+            if document is None:
+                continue
+            # Every state a reader sees is a committed one: its counter is its seq, never half-written.
+            assert document["counter"] == document["last_seq"]
+            seen.append(document["last_seq"])
+            assert not reader.corrupt_dir.exists()
+    finally:
+        writer.kill()
+        writer.communicate(timeout=10)
+    assert len(seen) > 10 and seen == sorted(seen), "a reader went back in time"
+    assert seen[-1] > seen[0], "the writer made progress while being read"

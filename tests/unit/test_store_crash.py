@@ -115,7 +115,7 @@ def test_sigkill_at_random_points_never_corrupts_or_duplicates(tmp_path: Path) -
         store = StateStore(tmp_path, PROJECT, host="checker", pid=1)
         result = store.load_result()
         windows["behind"] += result.source == "log"
-        windows["torn"] += any("torn" in note for note in result.recovered)
+        windows["torn"] += any("incomplete final line" in note for note in result.recovered)
         windows["temp"] += bool(list(store.directory.glob(".state.json.*.tmp")))
         if stop_at:
             # Killed after the line was appended and before the rename: committed, state.json behind.
