@@ -19,6 +19,7 @@ import contextlib
 import errno
 import json
 import posixpath
+import secrets
 import shlex
 import socket
 import string
@@ -56,6 +57,10 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+# Environment markers: a service started by ProcessManager, a command run with a timeout.
+_SERVICE_ENV = "VPSTEST_SERVICE"
+_RUN_ENV = "VPSTEST_RUN"
 
 
 @dataclass(frozen=True)
@@ -183,12 +188,17 @@ class NodeSession:
 
         Output is captured, never echoed. A non-zero exit is a result, not an error, unless
         ``check``; then it raises :class:`NodeError` with the exit status and last stderr line.
-        A command still running after ``timeout`` seconds gives ``timed_out=True``.
+        A command still running after ``timeout`` seconds gives ``timed_out=True``, and its
+        processes on the node are killed (found by an environment marker; Linux ``/proc``).
         """
         conn = self._connection()
         started = time.monotonic()
+        marker = f"{_RUN_ENV}={secrets.token_hex(8)}" if timeout is not None else None
+        # With a timeout the command carries a marker in its environment, so what is left of it
+        # on the node can be found and killed (closing the channel does not stop it).
+        wire = f"export {marker}; {command}" if marker else command
         try:
-            res = conn.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)
+            res = conn.run(wire, hide=True, warn=True, in_stream=False, timeout=timeout)
             if res.exited == -1 and not conn.is_connected:
                 # paramiko reports -1 when the connection died before an exit status came.
                 raise EOFError("the SSH connection closed before the command finished")
@@ -201,6 +211,8 @@ class NodeSession:
                 duration=time.monotonic() - started,
             )
         except CommandTimedOut as exc:
+            if marker:
+                self._kill_marked(marker)
             result = CommandResult(
                 node=self._node.name,
                 command=command,
@@ -223,6 +235,15 @@ class NodeSession:
                 self._node.name, f"{_short(command)} failed ({result.summary()})", address=self._address
             )
         return result
+
+    def _kill_marked(self, marker: str) -> None:
+        """Best effort: KILL every process on the node whose environment holds ``marker``."""
+        sweep = (
+            f"for f in $(grep -lsaF {shlex.quote(marker)} /proc/[0-9]*/environ); do "
+            'p=${f#/proc/}; kill -KILL "${p%/environ}" 2>/dev/null; done; true'
+        )
+        with contextlib.suppress(Exception):
+            self._connection().run(sweep, hide=True, warn=True, in_stream=False, timeout=15)
 
     def put(self, local: Path | str, remote: str) -> None:
         """Upload the local file to the remote path (SFTP)."""
@@ -484,9 +505,6 @@ def service_manager(session: Session, *, install_path: str, log_dir: str) -> Ser
     if session.node.service_manager == "process":
         return ProcessManager(session, install_path=install_path, log_dir=log_dir)
     return SystemdManager(session, install_path=install_path, log_dir=log_dir)
-
-
-_SERVICE_ENV = "VPSTEST_SERVICE"
 
 
 class ProcessManager:

@@ -43,11 +43,26 @@ def test_command_output_and_exit_codes(sshd: SshdHandle) -> None:  # noqa: F811
         assert "exit 3: broken" in str(info.value) and "node-1" in str(info.value)
 
 
-def test_timeout_marks_result_and_session_stays_usable(sshd: SshdHandle) -> None:  # noqa: F811
+def _processes_with(argv: list[str]) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")[:-1]
+            except OSError:
+                continue
+            if [c.decode(errors="replace") for c in cmdline] == argv:
+                found.append(int(entry.name))
+    return found
+
+
+def test_timeout_marks_result_kills_the_command_and_session_stays_usable(sshd: SshdHandle) -> None:  # noqa: F811
     with SessionPool(sshd.inventory()) as pool:
-        res = pool.run("node-1", "echo started; sleep 20", timeout=1)
+        res = pool.run("node-1", "echo started; sleep 21.5; echo never", timeout=1)
         assert res.timed_out and res.exit_code is None and not res.ok
-        assert res.duration < 10
+        assert res.duration < 10 and res.command == "echo started; sleep 21.5; echo never"
+        assert res.stdout == "started\n"
+        assert _processes_with(["sleep", "21.5"]) == []
         assert pool.run("node-1", "echo again").stdout == "again\n"
 
 
