@@ -380,19 +380,27 @@ class StateStore:
                 seq = last_seq + 1
                 state = self._state_document(document, lease.token, seq)
                 line = self._encode_line(transition, state, seq, lease.token, now)
-                written = os.write(fd, line)
-                if written != len(line):
-                    # A short write to a regular file means the disk is full; undo it so the log stays whole.
-                    os.ftruncate(fd, tail.committed_end)
-                    os.fsync(fd)
-                    raise StateError(f"{self.log_path}: short write ({written} of {len(line)} bytes)")
-                os.fsync(fd)
+                self._append(fd, line, tail.committed_end)
             finally:
                 os.close(fd)
             if _pause_hook is not None:
                 _pause_hook("after-append")
             _write_atomic(self.state_path, self._encode_state(state), "before-replace")
             return seq
+
+    def _append(self, fd: int, line: bytes, committed_end: int) -> None:
+        """Append one whole line and fsync it; on any failure, cut the log back so no part of it stays."""
+        try:
+            written = os.write(fd, line)
+            if written != len(line):
+                # A short write to a regular file: the disk is full (or a fatal signal is pending).
+                raise OSError(errno.ENOSPC, f"short write, {written} of {len(line)} bytes")
+            os.fsync(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, committed_end)
+                os.fsync(fd)
+            raise StateError(f"{self.log_path}: cannot append the transition: {exc.strerror or exc}") from exc
 
     def update(self, lease: Lease, document: Mapping[str, Any]) -> None:
         """Replace state.json with ``document`` without a transition (result merges, node status, logs)."""
@@ -483,8 +491,13 @@ class StateStore:
         """Hold ``flock`` on lease.lock. Critical sections are milliseconds long; a lock held longer
         means a process stopped or hung inside one, which must not be broken (it may still write),
         so after ``lock_timeout`` seconds we give up with an error instead of waiting forever."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StateError(
+                f"{self.lock_path}: cannot open the project's lock file: {exc.strerror}"
+            ) from exc
         try:
             deadline = time.monotonic() + self.lock_timeout
             delay = 0.001

@@ -371,6 +371,34 @@ def test_commit_refuses_a_log_with_a_corrupt_middle_line(tmp_path: Path, clock: 
         store.commit(lease, doc("DEPLOY"), step("BUILD", "DEPLOY"))
 
 
+def test_a_failed_append_leaves_no_partial_line(tmp_path: Path, clock: FakeClock) -> None:
+    store = make_store(tmp_path, clock)
+    lease = store.acquire()
+    store.commit(lease, doc("SETUP"), step("IDLE", "SETUP"))
+    before = store.log_path.read_bytes()
+    # A real short write: a file-size limit half-way into the next line (as a full disk would do).
+    script = f"""
+import resource, signal
+from pytest_vpstest.errors import StateError
+from pytest_vpstest.store import Lease, StateStore
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+limit = {len(before) + 200}
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+store = StateStore({str(tmp_path)!r}, "ant-quic", clock=lambda: {clock.now}, host="host-a", pid=1001,
+                   lease_ttl=60.0, pid_alive=lambda _pid: True)
+lease = Lease("ant-quic", {lease.token}, 1001, "host-a", {lease.acquired_at}, {lease.expires_at})
+try:
+    store.commit(lease, {{"project": "ant-quic", "logs": ["x" * 1000]}}, {{"from": "SETUP", "to": "BUILD"}})
+except StateError as exc:
+    print(exc)
+"""
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert "cannot append the transition" in child.stdout, child.stderr
+    assert store.log_path.read_bytes() == before
+    assert store.commit(lease, doc("BUILD"), step("SETUP", "BUILD")) == 2
+    assert [t["seq"] for t in store.transitions()] == [1, 2]
+
+
 def test_update_writes_state_without_a_transition(tmp_path: Path, clock: FakeClock) -> None:
     store = make_store(tmp_path, clock)
     lease = store.acquire()
