@@ -8,10 +8,9 @@ directory does the work and leaves a JSON marker with the result; the others rea
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
-import importlib
 import json
+import logging
 import os
 import time
 import traceback
@@ -217,7 +216,9 @@ def deployment(
         )
         if not result.get("ok"):
             failed = result.get("failed") or {}
-            details = "; ".join(f"{n}: {why}" for n, why in failed.items()) or _format_diagnostics(result)
+            details = str(result.get("error") or "") or (
+                "; ".join(f"{n}: {why}" for n, why in failed.items()) or _format_diagnostics(result)
+            )
             pytest.fail(f"deployment failed: {details}", pytrace=False)
     vps_run.deployment_info = result
     return result
@@ -328,41 +329,29 @@ def service_name(cfg: ProjectConfig) -> str:
     return f"{cfg.deploy.service_prefix}-{module}"
 
 
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _jsonable(dataclasses.asdict(value))
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return str(value)
-
-
 def default_build(run: RunContext) -> dict[str, Any]:
-    """Run the configured local build (``build.run_build``) and summarise it as JSON."""
-    build = importlib.import_module("pytest_vpstest.build")
-    result = build.run_build(run.project_config)
-    data = _jsonable(result)
-    ok = bool(getattr(result, "ok", data.get("ok", False) if isinstance(data, dict) else False))
-    errors = [str(d) for d in (getattr(result, "errors", None) or [])]
-    warnings = [str(d) for d in (getattr(result, "warnings", None) or [])]
-    artifact = getattr(result, "artifact", None)
+    """Run the configured local build (``build.run_build``; never on a node), its output streamed
+    to the ``pytest_vpstest.build`` logger, and summarise it as JSON for every worker."""
+    from pytest_vpstest.build import run_build
+
+    log = logging.getLogger("pytest_vpstest.build")
+    result = run_build(run.project_config, log=log.info)
+    errors = [str(d) for d in result.errors]
+    if not result.ok and not errors:
+        errors = [result.error or "build failed", *result.output_tail.splitlines()[-20:]]
     return {
-        "ok": ok,
-        "artifact": str(artifact) if artifact else None,
+        "ok": result.ok,
+        "artifact": str(result.artifact) if result.artifact else None,
         "errors": errors,
-        "warnings": len(warnings),
-        "duration": getattr(result, "duration", None),
+        "warnings": len(result.warnings),
+        "duration": round(result.duration, 3),
+        "command": result.command,
     }
 
 
 def default_deploy(run: RunContext, pool: Any, artifact: str | None) -> dict[str, Any]:
     """Deploy with ``deploy.deploy`` and summarise per node; fewer than half deployed is not ok."""
-    deploy_mod = importlib.import_module("pytest_vpstest.deploy")
+    from pytest_vpstest import deploy as deploy_mod
     from pytest_vpstest.errors import DeployError
 
     cfg = run.project_config
@@ -376,14 +365,14 @@ def default_deploy(run: RunContext, pool: Any, artifact: str | None) -> dict[str
             "failed": {},
         }
     lines: list[str] = []
+    report: deploy_mod.DeployReport | None
+    error = ""
     try:
         report = deploy_mod.deploy(pool, run.inventory, cfg, Path(artifact), log=lines.append)
-        ok = True
     except DeployError as exc:
-        report = getattr(exc, "report", None)
-        if report is None:
-            return {"ok": False, "error": str(exc), "deployed": {}, "failed": {}, "log": lines}
-        ok = False
+        report, error = getattr(exc, "report", None), str(exc)
+    if report is None:
+        return {"ok": False, "error": error, "deployed": {}, "failed": {}, "log": lines}
     deployed: dict[str, dict[str, Any]] = {}
     failed: dict[str, str] = {}
     for name, d in report.per_node.items():
@@ -392,7 +381,7 @@ def default_deploy(run: RunContext, pool: Any, artifact: str | None) -> dict[str
             deployed[name] = {"bin": plan.binary, "install_path": plan.install_path, "log_dir": plan.log_dir}
         else:
             failed[name] = f"{d.stage_failed}: {d.error}"
-    return {"ok": ok, "deployed": deployed, "failed": failed, "log": lines[-50:]}
+    return {"ok": not error, "error": error, "deployed": deployed, "failed": failed, "log": lines[-50:]}
 
 
 def default_fetch_logs(run: RunContext, pool: Any, node: str) -> str:

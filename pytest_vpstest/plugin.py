@@ -8,7 +8,6 @@ judges the verdict and records it (``results.finish_run``).
 
 from __future__ import annotations
 
-import importlib
 import os
 import time
 from pathlib import Path
@@ -129,12 +128,9 @@ def _default_state_dir() -> Path:
 def _resolve_inventory(spec: str, base: Path) -> Path:
     if spec == "lab" or spec.startswith("lab:"):
         from pytest_vpstest.errors import ConfigError
+        from pytest_vpstest.lab import inventory_path
 
-        lab = importlib.import_module("pytest_vpstest.lab")
-        inventory_path = getattr(lab, "inventory_path", None)
-        if inventory_path is None:
-            raise ConfigError("this installation has no embedded lab (pytest_vpstest.lab.inventory_path)")
-        path = Path(inventory_path(spec[4:]) if ":" in spec else inventory_path())
+        path = inventory_path(spec[4:]) if ":" in spec else inventory_path()
         if not path.exists():
             raise ConfigError(f"no lab inventory at {path}: start the lab with 'vpstest lab up'")
         return path
@@ -143,11 +139,8 @@ def _resolve_inventory(spec: str, base: Path) -> Path:
 
 
 def _make_run(config: pytest.Config, config_path: Path) -> RunContext:
+    from pytest_vpstest import config as loaders
     from pytest_vpstest.errors import ConfigError
-
-    loaders = importlib.import_module("pytest_vpstest.config")
-    if not hasattr(loaders, "load_project_config"):
-        raise ConfigError("this installation cannot load config files (config.load_project_config missing)")
     config_path = (
         config_path if config_path.is_absolute() else Path(config.invocation_params.dir) / config_path
     )
