@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -30,7 +31,8 @@ from tests.lab.conftest import Lab, netns_skip_reason, requires_netns
 
 pytestmark = [pytest.mark.lab, requires_netns]
 
-PREFIX = "vpsa"
+# One lab per xdist worker: workers running this module's tests at once must not share a prefix.
+PREFIX = "vpsa" + os.environ.get("PYTEST_XDIST_WORKER", "").removeprefix("gw")[:1]
 TOPOLOGY = """
 schema_version: 1
 name: nat-theory
