@@ -330,6 +330,10 @@ class LivenessMachine:
             tracked = self._nodes.get(obs.node)
             if tracked is None or obs.event_timestamp < tracked.epoch:
                 continue
+            if obs.event_timestamp - now > self.cfg.stale_secs:
+                # Far in the future (a broken observer clock): kept, it would shadow that observer's
+                # later, correct stamps, since only its newest one counts.
+                continue
             if obs.event_timestamp > tracked.seen.get(obs.observer, float("-inf")):
                 tracked.seen[obs.observer] = obs.event_timestamp
 

@@ -167,6 +167,13 @@ def test_far_future_stamps_do_not_count() -> None:
     assert isinstance(sm.state_of(PRIMARY), Provisioning)
 
 
+def test_a_far_future_stamp_does_not_shadow_the_observers_later_ones() -> None:
+    sm = machine()
+    sm.tick(10, [Observation(PRIMARY, o, 10, 10 + 10_000) for o in OBSERVERS])
+    sm.tick(20, seen(PRIMARY, 20))
+    assert sm.state_of(PRIMARY) == Live(20)
+
+
 def test_observations_of_unknown_nodes_are_ignored() -> None:
     sm = machine()
     assert sm.tick(10, seen("saorsa-9", 10)) == []
