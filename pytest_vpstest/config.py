@@ -756,24 +756,29 @@ class _Reader:
             self.integer(m["schema_version"], "schema_version", 1, 1)
 
     def entries(self, node: yaml.Node, key: str) -> list[tuple[yaml.ScalarNode, yaml.Node]]:
-        """The (key node, value node) pairs of a mapping with string keys, merges applied, no duplicates."""
+        """The (key node, value node) pairs of a mapping with string keys, no duplicates.
+
+        Merge keys (``<<: *anchor``) are applied as YAML does: the mapping's own keys win.
+        """
         if not isinstance(node, yaml.MappingNode):
             raise self.fail(node, key, f"expected a mapping, got {_describe(node)}")
+        seen: dict[str, int] = {}
+        for k, _ in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.tag == _STR:
+                if k.value in seen:
+                    name = f"{key}.{k.value}" if key else k.value
+                    raise self.fail(k, name, f"duplicate key (first at line {seen[k.value]})")
+                seen[k.value] = k.start_mark.line + 1
         try:
             self._constructor.flatten_mapping(node)
         except yaml.YAMLError as e:
             raise self.fail(node, key, f"bad merge ('<<'): {' '.join(str(e).split())}") from None
-        seen: dict[str, int] = {}
-        out: list[tuple[yaml.ScalarNode, yaml.Node]] = []
+        merged: dict[str, tuple[yaml.ScalarNode, yaml.Node]] = {}
         for k, v in node.value:
             if not (isinstance(k, yaml.ScalarNode) and k.tag == _STR):
-                raise self.fail(k, key, f"keys must be strings, got {_describe(k)}")
-            name = f"{key}.{k.value}" if key else k.value
-            if k.value in seen:
-                raise self.fail(k, name, f"duplicate key (first at line {seen[k.value]})")
-            seen[k.value] = k.start_mark.line + 1
-            out.append((k, v))
-        return out
+                raise self.fail(k, key or None, f"keys must be strings, got {_describe(k)}")
+            merged[k.value] = (k, v)  # later pairs (the mapping's own) override merged ones
+        return list(merged.values())
 
     def mapping(
         self,
