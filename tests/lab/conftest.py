@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ import pytest
 
 from pytest_vpstest import lab
 from pytest_vpstest.lab.netns import netns_available
+from pytest_vpstest.lab.plan import check_prefix
 from pytest_vpstest.lab.record import LabRecord, NodeRecord
 
 NETNS_SKIP = "needs root and network namespaces: run as root, or use `vpstest lab up --flavour loopback`"
@@ -84,15 +86,23 @@ def _current_user() -> str:
     return getpass.getuser()
 
 
+def worker_prefix(base: str) -> str:
+    """``base`` (2-3 characters) plus the xdist worker number: labs of parallel workers never collide."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw")[2:]
+    return check_prefix(f"{base}{worker}")
+
+
 def lab_fixture(
-    prefix: str, topology: str = "full", flavour: lab.Flavour = "netns"
+    base: str, topology: str = "full", flavour: lab.Flavour = "netns"
 ) -> Callable[..., Iterator[Lab]]:
-    """A module-scoped fixture that brings up one lab with ``prefix`` and removes it afterwards."""
+    """A module-scoped fixture that brings up one lab (prefix ``base`` + xdist worker number) and
+    removes it afterwards. Under xdist each worker running tests of the module gets its own lab."""
 
     @pytest.fixture(scope="module")
     def _lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         if flavour == "netns" and (reason := netns_skip_reason()):
             pytest.skip(reason)
+        prefix = worker_prefix(base)
         where = tmp_path_factory.mktemp(f"lab-{prefix}")
         record = lab.up(topology, flavour, prefix, where)
         try:

@@ -16,7 +16,7 @@ from tests.lab.conftest import Lab, lab_fixture, requires_netns
 
 pytestmark = [pytest.mark.lab, requires_netns]
 
-lab = lab_fixture("vpst4", "small")
+lab = lab_fixture("vtd", "small")
 
 _TRY = r"""
 import socket, sys, json
@@ -27,7 +27,7 @@ try:
     u.sendto(b"x", (host, port)); out["udp"] = "sent"
 except OSError as e:
     out["udp"] = e.strerror
-t = socket.socket(); t.settimeout(1.0)
+t = socket.socket(); t.settimeout(0.5)
 try:
     t.connect((host, port)); out["tcp"] = "connected"
 except OSError as e:

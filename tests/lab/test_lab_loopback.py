@@ -19,14 +19,16 @@ import yaml
 
 from pytest_vpstest import lab as lab_api
 from pytest_vpstest.lab import netns, services
-from tests.lab.conftest import Lab, lab_fixture
+from tests.lab.conftest import Lab, lab_fixture, worker_prefix
 
 pytestmark = [
     pytest.mark.lab,
     pytest.mark.skipif(not Path("/usr/sbin/sshd").exists(), reason="/usr/sbin/sshd is not installed"),
 ]
 
-lab = lab_fixture("vpst6", "small", flavour="loopback")
+lab = lab_fixture("vtf", "small", flavour="loopback")
+DOWN_PREFIX = worker_prefix("vtg")
+USER_PREFIX = worker_prefix("vth")
 
 
 def test_every_node_answers_over_ssh_as_the_current_user(lab: Lab) -> None:
@@ -67,13 +69,13 @@ def test_registry_serves_health_on_its_loopback_address(lab: Lab) -> None:
 
 
 def test_down_stops_every_sshd(tmp_path: Path) -> None:
-    lab_api.up("small", "loopback", "vpst7", tmp_path)
+    lab_api.up("small", "loopback", DOWN_PREFIX, tmp_path)
     pids = [netns.read_pid(tmp_path / "run" / f"sshd-{n}.pid") for n in ("saorsa-1", "saorsa-7")]
     assert all(p is not None and netns.pid_alive(p) for p in pids)
-    lab_api.down("vpst7", tmp_path)
+    lab_api.down(DOWN_PREFIX, tmp_path)
     assert not any(p is not None and netns.pid_alive(p) for p in pids)
     assert netns.lab_processes(tmp_path) == []
-    assert lab_api.down("vpst7", tmp_path) == []
+    assert lab_api.down(DOWN_PREFIX, tmp_path) == []
 
 
 def _unprivileged_user() -> pwd.struct_passwd | None:
@@ -97,9 +99,12 @@ def test_a_non_root_user_runs_the_loopback_lab() -> None:
     env = ["env", f"HOME={user.pw_dir}", f"XDG_STATE_HOME={state}", f"PYTHONPATH={repo}"]
     base = ["runuser", "-u", user.pw_name, "--", *env, python, "-m", "pytest_vpstest.cli", "lab"]
     up = subprocess.run(
-        [*base, "up", "--prefix", "vpst8", "--topology", "small"], capture_output=True, text=True, timeout=60
+        [*base, "up", "--prefix", USER_PREFIX, "--topology", "small"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
-    lab_dir = state / "vpstest" / "lab" / "vpst8"
+    lab_dir = state / "vpstest" / "lab" / USER_PREFIX
     try:
         assert up.returncode == 0, up.stderr
         assert "flavour loopback" in up.stdout, "a non-root user gets the loopback flavour automatically"
@@ -126,12 +131,12 @@ def test_a_non_root_user_runs_the_loopback_lab() -> None:
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip() == user.pw_name == node["user"]
         status = subprocess.run(
-            [*base, "status", "--prefix", "vpst8", "--json"], capture_output=True, text=True, timeout=30
+            [*base, "status", "--prefix", USER_PREFIX, "--json"], capture_output=True, text=True, timeout=30
         )
         assert all(n["sshd_up"] for n in json.loads(status.stdout)["nodes"])
     finally:
         down = subprocess.run(
-            [*base, "down", "--prefix", "vpst8"], capture_output=True, text=True, timeout=60
+            [*base, "down", "--prefix", USER_PREFIX], capture_output=True, text=True, timeout=60
         )
         leftover = netns.lab_processes(lab_dir)
         shutil.rmtree(state, ignore_errors=True)

@@ -18,7 +18,7 @@ from tests.lab.conftest import Lab, lab_fixture, requires_netns
 
 pytestmark = [pytest.mark.lab, requires_netns]
 
-lab = lab_fixture("vpst3", "full")
+lab = lab_fixture("vtc", "full")
 
 
 def _inventory(path: Path) -> Inventory:

@@ -20,11 +20,11 @@ import yaml
 from pytest_vpstest import lab as lab_api
 from pytest_vpstest.lab import nat, netns, services
 from pytest_vpstest.lab.plan import AGENT_PORT
-from tests.lab.conftest import Lab, lab_fixture, requires_netns
+from tests.lab.conftest import Lab, lab_fixture, requires_netns, worker_prefix
 
 pytestmark = [pytest.mark.lab, requires_netns]
 
-lab = lab_fixture("vpst1", "full")
+lab = lab_fixture("vta", "full")
 
 SEED = {
     "saorsa-1": ("registry", "none"),
@@ -159,7 +159,7 @@ def test_infrastructure_services_listen_in_their_namespaces(lab: Lab) -> None:
 
 # --- down, leftovers, crashes (their own prefix and lab) ------------------------------------------
 
-CRASH_PREFIX = "vpst2"
+CRASH_PREFIX = worker_prefix("vtb")
 
 
 @pytest.fixture

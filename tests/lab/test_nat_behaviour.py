@@ -22,7 +22,7 @@ from tests.lab.conftest import Lab, lab_fixture, requires_netns
 
 pytestmark = [pytest.mark.lab, requires_netns]
 
-lab = lab_fixture("vpst5", "full")
+lab = lab_fixture("vte", "full")
 
 NATTED = ["saorsa-4", "saorsa-5", "saorsa-6", "saorsa-10"]
 A, B = "saorsa-7", "saorsa-8"  # public nodes hosting the reflectors
