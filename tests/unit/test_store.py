@@ -457,6 +457,15 @@ def test_seed_state_file_loads_as_is(tmp_path: Path, clock: FakeClock) -> None:
     assert (result.source, result.recovered) == ("state", [])
 
 
+def test_shipped_example_is_the_seed_state_file_and_loads(tmp_path: Path, clock: FakeClock) -> None:
+    example = Path(__file__).parents[2] / "docs" / "examples" / "seed-state.json"
+    assert example.read_text() == SEED_STATE
+    store = make_store(tmp_path, clock)
+    store.directory.mkdir()
+    store.state_path.write_bytes(example.read_bytes())
+    assert store.load() == json.loads(SEED_STATE)
+
+
 def test_seed_state_file_continues_under_a_lease(tmp_path: Path, clock: FakeClock) -> None:
     store = make_store(tmp_path, clock)
     store.directory.mkdir()
