@@ -211,6 +211,15 @@ class LeaseMachine(RuleBasedStateMachine):
     def tokens_strictly_increase(self) -> None:
         assert all(a < b for a, b in zip(self.issued, self.issued[1:], strict=False))
 
+    @invariant()
+    def readers_see_exactly_the_accepted_writes(self) -> None:
+        loaded = self.procs[0].store.load()
+        if self.last_document is None:
+            assert loaded is None
+        else:
+            assert loaded is not None and loaded["last_seq"] == self.last_seq
+            assert {k: loaded[k] for k in self.last_document} == self.last_document
+
     def teardown(self) -> None:
         try:
             store = self.procs[0].store
