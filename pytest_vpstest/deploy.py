@@ -373,6 +373,8 @@ def deploy(
         for name, cause in _wait_registration(pool, registry, started, timeout, registry_query, say).items():
             d = per_node[name]
             per_node[name] = NodeDeploy(name, False, "register", cause, d.duration, d.previous_kept)
+    elif registry is None:
+        say("no registry configured (inventory registry or bootstrap.registry): not waiting for registration")
     report = _report(per_node)
     for line in report.failure_lines():
         say(f"deploy failed on {line}")
