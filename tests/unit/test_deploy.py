@@ -60,7 +60,7 @@ class World:
             modules=(("agent", ModuleConfig(binary="agent-bin")),),
             deploy=DeployConfig(
                 start_command="{bin} run --node {node} --registry {registry}",
-                registration_timeout_seconds=1.5,
+                registration_timeout_seconds=0.8,
             ),
         )
 
@@ -208,7 +208,7 @@ def test_nodes_that_never_register_fail_at_register(tmp_path: Path) -> None:
     finally:
         world.cleanup()
     d = report.per_node["silent-b"]
-    assert d.stage_failed == "register" and "within 1.5 s" in (d.error or "")
+    assert d.stage_failed == "register" and "within 0.8 s" in (d.error or "")
     assert report.succeeded_nodes == ("a", "c")
 
 
