@@ -726,6 +726,12 @@ class _Reader:
             line = mark.line + 1 if mark is not None else None
             problem = " ".join(str(e.problem or e.context or "invalid YAML").split())
             raise ConfigError(f"YAML syntax error: {problem}", path=self.label, line=line) from None
+        except yaml.reader.ReaderError as e:
+            line = text.count("\n", 0, e.position) + 1
+            char = f"#x{e.character:04x}" if isinstance(e.character, int) else repr(e.character)
+            raise ConfigError(
+                f"character {char} is not allowed in YAML", path=self.label, line=line
+            ) from None
         except yaml.YAMLError as e:
             detail = " ".join(str(e).split())
             raise ConfigError(f"YAML error: {detail}", path=self.label) from None

@@ -350,6 +350,12 @@ def test_yaml_syntax_errors_and_wrong_documents_name_the_line(text: str, line: i
     assert err.line == line and fragment in str(err) and str(err).startswith(f"{PATH}:{line}"), str(err)
 
 
+def test_deep_nesting_and_control_characters_are_config_errors() -> None:
+    assert "nesting is too deep" in str(project_error("build: " + "[" * 3000, PATH))
+    err = project_error('project: p\nbuild: {command: "a\x07"}\n', PATH)
+    assert err.line == 2 and "character #x0007 is not allowed" in str(err)
+
+
 def test_alias_bombs_are_refused() -> None:
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 9)]
