@@ -5,6 +5,7 @@
     ├── StateError             the state file or transitions log cannot be used
     │   └── LeaseHeldError     another runner holds the project's single-writer lease
     │   └── StaleLeaseError    a write carried a fencing token that is no longer current
+    │   └── InvalidEvent       the loop's state machine was offered an event its state does not accept
     ├── NodeError              a node could not be reached or a remote command failed
     │   └── UnreachableNodeError
     ├── BuildError             the local build failed (parsed diagnostics attached)
@@ -69,6 +70,22 @@ class LeaseHeldError(StateError):
 
 class StaleLeaseError(StateError):
     """A write carried a fencing token older than the current lease."""
+
+
+class InvalidEvent(StateError):
+    """An event was offered to the loop's state machine in a state where it does not apply.
+
+    Raised by ``machine.step``; the state it was given is unchanged.
+    """
+
+    def __init__(self, state: str, event: object, project: str, detail: str = "") -> None:
+        self.state = state
+        self.event = event
+        self.project = project
+        text = f"project '{project}': event {type(event).__name__} does not apply in state {state}"
+        if detail:
+            text += f" ({detail})"
+        super().__init__(text)
 
 
 class NodeError(VpsTestError):

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeAlias
 
-from pytest_vpstest.errors import StateError
+from pytest_vpstest.errors import InvalidEvent, StateError
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
@@ -130,19 +130,6 @@ NOTIFY_KINDS: tuple[NotifyKind, ...] = (
     "complete",
     "critical",
 )
-
-
-class InvalidEvent(StateError):
-    """An event was offered in a state where it does not apply (the state is unchanged)."""
-
-    def __init__(self, state: State, event: object, project: str, detail: str = "") -> None:
-        self.state = state
-        self.event = event
-        self.project = project
-        text = f"project '{project}': event {type(event).__name__} does not apply in state {state}"
-        if detail:
-            text += f" ({detail})"
-        super().__init__(text)
 
 
 # --------------------------------------------------------------------------- state
