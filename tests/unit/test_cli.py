@@ -118,3 +118,19 @@ def test_nodes_lists_unreachable_nodes_with_one_line_causes(tmp_path: Path,
     assert out.startswith("VPS Nodes Status (verified ")
     assert "(Registry)" in out and "(NAT: Full Cone)" in out and "UNREACHABLE" in out
     assert "NAT Emulation Summary:" in out and "Full Cone NAT" in out
+
+
+def test_diagnose_of_an_unreachable_node_is_one_line(tmp_path: Path) -> None:
+    import pytest_vpstest.config as config_mod
+
+    if not hasattr(config_mod, "load_inventory"):
+        pytest.skip("config.load_inventory not available yet")
+    (tmp_path / "known_hosts").write_text("")
+    (tmp_path / "nodes.yaml").write_text(
+        "schema_version: 1\nknown_hosts: known_hosts\nconnect_timeout: 2\nnodes:\n"
+        "  - {name: far-1, host: 127.0.0.1, port: 1}\n"
+    )
+    res = _run("diagnose", "far-1", "--nodes", str(tmp_path / "nodes.yaml"))
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith("vpstest: error: far-1")
+    assert "Traceback" not in res.stderr
