@@ -18,6 +18,7 @@ Failed nodes are reported and skipped; fewer than half the targets deployed rais
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import posixpath
 import secrets
@@ -30,7 +31,14 @@ from typing import Any, Literal
 
 from pytest_vpstest.config import Inventory, Node, ProjectConfig, RegistryAccess
 from pytest_vpstest.errors import ConfigError, DeployError, NodeError, UnreachableNodeError
-from pytest_vpstest.remote import Session, SessionPool, query_registry, quote_command, service_manager
+from pytest_vpstest.remote import (
+    ServiceManager,
+    Session,
+    SessionPool,
+    query_registry,
+    quote_command,
+    service_manager,
+)
 
 __all__ = [
     "DeployReport",
@@ -207,6 +215,7 @@ def _deploy_one(
     plan = plan_node(node, config, artifact)
     began = time.monotonic()
     stage: Stage = "connect"
+    upload: str | None = None
     try:
         manager = service_manager(session, install_path=plan.install_path, log_dir=plan.log_dir)
         stage = "stop"
@@ -223,7 +232,6 @@ def _deploy_one(
         session.put(artifact, upload)
         got = session.run(f"sha256sum {shlex.quote(upload)}", timeout=60, check=True).stdout.split()
         if not got or got[0] != digest:
-            session.run(f"rm -f {shlex.quote(upload)}", timeout=30)
             raise _StageFailed("upload", f"uploaded file's SHA-256 differs from {artifact.name}'s")
         log(f"{node.name}: uploaded {artifact.name}")
 
@@ -236,6 +244,7 @@ def _deploy_one(
         )
         out = session.run(f"sh -c {shlex.quote(script)}", timeout=60, check=True).stdout
         previous_kept = "kept=yes" in out
+        upload = None  # moved into place
 
         stage = "start"
         status = manager.start(plan.service, start_command(node, plan, inventory, config))
@@ -245,19 +254,27 @@ def _deploy_one(
         stage = "verify"
         _verify_running(manager, plan.service, verify_seconds)
         log(f"{node.name}: {plan.service} running")
-    except _StageFailed as exc:
-        return _Started(NodeDeploy(node.name, False, exc.stage, str(exc), time.monotonic() - began), 0.0)
-    except UnreachableNodeError as exc:
-        failed: Stage = "connect" if stage in ("connect", "stop") else stage
-        return _Started(NodeDeploy(node.name, False, failed, _message(exc), time.monotonic() - began), 0.0)
-    except (NodeError, ConfigError) as exc:
-        return _Started(NodeDeploy(node.name, False, stage, _message(exc), time.monotonic() - began), 0.0)
+    except (_StageFailed, NodeError, ConfigError) as exc:
+        if upload is not None:
+            _discard(session, upload)
+        if isinstance(exc, _StageFailed):
+            failed, error = exc.stage, str(exc)
+        else:
+            unreachable = isinstance(exc, UnreachableNodeError) and stage in ("connect", "stop")
+            failed, error = ("connect" if unreachable else stage), _message(exc)
+        return _Started(NodeDeploy(node.name, False, failed, error, time.monotonic() - began), 0.0)
     return _Started(
         NodeDeploy(node.name, True, None, None, time.monotonic() - began, previous_kept), started_at
     )
 
 
-def _verify_running(manager: Any, service: str, seconds: float) -> None:
+def _discard(session: Session, path: str) -> None:
+    """Best effort: remove a half-done upload (the node may be gone by now)."""
+    with contextlib.suppress(NodeError):
+        session.run(f"rm -f {shlex.quote(path)}", timeout=30)
+
+
+def _verify_running(manager: ServiceManager, service: str, seconds: float) -> None:
     """Running now and still running ``seconds`` later (a crash on start is caught)."""
     deadline = time.monotonic() + seconds
     while True:

@@ -314,3 +314,25 @@ def test_bad_start_command_is_refused_before_any_node_is_touched(world: World) -
     ):
         run_deploy(world, pool, artifact)
     assert factory.sessions == {}  # type: ignore[attr-defined]
+
+
+class _TruncatingSession(LocalSession):
+    """Uploads arrive cut short (a full disk, a broken transfer)."""
+
+    def put(self, local: Path | str, remote: str) -> None:
+        super().put(local, remote)
+        with open(remote, "r+b") as f:
+            f.truncate(10)
+
+
+def test_corrupt_upload_fails_and_leaves_no_temp_file(world: World) -> None:
+    def factory(node: Node, inventory: Inventory) -> LocalSession:
+        cls = _TruncatingSession if node.name == "n2" else LocalSession
+        return cls(node, inventory)
+
+    with SessionPool(world.inventory, session_factory=factory) as pool:
+        report = run_deploy(world, pool, write_artifact(world.tmp / "v1", "v1"))
+    bad = report.per_node["n2"]
+    assert (bad.stage_failed, bad.error) == ("upload", "uploaded file's SHA-256 differs from v1's")
+    assert sorted(p.name for p in Path(world.plan("n2").install_path).iterdir()) == ["logs"]
+    assert report.succeeded == 2
