@@ -136,7 +136,7 @@ class BootstrapState:
             return []
         to, inner = parsed
         sender = self.by_addr.get(src)
-        if sender is None:
+        if sender is None or self.lookup(sender, now) is None:
             return self._err(to, "sender not registered here (send hello first)", src, "relay_error", "to")
         self.by_name[sender].last_seen = now
         target = self.lookup(to, now)

@@ -79,7 +79,10 @@ async def start_server(path: Path, handler: Handler) -> asyncio.AbstractServer:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    return await asyncio.start_unix_server(serve, path=str(path))
+    server = await asyncio.start_unix_server(serve, path=str(path))
+    # Only the agent's own user may drive it.
+    path.chmod(0o600)
+    return server
 
 
 def request(path: Path, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
