@@ -688,9 +688,11 @@ def _int_or_none(text: str) -> int | None:
 # ---------------------------------------------------------------------------------------------
 # Registry
 
+# Proxies from the environment are ignored on both paths: the registry is reached directly.
 _REGISTRY_GET = (
     "import sys, urllib.request\n"
-    "with urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])) as r:\n"
+    "opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))\n"
+    "with opener.open(sys.argv[1], timeout=float(sys.argv[2])) as r:\n"
     "    sys.stdout.write(r.read().decode('utf-8'))\n"
 )
 
@@ -708,9 +710,11 @@ def query_registry(
     where = registry.via_node or "registry"
     if registry.via_node is None:
         try:
-            response = requests.get(url, timeout=timeout)
-            response.raise_for_status()
-            text = response.text
+            with requests.Session() as http:
+                http.trust_env = False
+                response = http.get(url, timeout=timeout)
+                response.raise_for_status()
+                text = response.text
         except requests.RequestException as exc:
             raise NodeError(where, f"registry query failed: {_cause(exc)}", address=url) from None
     else:
