@@ -363,6 +363,8 @@ def _describe_connect_failure(exc: BaseException, address: str, inv: Inventory) 
     if isinstance(exc, paramiko.AuthenticationException):
         return f"authentication failed ({_cause(exc)})"
     if isinstance(exc, paramiko.SSHException) and "known_hosts" in str(exc):
+        if not kh.exists():
+            return f"host key of {address} cannot be checked: known_hosts {kh} does not exist"
         return f"host key of {address} not in known_hosts ({kh})"
     if isinstance(exc, socket.timeout | TimeoutError):
         return f"timed out after {inv.connect_timeout:g} s"

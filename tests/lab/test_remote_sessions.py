@@ -117,6 +117,11 @@ def test_unknown_host_key_is_refused_and_never_added(sshd: SshdHandle, tmp_path:
         session.run("true")
     assert "\n" not in str(info.value)
     assert empty.read_text() == ""
+    missing = tmp_path / "no_such_known_hosts"
+    session = NodeSession(sshd.node(), sshd.inventory(known_hosts=missing))
+    with pytest.raises(UnreachableNodeError, match=f"known_hosts {missing} does not exist"):
+        session.run("true")
+    assert not missing.exists()
 
 
 def test_refused_port_names_address_and_cause() -> None:
