@@ -262,7 +262,10 @@ def run_demo(
     say = out or (lambda line: print(line, flush=True))
     t0 = time.monotonic()
     chosen = lab.choose_flavour(flavour)  # type: ignore[arg-type]
-    why = "root with network namespaces" if chosen == "netns" else "no root or no namespaces"
+    if flavour is not None:
+        why = "as asked"
+    else:
+        why = "root with network namespaces" if chosen == "netns" else "no root or no network namespaces"
     ws = workspace or Path(tempfile.mkdtemp(prefix="vpstest-demo-"))
     ws = ws.resolve()
     say(f"demo: workspace {ws}")
