@@ -2,8 +2,10 @@
 
 The project config follows the schema of the seed's ``config.yaml`` (workspace, modules,
 build, deploy, bootstrap, tests, soak) so an existing file loads unchanged; the keys this
-project adds (project, inventory, probes, fix, notify, waits, state_dir) are all optional.
-The inventory lists the nodes. Everything downstream trusts these objects.
+project adds (project, inventory, state_dir, focus, criteria, criteria_expr, proof, probes, fix,
+notify, and the wait lengths under soak) are all optional. The inventory lists the nodes.
+Everything downstream trusts these objects; ``load_project_config`` and ``load_inventory`` build
+them, and every problem is a one-line ConfigError naming file, line and key.
 """
 
 from __future__ import annotations

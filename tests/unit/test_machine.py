@@ -7,6 +7,7 @@ restarted runner does for each saved state.
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -48,7 +49,8 @@ from pytest_vpstest.machine import (
     wait_is_over,
 )
 
-SEED_STATE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "seed-state.json"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+SEED_STATE = DOCS / "examples" / "seed-state.json"
 T0 = datetime(2025, 1, 10, 10, 0, tzinfo=UTC)
 CFG = MachineConfig(wait_1hr_seconds=60, wait_6hr_seconds=360)
 
@@ -101,6 +103,17 @@ def test_allowed_transitions_are_the_seed_diagram_plus_stop() -> None:
     stops = {(x, s.STOPPED) for x in s if x not in (s.COMPLETE, s.STOPPED)}
     assert diagram | stops == ALLOWED_TRANSITIONS
     assert {s.COMPLETE, s.STOPPED} == TERMINAL
+
+
+def test_the_documented_diagram_lists_exactly_the_allowed_transitions() -> None:
+    text = (DOCS / "how-it-works.md").read_text()
+    block = text.split("```mermaid", 1)[1].split("```", 1)[0]
+    edges = set()
+    for line in block.splitlines():
+        m = re.match(r"\s*(\w+) --> (\w+)", line)
+        if m and "[*]" not in line:
+            edges.add((State(m.group(1)), State(m.group(2))))
+    assert edges == ALLOWED_TRANSITIONS
 
 
 def test_start_moves_idle_to_setup_and_announces_the_loop() -> None:
