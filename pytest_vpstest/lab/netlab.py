@@ -13,6 +13,7 @@ import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 from pytest_vpstest.errors import LabError
@@ -152,27 +153,21 @@ def build_network(plan: LabPlan) -> None:
     netns.ip_batch(f"netns add {ns}" for ns in plan.namespaces)
     netns.ip_batch(_root_link_commands(plan))
     netns.nft_load(nat.host_guard_ruleset(plan.prefix))
-    no_forward = {"net.ipv4.ip_forward": "0", "net.ipv6.conf.all.disable_ipv6": "1"}
+    node_forward = {"net.ipv4.ip_forward": "0", "net.ipv6.conf.all.disable_ipv6": "1"}
+    router_forward = {"net.ipv4.ip_forward": "1", "net.ipv6.conf.all.disable_ipv6": "1"}
     jobs: list[Callable[[], None]] = [
-        lambda: netns.ip_batch(_inet_commands(plan), netns=plan.inet_ns),
-        lambda: _ns_setup(plan.inet_ns, no_forward, None),
+        partial(netns.ip_batch, _inet_commands(plan), netns=plan.inet_ns),
+        partial(_ns_setup, plan.inet_ns, node_forward, None),
     ]
     for n in plan.nodes:
-        jobs.append(lambda n=n: netns.ip_batch(_node_commands(plan, n), netns=n.ns))  # type: ignore[misc]
-        jobs.append(lambda n=n: _ns_setup(n.ns, no_forward, _node_ruleset(plan)))  # type: ignore[misc]
+        jobs.append(partial(netns.ip_batch, _node_commands(plan, n), netns=n.ns))
+        jobs.append(partial(_ns_setup, n.ns, node_forward, _node_ruleset(plan)))
         if n.router_ns:
-            router_ns = n.router_ns
-            jobs.append(lambda n=n, r=router_ns: netns.ip_batch(_router_commands(n), netns=r))  # type: ignore[misc]
             ruleset = nat.router_ruleset(n.node.nat, f"198.19.{n.number}.0/24", n.data_ip)
-            forward = {"net.ipv4.ip_forward": "1", "net.ipv6.conf.all.disable_ipv6": "1"}
-            jobs.append(lambda r=router_ns, rs=ruleset, f=forward: _ns_setup(r, f, rs))  # type: ignore[misc]
+            jobs.append(partial(netns.ip_batch, _router_commands(n), netns=n.router_ns))
+            jobs.append(partial(_ns_setup, n.router_ns, router_forward, ruleset))
     _parallel(jobs)
-    _parallel(
-        [
-            lambda ns=ns, cmds=cmds: _tc_batch(ns, cmds)  # type: ignore[misc]
-            for ns, cmds in _shaping_jobs(plan)
-        ]
-    )
+    _parallel([partial(_tc_batch, ns, cmds) for ns, cmds in _shaping_jobs(plan)])
 
 
 def _tc_batch(ns: str, cmds: list[str]) -> None:
@@ -306,7 +301,8 @@ def up(topology: Topology, prefix: str, lab_dir: Path) -> LabRecord:
             sshd.write_config(s, lab_dir, loopback=False)
         _parallel(
             [
-                lambda n=n, s=s: sshd.spawn_detached(  # type: ignore[misc]
+                partial(
+                    sshd.spawn_detached,
                     sshd.netns_sshd_argv(s, n.ns, fs[n.name]),
                     pid_file=None,
                     log_file=lab_dir / "log" / f"sshd-{n.name}.log",
@@ -323,14 +319,14 @@ def up(topology: Topology, prefix: str, lab_dir: Path) -> LabRecord:
             note = f"{services.AGENT_MODULE} is not installed: registry and bootstrap not started"
         for n in plan.nodes:
             wait_for(
-                lambda n=n: _sshd_ready(lab_dir, n.name, n.mgmt_ip),  # type: ignore[misc]
+                partial(_sshd_ready, lab_dir, n.name, n.mgmt_ip),
                 f"sshd of {n.name} ({n.mgmt_ip}:22, log {lab_dir / 'log' / f'sshd-{n.name}.log'})",
                 SSHD_START_TIMEOUT_S,
             )
         if note is None:
             for svc in service_list:
                 wait_for(
-                    lambda svc=svc: _service_ready(lab_dir, svc),  # type: ignore[misc]
+                    partial(_service_ready, lab_dir, svc),
                     f"{svc.kind} on {svc.node} ({svc.bind}, log {svc.log_file(lab_dir)})",
                     SERVICE_START_TIMEOUT_S,
                 )
