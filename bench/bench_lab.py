@@ -4,7 +4,7 @@ Targets (issue 3): up < 10 s and down < 3 s for the full 10-node topology on 2 c
 Baseline: creating and deleting the same number of bare namespaces with one ``ip netns add`` /
 ``ip netns del`` process each, the floor any namespace-per-node lab pays.
 
-    sudo .venv/bin/python bench/bench_lab.py [--runs 5] [--topology full] [--prefix vpsb]
+    sudo .venv/bin/python bench/bench_lab.py [--runs 5] [--topology full] [--prefix vbnch]
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--topology", default="full")
-    parser.add_argument("--prefix", default="vpsb")
+    parser.add_argument("--prefix", default="vbnch")
     args = parser.parse_args()
     ok, why = netns_available()
     if not ok:
