@@ -2,11 +2,14 @@
 
 Public surface::
 
-    up(topology="full", flavour=None, prefix="vps", lab_dir=None) -> LabRecord
-    down(prefix="vps", lab_dir=None) -> list[str]
-    status(prefix="vps", lab_dir=None) -> list[NodeStatus]
+    up(topology="full", flavour=None, prefix="vps", lab_dir_path=None) -> LabRecord
+    down(prefix="vps", lab_dir_path=None) -> list[str]
+    status(prefix="vps", lab_dir_path=None) -> tuple[LabRecord, list[NodeStatus]]
+    choose_flavour(requested) -> "netns" | "loopback"
     lab_dir(prefix="vps") -> Path
     inventory_path(prefix="vps") -> Path
+
+Details: docs/lab.md.
 """
 
 from __future__ import annotations
