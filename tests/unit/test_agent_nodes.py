@@ -19,6 +19,9 @@ from typing import Any
 
 import pytest
 
+from pytest_vpstest.lab.agent import control
+from pytest_vpstest.lab.agent.cli import main as agent_main
+from pytest_vpstest.lab.agent.paths import control_socket
 from tests.unit.test_agent_services import call, free_port, stop, wait_tcp
 
 AGENT = [sys.executable, "-m", "pytest_vpstest.lab.agent"]
@@ -89,6 +92,13 @@ class Cluster:
     def probe(self, name: str, *args: str) -> dict[str, Any]:
         return probe(self.agent, self.homes[name], *args)
 
+    def ask(self, name: str, **request: Any) -> dict[str, Any]:
+        """The same question straight over the control socket: cheap enough for polling loops."""
+        try:
+            return control.request(control_socket(self.homes[name]), request, timeout=30)
+        except control.AgentNotRunning:
+            return {"ok": False}
+
     def wait_until(self, check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -105,7 +115,7 @@ class Cluster:
             listed = {p["name"] for p in call(self.reg_host, self.reg_port, "GET", "/api/peers")[1]["peers"]}
             if listed != names:
                 return False
-            return all(set(self.probe(n, "status")["peers"]) == names - {n} for n in names)
+            return all(set(self.ask(n, action="status").get("peers", ())) == names - {n} for n in names)
 
         self.wait_until(ready, "all agents registered and known to each other")
 
@@ -164,7 +174,7 @@ def test_gossip_reaches_every_node_once_with_duplicates_counted(cluster: Cluster
     message_id = published["message_id"]
 
     def everywhere() -> bool:
-        return all(cluster.probe(n, "received", "--id", message_id)["received"] for n in ("n1", "n3"))
+        return all(cluster.ask(n, action="received", id=message_id)["received"] for n in ("n1", "n3"))
 
     cluster.wait_until(everywhere, "gossip delivery")
 
@@ -172,7 +182,7 @@ def test_gossip_reaches_every_node_once_with_duplicates_counted(cluster: Cluster
     # receiver's forward (which only happens if that one heard from the origin first). At least one of
     # the two forwards crosses an origin copy, so the flood settles on one or two duplicates in total.
     def settled() -> bool:
-        counts = [cluster.probe(n, "received", "--id", message_id)["duplicates"] for n in ("n1", "n3")]
+        counts = [cluster.ask(n, action="received", id=message_id)["duplicates"] for n in ("n1", "n3")]
         return sum(counts) >= 1 and max(counts) <= 1
 
     cluster.wait_until(settled, "duplicate counts")
@@ -198,7 +208,7 @@ def test_counter_converges_on_every_replica(cluster: Cluster) -> None:
     cluster.probe("n3", "crdt", "--increment", "1")
 
     def converged() -> bool:
-        answers = [cluster.probe(n, "crdt", "--increment", "0") for n in ("n1", "n2", "n3")]
+        answers = [cluster.ask(n, action="crdt", increment=0) for n in ("n1", "n2", "n3")]
         return len({a["digest"] for a in answers}) == 1 and answers[0]["value"] == before + 13
 
     cluster.wait_until(converged, "counter convergence")
@@ -222,7 +232,9 @@ def test_usage_errors_exit_non_zero(cluster: Cluster) -> None:
     assert done.returncode == 2 and done.stdout == ""
 
 
-def test_probe_against_a_dead_agent_is_a_json_failure_with_exit_zero(tmp_path: Path) -> None:
+def test_probe_against_a_dead_agent_is_a_json_failure_with_exit_zero(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     for action in (
         ["status"],
         ["connect", "--peer", "x", "--method", "relay"],
@@ -231,15 +243,17 @@ def test_probe_against_a_dead_agent_is_a_json_failure_with_exit_zero(tmp_path: P
         ["throughput", "--peer", "x"],
         ["crdt"],
     ):
-        answer = probe(AGENT, tmp_path, *action)
+        assert agent_main(["probe", *action, "--json", "--home", str(tmp_path)]) == 0
+        [line] = capsys.readouterr().out.splitlines()
+        answer = json.loads(line)
         assert answer["ok"] is False and answer["error"].startswith("agent not running:"), answer
-    connect = probe(AGENT, tmp_path, "connect", "--peer", "x", "--method", "relay")
+    connect = probe(AGENT, tmp_path, "connect", "--peer", "x", "--method", "relay")  # the real command
     assert connect == {
         "ok": False,
         "method": "relay",
         "path": None,
         "rtt_ms": None,
-        "error": connect["error"],
+        "error": f"agent not running: no control socket at {tmp_path}/run/agent.sock",
     }
 
 

@@ -132,6 +132,8 @@ class Node:
         self.pending: dict[str, asyncio.Future[tuple[Message, Route]]] = {}
         self.punches: dict[str, Punch] = {}
         self.relay_errors: dict[str, str] = {}
+        # request id -> (peer, bootstrap) for requests sent through a relay
+        self.relay_waits: dict[str, tuple[str, Addr]] = {}
         self.gossip = GossipLog()
         self.crdt = GCounter()
         self.rx: dict[int, RxSession] = {}
@@ -315,8 +317,14 @@ class Node:
     async def _exchange(
         self, route: Route, peer: str, message: Message, timeout: float, interval: float = 0.5
     ) -> tuple[Message, Route] | None:
-        """Send ``message`` (with a fresh id) every ``interval`` until answered or ``timeout``."""
+        """Send ``message`` (with a fresh id) every ``interval`` until answered or ``timeout``.
+
+        None when nothing came back in time, or at once when the relay refused (the reason is then in
+        ``relay_errors[peer]``).
+        """
         rid, future = self._new_request()
+        if route.kind == "relay":
+            self.relay_waits[rid] = (peer, route.addr)
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:
@@ -327,10 +335,12 @@ class Node:
                 if wait <= 0:
                     break
                 with contextlib.suppress(TimeoutError):
-                    return await asyncio.wait_for(asyncio.shield(future), wait)
+                    answer = await asyncio.wait_for(asyncio.shield(future), wait)
+                    return None if answer[0]["t"] == "relay_error" else answer
             return None
         finally:
             self.pending.pop(rid, None)
+            self.relay_waits.pop(rid, None)
 
     # ---- receiving -------------------------------------------------------------------------
 
@@ -369,6 +379,10 @@ class Node:
             self._answer(message, Route("direct", src))
         elif kind == "relay_error" and isinstance(message.get("to"), str):
             self.relay_errors[message["to"]] = str(message.get("error"))
+            for rid, peer in list(self.relay_waits.items()):
+                future = self.pending.get(rid)
+                if peer == (message["to"], src) and future is not None and not future.done():
+                    future.set_result((message, Route("direct", src)))
         elif kind == "error":
             log.debug("bootstrap %s: %s", wire.format_addr(src), message.get("error"))
             self._answer(message, Route("direct", src))
