@@ -6,7 +6,9 @@ ordered pair: direct reaches public and full-cone nodes and never a symmetric no
 mapping; hole punching succeeds between cone-type NATs and public nodes, and symmetric ↔ full-cone /
 address-restricted / public, fails symmetric ↔ symmetric and symmetric ↔ port-restricted (no port
 prediction), and a successful punch always ends on a direct path; relay succeeds everywhere. Gossip
-floods to every node, behind every NAT, and the replicated counter converges.
+floods to every node, behind every NAT, and the replicated counter converges. Finally the zipapp,
+uploaded over real SSH and run by the plain-process service manager, outlives the session that
+started it, finds its home without arguments and answers probes over SSH until it is stopped.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ from typing import Any
 import pytest
 
 from pytest_vpstest import lab as lab_api
+from pytest_vpstest.config import load_inventory
+from pytest_vpstest.lab.agent import build as agent_build
 from pytest_vpstest.lab.topology import parse_topology
+from pytest_vpstest.remote import SessionPool, service_manager
 from tests.lab.conftest import Lab, netns_skip_reason, requires_netns
 
 pytestmark = [pytest.mark.lab, requires_netns]
@@ -246,3 +251,48 @@ def test_counter_converges_across_all_nat_types(agents: Agents) -> None:
 def test_throughput_from_a_nated_node_to_a_public_node(agents: Agents) -> None:
     answer = agents.probe("pr", "throughput", "--peer", "pub1", "--seconds", "1")
     assert answer["ok"] is True and answer["bytes"] > 0 and answer["mbps"] > 1, answer
+
+
+def test_zipapp_agent_under_the_process_service_manager(agents: Agents, tmp_path: Path) -> None:
+    pyz = agent_build.build_zipapp(Path(agent_build.__file__).parent, tmp_path / "agent.pyz")
+    inventory = load_inventory(agents.lab.dir / "inventory.yaml")
+    node = next(n for n in inventory.nodes if n.name == "bs2")  # public, and no agent of the matrix on it
+    install, log_dir = node.install_path or "/opt/vpstest/", node.log_dir or "/var/log/vpstest"
+    binary = install.rstrip("/") + "/agent.pyz"
+    registry = next(s.bind for s in agents.lab.record.services if s.kind == "registry")
+    bootstraps = ",".join(sorted(s.bind for s in agents.lab.record.services if s.kind == "bootstrap"))
+    command = (
+        f"{binary} run --node svc-bs2 --bind {node.p2p_address} --registry http://{registry} "
+        f"--bootstrap {bootstraps}"
+    )
+    with SessionPool(inventory) as pool:
+        session = pool.session("bs2")
+        session.run(f"mkdir -p {install}", check=True)
+        session.put(pyz, binary)
+        session.run(f"chmod 755 {binary}", check=True)
+        started = service_manager(session, install_path=install, log_dir=log_dir).start(
+            "vpstest-agent", command
+        )
+        assert started.running, started
+    with SessionPool(inventory) as pool:  # a new SSH session: the agent outlived the first one
+        session = pool.session("bs2")
+        manager = service_manager(session, install_path=install, log_dir=log_dir)
+        try:
+            assert manager.status("vpstest-agent").running
+
+            def ask(*args: str) -> dict[str, Any]:
+                result = session.run(f"{binary} probe {' '.join(args)} --json", timeout=60, check=True)
+                answer = json.loads(result.stdout)
+                assert isinstance(answer, dict)
+                return answer
+
+            agents.wait_until(
+                lambda: ask("status").get("registered") is True, "the service agent registering"
+            )
+            answer = ask("connect", "--peer", "pub1", "--method", "holepunch", "--timeout", "3")
+            assert (answer["ok"], answer["path"]) == (True, "direct"), answer
+            assert "registered with" in manager.logs("vpstest-agent")
+        finally:
+            manager.stop("vpstest-agent")
+        assert not manager.status("vpstest-agent").running
+        assert ask("status")["error"].startswith("agent not running:")
