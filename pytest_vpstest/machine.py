@@ -562,12 +562,14 @@ def _on_fix(state: RunState, ev: FixFinished, now: datetime, cfg: MachineConfig)
         nxt = replace(fixed, commits=(*state.commits, commit))
         note = Notify("fix_committed", f"Fix committed for {state.project}: {commit.sha} {commit.message}")
         return _enter(nxt, State.BUILD, now, (note,))
-    reason = f"fix attempt produced no commit: {ev.error or 'no detail'}"
-    fixed = replace(fixed, last_error=reason)
-    if cfg.max_fix_attempts is not None and fixed.counters.fix_attempts >= cfg.max_fix_attempts:
-        return _stop(fixed, now, f"no fix committed after {fixed.counters.fix_attempts} attempts; {reason}")
+    # last_error keeps the failure being fixed; the next run is told why the last one failed too.
+    failure = state.last_error or "failure"
+    detail = ev.error or "no detail"
+    attempts = fixed.counters.fix_attempts
+    if cfg.max_fix_attempts is not None and attempts >= cfg.max_fix_attempts:
+        return _stop(fixed, now, f"no fix committed after {attempts} attempts for: {failure}; last: {detail}")
     # Still in FIX: not a transition, so last_state_change stays.
-    return fixed, (RunFix(reason),)
+    return fixed, (RunFix(f"{failure} (previous fix attempt made no commit: {detail})"),)
 
 
 def _enter_fix(

@@ -288,7 +288,10 @@ def test_fix_without_a_commit_stays_in_fix_and_counts_the_attempt() -> None:
     assert state.state is State.FIX
     assert state.last_state_change == before.last_state_change
     assert state.counters.fix_attempts == 1
-    assert effects == (RunFix("fix attempt produced no commit: fixer found nothing"),)
+    failure = f"tests failed: {FAIL.summary}"
+    assert state.last_error == failure  # still the failure being fixed
+    assert effects == (RunFix(f"{failure} (previous fix attempt made no commit: fixer found nothing)"),)
+    assert resume_effects(state, at(100)) == (RunFix(failure),)
 
 
 def test_fix_attempts_are_unlimited_by_default_and_limited_when_configured() -> None:
@@ -296,7 +299,9 @@ def test_fix_attempts_are_unlimited_by_default_and_limited_when_configured() -> 
     assert state.state is State.FIX and state.counters.fix_attempts == 50
     cfg = MachineConfig(max_fix_attempts=2)
     state, effects = drive([*TO_TEST, FAIL, FixFinished(None), FixFinished(None)], cfg)
-    assert state.state is State.STOPPED and "2 attempts" in (state.stop_reason or "")
+    assert state.stop_reason == (
+        f"no fix committed after 2 attempts for: tests failed: {FAIL.summary}; last: no detail"
+    )
     assert kinds(effects) == ["critical"]
     # Attempts spent earlier count when a later failure would enter FIX again.
     events = [*TO_TEST, FAIL, FixFinished(None), FixFinished(commit(1)), BuildFinished(False, "x")]
