@@ -12,6 +12,7 @@ wait_until is set exactly in WAIT states; and the state document round-trips.
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 
@@ -345,7 +346,8 @@ class LoopMachine(RuleBasedStateMachine):
 
     @invariant()
     def document_round_trips(self) -> None:
-        assert RunState.from_document(self.state.to_document()) == self.state
+        doc = json.loads(json.dumps(self.state.to_document()))
+        assert RunState.from_document(doc) == self.state
 
     def teardown(self) -> None:
         event(f"ended in {self.state.state}")
