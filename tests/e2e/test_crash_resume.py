@@ -148,3 +148,18 @@ def test_cli_status_logs_and_stop_on_a_waiting_runner(tmp_path: Path) -> None:
     missing = _vpstest("stop", "nope", "--state-dir", str(tmp_path))
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
     assert "no project 'nope'" in missing.stderr
+
+
+def test_ctrl_c_during_a_stage_stops_gracefully(tmp_path: Path) -> None:
+    proc = _spawn(tmp_path, "--stage-seconds", "5", "--wait-seconds", "30")
+    _wait_for(tmp_path, "BUILD", proc)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert time.monotonic() - t0 < 5  # the 5 s stage was interrupted, not waited for
+    assert proc.returncode == 1 and "final: STOPPED" in out, err
+    assert "Traceback" not in err
+    assert _check_log(tmp_path) == ["SETUP", "BUILD", "STOPPED"]
+    doc = _state(tmp_path)
+    assert doc is not None and doc["machine"]["stop_reason"] == "user stop"
+    assert StateStore(tmp_path, "crashy").holder() is None  # the lease was released
