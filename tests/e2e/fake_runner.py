@@ -20,12 +20,14 @@ from pytest_vpstest.loop import Runner, StageContext, TestOutcome
 
 
 class SlowStages:
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, long_stage: str | None = None) -> None:
         self.seconds = seconds
+        self.long_stage = long_stage
 
     def _work(self, ctx: StageContext, name: str) -> None:
-        ctx.log(f"{name}: working for {self.seconds}s")
-        ctx.stop.wait(self.seconds)
+        seconds = 600.0 if name == self.long_stage else self.seconds
+        ctx.log(f"{name}: working for {seconds}s")
+        ctx.stop.wait(seconds)
 
     def setup(self, ctx: StageContext) -> m.SetupFinished:
         self._work(ctx, "setup")
@@ -68,12 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stage-seconds", type=float, default=0.5)
     p.add_argument("--wait-seconds", type=float, default=1.0)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--long-stage", help="this stage takes 600 s (interruptible)")
     args = p.parse_args(argv)
     cfg = ProjectConfig(path=None, project=args.project, workspace=Path(args.state_dir),
                         soak=SoakConfig(wait_1hr_seconds=args.wait_seconds,
                                         wait_6hr_seconds=args.wait_seconds))
     inv = Inventory(nodes=(Node(name="n1", host="127.0.0.1"), Node(name="n2", host="127.0.0.1")))
-    runner = Runner(cfg, inv, Path(args.state_dir), stages=SlowStages(args.stage_seconds),
+    runner = Runner(cfg, inv, Path(args.state_dir), stages=SlowStages(args.stage_seconds, args.long_stage),
                     install_signal_handlers=True, stop_poll_seconds=0.2, fix_retry_seconds=0.2, lease_ttl=5)
     try:
         final = runner.run(resume_only=args.resume)

