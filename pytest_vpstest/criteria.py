@@ -170,7 +170,8 @@ DEFAULT_TARGETS: dict[str, dict[str, float]] = {
 
 def _target_metric(suite: str, key: str, metrics: Mapping[str, float]) -> str:
     base = ".".join(metric_key(part) for part in (suite, *key.split(".")))
-    return f"{base}.rate" if f"{base}.rate" in metrics else base
+    is_category = key in ("direct", "nat_traversed", "relay") or "~" in key
+    return f"{base}.rate" if is_category or f"{base}.rate" in metrics else base
 
 
 def all_pass(metrics: Mapping[str, float]) -> Verdict:
