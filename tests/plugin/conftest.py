@@ -99,11 +99,11 @@ class FakeFleet:
 
 @pytest.fixture
 def fake_fleet(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeFleet]:
-    def make(extra_config: str = "") -> FakeFleet:
+    def make(extra_config: str = "", inventory_extra: str = "") -> FakeFleet:
         d = pytester.path
         shutil.copy(HERE / "fakefleet_plugin.py", d / "fakefleet_plugin.py")
         shutil.copy(HERE / "fakeagent.sh", d / "fakeagent.sh")
-        (d / "inventory.yaml").write_text(INVENTORY)
+        (d / "inventory.yaml").write_text(inventory_extra + INVENTORY)
         state = d / "state"
         cfg = d / "vps.yaml"
         cfg.write_text(config_text(d / "fakeagent.sh", state, extra_config))

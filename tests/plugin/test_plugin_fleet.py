@@ -256,3 +256,28 @@ def test_junit_xunit2_gets_suite_properties_without_warnings(fake_fleet: MakeFle
     result.assert_outcomes(passed=4)
     assert "record_property is incompatible" not in result.stdout.str()
     assert '<property name="vpstest.throughput.avg_mbps" value="25.0" />' in junit.read_text()
+
+
+def test_improvement_compares_with_the_previous_run(
+    fake_fleet: MakeFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = fake_fleet()
+    first = fleet.run("--vps-focus=connectivity", "--vps-attempts=1", "--vps-criteria=improvement")
+    assert first.ret == 0
+    first.stdout.fnmatch_lines(["*note: first run of this project and focus: baseline*"])
+    monkeypatch.setenv("FAKE_RELAY_DOWN", "1")
+    second = fleet.run("--vps-focus=connectivity", "--vps-attempts=1", "--vps-criteria=improvement")
+    assert second.ret == pytest.ExitCode.TESTS_FAILED
+    second.stdout.fnmatch_lines(
+        ["*FAIL connectivity.relay.rate: 75 (target >= 100, gap -25) — previous 100*"]
+    )
+    # p1's relay never works: those three pair tests fail as hard errors.
+    second.assert_outcomes(passed=33, failed=3)
+
+
+def test_nat_suite_skips_on_a_loopback_lab(fake_fleet: MakeFleet) -> None:
+    fleet = fake_fleet(inventory_extra="lab: loopback\n")
+    result = fleet.run("--vps-focus=nat-traversal", "-rs")
+    result.assert_outcomes(skipped=10)
+    result.stdout.fnmatch_lines(["*needs NAT: the loopback lab has no NAT routers*"])
+    assert not list(fleet.state_dir.glob("demo/runs/*/results.json"))
