@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,9 +88,13 @@ def _current_user() -> str:
 
 
 def worker_prefix(base: str) -> str:
-    """``base`` (2-3 characters) plus the xdist worker number: labs of parallel workers never collide."""
+    """``base`` plus the xdist worker number, so labs of parallel workers never collide. Bases of up to
+    three characters stay readable (``vta`` -> ``vta0``); longer ones become ``v`` + a 4-digit hash."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw")[2:]
-    return check_prefix(f"{base}{worker}")
+    name = f"{base}{worker}"
+    if len(name) > 5:
+        name = f"v{zlib.crc32(name.encode()) & 0xFFFF:04x}"
+    return check_prefix(name)
 
 
 def lab_fixture(
