@@ -195,7 +195,7 @@ def main() -> int:
         )
     print(
         f"(Mbit/s, receiver goodput, {seconds:g} s each, {IP_A} -> {IP_B}; the agent sends UDP datagrams of "
-        "1472 bytes with a window of 256 in flight)"
+        "1472 bytes with at most 1024 in flight)"
     )
     return 0
 
