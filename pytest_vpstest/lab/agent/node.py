@@ -669,6 +669,7 @@ class Node:
             "latency_ms": receipt.latency_ms,
             "duplicates": receipt.duplicates,
             "message_id": message_id,
+            "received_at": receipt.received_at,
             "topic": receipt.topic,
             "origin": receipt.origin,
             "hops": receipt.hops,

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections import deque
@@ -246,9 +247,13 @@ class _RegistryServer(ThreadingHTTPServer):
     state: RegistryState
 
 
+class _RegistryServer6(_RegistryServer):
+    address_family = socket.AF_INET6
+
+
 def make_server(bind: Addr, data_file: Path | None = None) -> _RegistryServer:
     """A registry HTTP server bound to ``bind`` (not yet serving)."""
-    server = _RegistryServer(bind, _Handler)
+    server = (_RegistryServer6 if ":" in bind[0] else _RegistryServer)(bind, _Handler)
     server.state = RegistryState(data_file)
     return server
 
