@@ -740,7 +740,8 @@ class Node:
             tx.progress.set()
 
     def _on_tp_end(self, message: Message, sender: str, route: Route) -> None:
-        rx = self.rx.get(message.get("s"))  # type: ignore[arg-type]
+        session = message.get("s")
+        rx = self.rx.get(session) if isinstance(session, int) else None
         if rx is None or rx.peer != sender:
             return
         seconds = (rx.last - rx.started) if rx.packets else 0.0
