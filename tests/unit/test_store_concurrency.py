@@ -24,8 +24,8 @@ PROJECT = "crashy"  # the writer's project, as in the crash test
 
 def finish(proc: Any, timeout: float = 60) -> str:
     out, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, f"writer failed with {proc.returncode}: {err}"
-    return str(out)
+    assert proc.returncode == 0, f"writer failed with {proc.returncode}: {err.decode()}"
+    return str(out.decode())
 
 
 def lease_record(state_dir: Path) -> dict[str, Any]:

@@ -38,25 +38,32 @@ def start_writer(
         argv,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
+        bufsize=0,  # unbuffered: read_line must never pull a second line into a buffer select() can't see
         env={**os.environ, **(env or {})},
     )
 
 
 def read_line(proc: Any, timeout: float) -> str:
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    if not ready:
-        proc.kill()
-        _, err = proc.communicate(timeout=10)
-        pytest.fail(f"writer printed nothing within {timeout}s; stderr: {err}")
-    line: str = proc.stdout.readline()
-    return line.strip()
+    """The writer's next stdout line, read byte by byte so nothing past it is consumed."""
+    line = b""
+    deadline = time.monotonic() + timeout
+    while not line.endswith(b"\n"):
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        byte = proc.stdout.read(1) if ready else b""
+        if not byte:
+            proc.kill()
+            _, err = proc.communicate(timeout=10)
+            pytest.fail(
+                f"writer printed no full line within {timeout}s (got {line!r}); stderr: {err.decode()}"
+            )
+        line += byte
+    return line.decode().strip()
 
 
 def kill(proc: Any) -> None:
     proc.kill()
     _, err = proc.communicate(timeout=10)
-    assert proc.returncode == -9, f"writer ended by itself with status {proc.returncode}: {err}"
+    assert proc.returncode == -9, f"writer ended by itself with status {proc.returncode}: {err.decode()}"
 
 
 def without_heartbeat(document: dict[str, Any]) -> dict[str, Any]:
@@ -124,8 +131,8 @@ def test_sigkill_at_random_points_never_corrupts_or_duplicates(tmp_path: Path) -
 
     final = start_writer(tmp_path, "host-a", commits=6)
     out, err = final.communicate(timeout=60)
-    assert final.returncode == 0, err
-    assert out.splitlines()[-1] == "done"
+    assert final.returncode == 0, err.decode()
+    assert out.decode().splitlines()[-1] == "done"
 
     entries = check_consistent(tmp_path)
     store = StateStore(tmp_path, PROJECT, host="checker", pid=1)
