@@ -356,6 +356,7 @@ class Node:
             if kind == wire.KIND_FORWARD:
                 parsed = wire.parse_forward(data)
                 if parsed is not None and wire.valid_name(parsed[0]):
+                    # pytest_vpstest/demo.py plants its defect by replacing the next line verbatim.
                     self._on_peer(parsed[1], parsed[0], Route("relay", src))
                 return
             if kind == wire.KIND_JSON:
