@@ -697,6 +697,11 @@ def _read(path: Path) -> str:
         raise ConfigError(f"cannot read: {e.strerror or e}", path=path) from None
 
 
+def _printable(text: str) -> str:
+    """``text`` with line breaks and other control characters escaped, so messages stay one line."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 def _describe(node: yaml.Node) -> str:
     if isinstance(node, yaml.MappingNode):
         return "a mapping"
@@ -717,7 +722,11 @@ class _Reader:
     ) -> ConfigError:
         line = node.start_mark.line + 1 if node is not None and node.start_mark is not None else None
         return ConfigError(
-            message, path=self.label, line=line, key=key or None, allowed=tuple(allowed) if allowed else None
+            message,
+            path=_printable(self.label),
+            line=line,
+            key=_printable(key) if key else None,
+            allowed=tuple(allowed) if allowed else None,
         )
 
     def document(self, text: str, what: str) -> yaml.Node:

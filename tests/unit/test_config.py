@@ -356,6 +356,12 @@ def test_deep_nesting_and_control_characters_are_config_errors() -> None:
     assert err.line == 2 and "character #x0007 is not allowed" in str(err)
 
 
+def test_keys_with_line_breaks_are_escaped_so_the_message_stays_one_line() -> None:
+    err = project_error('project: p\n"a\\nb\\u2028c": 1\n', PATH)
+    assert err.line == 2 and err.key == "a\\nb\\u2028c"
+    assert len(str(err).splitlines()) == 1 and "unknown key" in str(err)
+
+
 def test_alias_bombs_are_refused() -> None:
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 9)]

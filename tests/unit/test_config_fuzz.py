@@ -44,7 +44,7 @@ def check_both(text: str) -> None:
         except ConfigError as e:
             message = str(e)
             assert message.startswith(path), message
-            assert "\n" not in message and "\r" not in message, message
+            assert len(message.splitlines()) == 1, message
         else:
             assert isinstance(result, kind)
 
