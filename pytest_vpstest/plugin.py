@@ -100,16 +100,32 @@ def _setting(config: pytest.Config, name: str) -> Any:
     return ini if ini not in ("", None) else value
 
 
+def _ini_dir(config: pytest.Config) -> Path:
+    return config.inipath.parent if config.inipath is not None else config.rootpath
+
+
+def _path_setting(config: pytest.Config, name: str) -> Path | None:
+    """A path option (relative to where pytest was invoked) or ini key (relative to the ini file)."""
+    value = config.getoption(f"vps_{name}")
+    base = Path(config.invocation_params.dir)
+    if not value:
+        value, base = config.getini(f"vps_{name}"), _ini_dir(config)
+    if not value:
+        return None
+    path = Path(str(value)).expanduser()
+    return path if path.is_absolute() else base / path
+
+
 def pytest_configure(config: pytest.Config) -> None:
     for line in MARKERS:
         config.addinivalue_line("markers", line)
-    config_file = _setting(config, "config")
-    if not config_file:
+    config_file = _path_setting(config, "config")
+    if config_file is None:
         return
     from pytest_vpstest.errors import VpsTestError
 
     try:
-        run = _make_run(config, Path(str(config_file)))
+        run = _make_run(config, config_file)
     except VpsTestError as exc:
         raise pytest.UsageError(f"pytest-vpstest: {exc}") from None
     config.stash[RUN_KEY] = run
@@ -141,15 +157,13 @@ def _resolve_inventory(spec: str, base: Path) -> Path:
 def _make_run(config: pytest.Config, config_path: Path) -> RunContext:
     from pytest_vpstest import config as loaders
     from pytest_vpstest.errors import ConfigError
-    config_path = (
-        config_path if config_path.is_absolute() else Path(config.invocation_params.dir) / config_path
-    )
+
     project_config = loaders.load_project_config(config_path)
     nodes_opt = config.getoption("vps_nodes")
     if nodes_opt:
         spec, base = str(nodes_opt), Path(config.invocation_params.dir)
     elif config.getini("vps_nodes"):
-        spec, base = str(config.getini("vps_nodes")), config.rootpath
+        spec, base = str(config.getini("vps_nodes")), _ini_dir(config)
     else:
         spec, base = project_config.inventory or "", config_path.parent
     if not spec:
@@ -162,9 +176,8 @@ def _make_run(config: pytest.Config, config_path: Path) -> RunContext:
     worker = getattr(config, "workerinput", None)
     run_id = worker.get("vpstest_run_id") if worker else None
     run_id = run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + os.urandom(3).hex()
-    state_opt = _setting(config, "state_dir")
-    state_dir = Path(str(state_opt)) if state_opt else (project_config.state_dir or _default_state_dir())
-    results_json = _setting(config, "results_json")
+    state_dir = _path_setting(config, "state_dir") or project_config.state_dir or _default_state_dir()
+    results_json = _path_setting(config, "results_json")
     criteria = str(_setting(config, "criteria") or project_config.criteria or "threshold")
     if criteria not in CRITERIA:
         raise ConfigError(f"unknown criteria {criteria!r}", key="vps_criteria", allowed=CRITERIA)
@@ -195,7 +208,7 @@ def _make_run(config: pytest.Config, config_path: Path) -> RunContext:
         attempts=int(attempts) if attempts not in (None, "") else None,
         skip_build=bool(_setting(config, "skip_build")),
         skip_deploy=bool(_setting(config, "skip_deploy")),
-        results_json=Path(str(results_json)) if results_json else None,
+        results_json=results_json,
         node_concurrency=int(concurrency) if concurrency not in (None, "") else 4,
         is_worker=worker is not None,
     )

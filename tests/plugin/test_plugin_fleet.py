@@ -281,3 +281,18 @@ def test_nat_suite_skips_on_a_loopback_lab(fake_fleet: MakeFleet) -> None:
     result.assert_outcomes(skipped=10)
     result.stdout.fnmatch_lines(["*needs NAT: the loopback lab has no NAT routers*"])
     assert not list(fleet.state_dir.glob("demo/runs/*/results.json"))
+
+
+def test_ini_keys_configure_the_plugin(fake_fleet: MakeFleet) -> None:
+    fleet = fake_fleet()
+    fleet.pytester.makeini(
+        "[pytest]\nvps_config = vps.yaml\nvps_focus = throughput\nvps_skip_build = true\n"
+        "vps_results_json = out/results.json\n"
+    )
+    result = fleet.pytester.runpytest(
+        "-p", "fakefleet_plugin", "--pyargs", "suites", "-p", "no:cacheprovider"
+    )
+    result.assert_outcomes(passed=4, deselected=49)
+    result.stdout.fnmatch_lines([f"vpstest: config {fleet.config}, *", "vpstest: focus throughput, *"])
+    assert fleet.calls("build") == 0 and fleet.calls("deploy") == 1
+    assert json.loads((fleet.dir / "out" / "results.json").read_text())["focus"] == "throughput"
