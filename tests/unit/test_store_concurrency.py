@@ -95,17 +95,23 @@ def test_a_writer_stopped_inside_the_lock_gives_a_clear_error(tmp_path: Path) ->
 
 
 def test_another_project_is_not_blocked(tmp_path: Path) -> None:
-    busy = start_writer(tmp_path, "host-a")
+    # The first project's writer holds its lease and is stopped after two commits.
+    busy = start_writer(tmp_path, "host-a", env={"VPSTEST_CRASH_FREEZE_AT": "3"}, ttl=30)
     try:
         read_line(busy, 15)
-        other = StateStore(tmp_path, "other-project", host="host-a", pid=os.getpid())
+        assert read_line(busy, 15) == "frozen"
+        first = StateStore(tmp_path, PROJECT, host="checker", pid=1)
+        assert first.holder() is not None and len(first.transitions()) == 2
+        other = StateStore(tmp_path, "other-project", host="host-a", pid=os.getpid(), lock_timeout=5)
         lease = other.acquire()
+        assert lease.token == 1
         assert other.commit(lease, {"project": "other-project", "state": "SETUP"}, {"to": "SETUP"}) == 1
-        other.release(lease)
+        assert other.release(lease)
+        assert first.holder() is not None and len(first.transitions()) == 2
     finally:
+        busy.send_signal(signal.SIGCONT)
         busy.kill()
         busy.communicate(timeout=10)
-    assert StateStore(tmp_path, PROJECT, host="checker", pid=1).transitions()
 
 
 def test_readers_see_only_committed_states_while_a_writer_runs(tmp_path: Path) -> None:
