@@ -61,3 +61,28 @@ def test_a_segment_batch_counts_data_in_place_and_handles_a_trailing_control_mes
         assert node.crdt.counts == {"peer": 3}
     finally:
         node.udp.close()
+
+
+def test_an_all_data_read_is_counted_at_once_and_acknowledged(tmp_path: Path) -> None:
+    node = Node("me", ("127.0.0.96", 0), "http://127.0.0.1:9", [("127.0.0.94", 3478)], tmp_path)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.97", 0))
+    peer.settimeout(2)
+    try:
+        route = Route("direct", peer.getsockname())
+        node.rx[7] = RxSession("peer", route, started=0.0, packets=15, bytes=0, highest=14)
+        node.rx[8] = RxSession("peer", route, started=0.0)
+        size = wire.DATA_HEADER.size + 50
+        node._on_segments(
+            b"".join(wire.data_header(7, n) + b"x" * 50 for n in (15, 16, 17)), size, route.addr
+        )
+        assert (node.rx[7].packets, node.rx[7].bytes, node.rx[7].highest) == (18, 150, 17)
+        # Crossing a multiple of 16 datagrams sends one acknowledgement with the highest sequence.
+        assert wire.parse_ack(peer.recv(100)) == (7, 17)
+        # Two sessions in one read: each datagram is counted for its own session.
+        mixed = wire.data_header(7, 18) + b"y" * 50 + wire.data_header(8, 0) + b"z" * 50
+        node._on_segments(mixed, size, route.addr)
+        assert (node.rx[7].packets, node.rx[8].packets, node.rx[8].bytes) == (19, 1, 50)
+    finally:
+        node.udp.close()
+        peer.close()
