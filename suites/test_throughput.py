@@ -8,6 +8,7 @@ address, the client on the other, ``--json``) and reported beside the probe's fi
 from __future__ import annotations
 
 import json
+import time
 import zlib
 from typing import Any
 
@@ -48,16 +49,24 @@ def iperf3_ceiling(probe: Any, run: RunContext, pair: Pair, seconds: float) -> t
         return None, "both nodes are behind NATs: no iperf3 path without traversal"
     address = server.p2p_address or server.host
     port = 5300 + zlib.crc32(pair.id.encode()) % 500
+    # --idle-timeout: a one-off server whose client never came exits on its own.
+    server_cmd = "iperf3 -s -1 -D -B {a} -p {p} --idle-timeout {idle}"
+    client_cmd = "iperf3 -c {a} -p {p} -t {t} --json --connect-timeout 5000" + (" -R" if reverse else "")
     with probe.slots.hold(src.name, dst.name):
         start = transport.run(
-            server.name, quote_command("iperf3 -s -1 -D -B {a} -p {p}", a=address, p=port), 10.0
+            server.name, quote_command(server_cmd, a=address, p=port, idle=int(seconds) + 30), 10.0
         )
         if start.exit_code != 0:
             return None, f"iperf3 server did not start: {start.stderr.strip()[:200]}"
-        template = "iperf3 -c {a} -p {p} -t {t} --json --connect-timeout 5000" + (" -R" if reverse else "")
-        r = transport.run(
-            client.name, quote_command(template, a=address, p=port, t=max(1, int(seconds))), seconds + 20.0
-        )
+        for _ in range(3):  # the daemon may not listen yet when -D returns
+            r = transport.run(
+                client.name,
+                quote_command(client_cmd, a=address, p=port, t=max(1, int(seconds))),
+                seconds + 20.0,
+            )
+            if "refused" not in r.stdout + r.stderr:
+                break
+            time.sleep(0.3)
     try:
         data = json.loads(r.stdout)
         bps = float(data["end"]["sum_received"]["bits_per_second"])
