@@ -234,6 +234,7 @@ class VpsPlugin:
         self.run = run
         self.collector = Collector()
         self.outcome: Any = None
+        self.failure = ""
 
     # -- reporting ------------------------------------------------------------------------
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
@@ -291,15 +292,24 @@ class VpsPlugin:
             return
         from pytest_vpstest.results import finish_run
 
-        self.outcome = finish_run(self.config, self.run, self.collector)
+        try:
+            self.outcome = finish_run(self.config, self.run, self.collector)
+        except Exception as exc:  # a run whose results could not be recorded must not look passed
+            self.failure = f"pytest-vpstest: results not recorded: {type(exc).__name__}: {exc}"
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            return
         _junit_suite_properties(self.config, self.outcome.results["metrics"])
         if not self.outcome.verdict.passed and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        tr = terminalreporter
+        if self.failure:
+            tr.section("pytest-vpstest", sep="=", bold=True)
+            tr.write_line(self.failure, red=True)
         if self.outcome is None:
             return
-        tr = terminalreporter
         tr.section("pytest-vpstest", sep="=", bold=True)
         for line in self.outcome.verdict.summary_lines():
             tr.write_line(line, red="FAIL" in line, green=line.endswith("PASSED"))

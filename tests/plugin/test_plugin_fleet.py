@@ -296,3 +296,13 @@ def test_ini_keys_configure_the_plugin(fake_fleet: MakeFleet) -> None:
     result.stdout.fnmatch_lines([f"vpstest: config {fleet.config}, *", "vpstest: focus throughput, *"])
     assert fleet.calls("build") == 0 and fleet.calls("deploy") == 1
     assert json.loads((fleet.dir / "out" / "results.json").read_text())["focus"] == "throughput"
+
+
+def test_results_that_cannot_be_written_fail_the_run(fake_fleet: MakeFleet) -> None:
+    fleet = fake_fleet()
+    blocker = fleet.dir / "blocker"
+    blocker.write_text("a file where a directory is needed")
+    result = fleet.run("--vps-focus=throughput", f"--vps-results-json={blocker / 'results.json'}")
+    result.assert_outcomes(passed=4)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["pytest-vpstest: results not recorded: *"])
