@@ -3,7 +3,8 @@
 A Hypothesis rule-based test offers any event at any time (most of them invalid in the current
 state) and also drives the loop forward with the event the runner would send. It checks: invalid
 events raise InvalidEvent exactly when an independent model says they do not apply, and change
-nothing; terminal states stay terminal; every transition taken is in ALLOWED_TRANSITIONS;
+nothing; the state reached is the one the seed's rules prescribe (a small oracle in this file);
+terminal states stay terminal; every transition taken is in ALLOWED_TRANSITIONS;
 counters never decrease; STOPPED always carries a reason; COMPLETE is reached only through
 consecutive passing TESTs separated by the enabled waits, each wait lasting its full duration;
 wait_until is set exactly in WAIT states; and the state document round-trips.
