@@ -4,6 +4,8 @@ CriteriaErrors that point at the column of a bad expression."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pytest_vpstest.criteria import (
     CriteriaSpec,
@@ -135,3 +137,12 @@ def test_flatten_metrics_normalises_keys() -> None:
         "nat_traversal.full_cone_symmetric.rate": 50.0,
         "gossip.crdt.converged": 1.0,
     }
+
+
+@given(st.integers(min_value=1, max_value=10_000).flatmap(lambda n: st.tuples(st.integers(0, n), st.just(n))))
+def test_wilson_interval_brackets_the_observed_rate(case: tuple[int, int]) -> None:
+    success, attempts = case
+    lo, hi = wilson_interval(success, attempts)
+    observed = 100.0 * success / attempts
+    assert 0.0 <= lo <= hi <= 100.0
+    assert lo - 0.01 <= observed <= hi + 0.01
