@@ -14,6 +14,7 @@ import ipaddress
 import math
 import os
 import re
+import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
@@ -251,6 +252,27 @@ _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*\Z")
 # Aliases can make a small file expand to a huge tree ("billion laughs"); no real config comes close.
 _MAX_NODES = 20_000
 _LAB_FLAVOURS = ("netns", "loopback")
+# Placeholders the command templates may use (docs/internals.md); deploy.py and probes.py fill them.
+START_COMMAND_PLACEHOLDERS = (
+    "bin",
+    "node",
+    "install_path",
+    "log_dir",
+    "p2p_address",
+    "registry",
+    "bootstrap",
+)
+PROBE_PLACEHOLDERS = (
+    *START_COMMAND_PLACEHOLDERS,
+    "peer",
+    "peer_address",
+    "method",
+    "timeout",
+    "topic",
+    "message_id",
+    "seconds",
+    "amount",
+)
 _T = TypeVar("_T")
 
 _STR = "tag:yaml.org,2002:str"
@@ -508,7 +530,7 @@ def _deploy(r: _Reader, node: yaml.Node) -> DeployConfig:
         if "service_prefix" in m
         else d.service_prefix,
         nodes=nodes,
-        start_command=r.string(m["start_command"], "deploy.start_command")
+        start_command=r.template(m["start_command"], "deploy.start_command", START_COMMAND_PLACEHOLDERS)
         if "start_command" in m
         else d.start_command,
         registration_timeout_seconds=r.number(
@@ -583,7 +605,7 @@ def _soak(r: _Reader, node: yaml.Node) -> SoakConfig:
 def _probes(r: _Reader, node: yaml.Node) -> ProbeTemplates:
     names = tuple(f.name for f in dataclass_fields(ProbeTemplates))
     m = r.mapping(node, "probes", names)
-    return ProbeTemplates(**{k: r.string(v, f"probes.{k}") for k, v in m.items()})
+    return ProbeTemplates(**{k: r.template(v, f"probes.{k}", PROBE_PLACEHOLDERS) for k, v in m.items()})
 
 
 def _fix(r: _Reader, node: yaml.Node) -> FixConfig:
@@ -872,6 +894,25 @@ class _Reader:
 
     def is_null(self, node: yaml.Node) -> bool:
         return isinstance(node, yaml.ScalarNode) and node.tag == _NULL
+
+    def template(self, node: yaml.Node, key: str, placeholders: Sequence[str]) -> str:
+        """A command template: ``{name}`` placeholders from ``placeholders`` only, ``{{``/``}}`` literal."""
+        value = self.string(node, key)
+        try:
+            parsed = list(string.Formatter().parse(value))
+        except ValueError as e:
+            raise self.fail(
+                node, key, f"malformed template (use {{{{ and }}}} for literal braces): {e}"
+            ) from None
+        for _, name, spec, conversion in parsed:
+            if name is None:
+                continue
+            if name not in placeholders or spec or conversion:
+                shown = (
+                    "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+                )
+                raise self.fail(node, key, f"unknown placeholder {_printable(shown)}", placeholders)
+        return value
 
     def choice(self, node: yaml.Node, key: str, allowed: Sequence[str]) -> str:
         if not (isinstance(node, yaml.ScalarNode) and node.tag == _STR and node.value in allowed):

@@ -143,7 +143,7 @@ focus: nat-traversal
 criteria: custom
 criteria_expr: "connectivity.nat_traversed.rate >= 85"
 proof: logs
-probes: {status: "{bin} status --json"}
+probes: {status: "{bin} status --json", throughput: "{bin} tp {peer_address} {seconds} {{literal}}"}
 fix: {command: ./fixer.sh, commit_wait_seconds: 60}
 notify:
   channels: [{kind: webhook, url: "http://127.0.0.1:8099/hook"}, {kind: command, command: notify-send}]
@@ -315,6 +315,37 @@ INV = "/srv/demo/nodes.yaml"
         ("project: p\nsoak: {wait_6hr_seconds: .nan}\n", 2, "soak.wait_6hr_seconds", "finite"),
         ("project: p\nbootstrap: {registry: ftp://x}\n", 2, "bootstrap.registry", "http:// or https:// URL"),
         ("project: p\nproject: q\n", 2, "project", "duplicate key (first at line 1)"),
+        (
+            "project: p\ndeploy:\n  start_command: '{bin} run --name {nodename}'\n",
+            3,
+            "deploy.start_command",
+            "unknown placeholder {nodename} (allowed: bin, node,",
+        ),
+        (
+            "project: p\ndeploy: {start_command: '{bin} {peer}'}\n",
+            2,
+            "deploy.start_command",
+            "unknown placeholder {peer}",
+        ),
+        (
+            "project: p\ndeploy: {start_command: '{bin!r} run'}\n",
+            2,
+            "deploy.start_command",
+            "unknown placeholder {bin!r}",
+        ),
+        ("project: p\nprobes: {status: '{bin} status {'}\n", 2, "probes.status", "malformed template"),
+        (
+            "project: p\nprobes: {connect: '{bin} {peer.name}'}\n",
+            2,
+            "probes.connect",
+            "unknown placeholder {peer.name}",
+        ),
+        (
+            "project: p\nprobes: {ping: '{bin} ping'}\n",
+            2,
+            "probes.ping",
+            "unknown key (allowed: status, connect,",
+        ),
         ("project: p\n7: x\n", 2, None, "keys must be strings"),
         ("project: p\nschema_version: 2\n", 2, "schema_version", "at most 1"),
         ("project: p\nbuild: {command: '   '}\n", 2, "build.command", "must not be empty"),
