@@ -434,6 +434,7 @@ def run_fix(
     stop: threading.Event,
     output: Callable[[str], None] = lambda _line: None,
     poll_seconds: float = 2.0,
+    env: Mapping[str, str] | None = None,
 ) -> FixOutcome:
     """The whole FIX stage: logs → signatures → brief → fixer/commit wait → verification."""
     logs_dir = project_dir / "logs"
@@ -447,4 +448,4 @@ def run_fix(
         json.dumps([s.to_json() for s in signatures], indent=2) + "\n", encoding="utf-8"
     )
     output(f"fix: brief written to {brief} ({len(signatures)} error signature(s))")
-    return obtain_fix(config, workspace, brief, stop=stop, output=output, poll_seconds=poll_seconds)
+    return obtain_fix(config, workspace, brief, stop=stop, output=output, poll_seconds=poll_seconds, env=env)

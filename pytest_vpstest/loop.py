@@ -45,14 +45,17 @@ from pytest_vpstest.notify import Notifier, build_channels
 from pytest_vpstest.store import Lease, StateStore
 
 __all__ = [
+    "CHILD_MARKER",
     "LOG_LIMIT",
     "Runner",
     "StageContext",
     "Stages",
     "TestOutcome",
+    "child_env",
     "machine_config",
     "project_dir",
     "read_stop_request",
+    "reap_orphans",
     "request_stop",
     "utcnow",
 ]
@@ -93,6 +96,55 @@ def read_stop_request(state_dir: Path, project: str) -> str | None:
     except (OSError, ValueError):
         return "user stop"
     return str(doc.get("reason") or "user stop")
+
+
+# Set in the environment of every long-running child (pytest, fixer, verification) so a runner
+# resumed after a crash can find and end the children its dead predecessor left behind.
+CHILD_MARKER = "VPSTEST_RUNNER_PROJECT_DIR"
+
+
+def child_env(project_dir: Path) -> dict[str, str]:
+    return {CHILD_MARKER: str(project_dir.resolve())}
+
+
+def reap_orphans(project_dir: Path, *, grace_seconds: float = 5.0) -> list[int]:
+    """End processes carrying this project's child marker (left by a crashed runner); return their pids.
+
+    Called by the lease holder only, so every such process belongs to a runner that is gone.
+    """
+    marker = f"{CHILD_MARKER}={project_dir.resolve()}".encode()
+    me = os.getpid()
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            env = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in env.split(b"\0"):
+            found.append(int(entry.name))
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = threading.Event()
+    waited = 0.0
+    while waited < grace_seconds and any(_alive(p) for p in found):
+        deadline.wait(0.1)
+        waited += 0.1
+    for pid in found:
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def machine_config(config: ProjectConfig) -> m.MachineConfig:
@@ -365,6 +417,9 @@ class Runner:
         doc = self.store.load()
         for note in self.store.recovered:
             self._log_line(f"state recovery: {note}")
+        orphans = reap_orphans(self.dir)
+        if orphans:
+            self._log_line(f"ended {len(orphans)} process(es) left by a previous runner: {orphans}")
         pending: deque[m.Effect] = deque()
         if doc is not None:
             previous = m.RunState.from_document(doc)
@@ -783,7 +838,8 @@ class FleetStages:
         if cfg.criteria_expr:
             argv += ["--vps-criteria-expr", cfg.criteria_expr]
         label = ("initial", "after-1hr", "after-6hr")[min(checkpoint, 2)]
-        env = {**os.environ, "VPSTEST_RUNNER_TOKEN": str(ctx.token), "VPSTEST_LOOP_STATE": f"TEST:{label}"}
+        env = {**os.environ, "VPSTEST_RUNNER_TOKEN": str(ctx.token), "VPSTEST_LOOP_STATE": f"TEST:{label}",
+               **child_env(ctx.project_dir)}
         ctx.log(f"running the {cfg.focus or 'full-suite'} suites ({label} checkpoint) -> {run_dir}")
         timeout = 3600.0
 
@@ -831,7 +887,7 @@ class FleetStages:
             brief.parent.mkdir(parents=True, exist_ok=True)
             brief.write_text(f"Resumed FIX: commit {head.sha} found after a restart.\n")
             outcome = obtain_fix(replace(cfg.fix, command="true"), cfg.workspace, brief, stop=ctx.stop,
-                                 output=ctx.log, base_sha=base)
+                                 output=ctx.log, base_sha=base, env=child_env(ctx.project_dir))
             return self._fix_event(ctx, outcome)
         results = None
         last = ctx.runner.get("last_results")
@@ -840,7 +896,8 @@ class FleetStages:
                 results = json.loads(Path(last).read_text(encoding="utf-8"))
         outcome = run_fix(project=cfg.project, project_dir=ctx.project_dir, workspace=cfg.workspace,
                           config=cfg.fix, nodes=ctx.inventory.nodes, fetch=self._fetch_log(ctx),
-                          reason=reason, results=results, stop=ctx.stop, output=ctx.log)
+                          reason=reason, results=results, stop=ctx.stop, output=ctx.log,
+                          env=child_env(ctx.project_dir))
         return self._fix_event(ctx, outcome)
 
     @staticmethod

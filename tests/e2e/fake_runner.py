@@ -9,6 +9,8 @@ same decisions: the first TEST fails until a fix commit is recorded; every later
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +18,7 @@ from pathlib import Path
 from pytest_vpstest import machine as m
 from pytest_vpstest.config import Inventory, Node, ProjectConfig, SoakConfig
 from pytest_vpstest.errors import VpsTestError
-from pytest_vpstest.loop import Runner, StageContext, TestOutcome
+from pytest_vpstest.loop import Runner, StageContext, TestOutcome, child_env
 
 
 class SlowStages:
@@ -42,7 +44,16 @@ class SlowStages:
         return m.DeployFinished(2, 2)
 
     def test(self, ctx: StageContext, checkpoint: int) -> TestOutcome:
-        self._work(ctx, f"test{checkpoint}")
+        # Like the real TEST stage, run a child process (marked as this project's) meanwhile.
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                                 env={**os.environ, **child_env(ctx.project_dir)}, start_new_session=True,
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        try:
+            self._work(ctx, f"test{checkpoint}")
+        finally:
+            child.kill()
+            child.wait()
         ok = bool(ctx.state.commits)
         results = {"test_results": {"passed": ok, "suites": {"connectivity": {"relay": {
             "attempts": 4, "success": 4 if ok else 0, "rate": 100.0 if ok else 0.0}}}}}

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_vpstest.loop import CHILD_MARKER
 from pytest_vpstest.store import StateStore
 
 pytestmark = pytest.mark.e2e
@@ -88,6 +89,22 @@ def test_sigkill_in_every_state_then_resume(tmp_path: Path) -> None:
     assert doc["test_results"]["passed"] is True
     log = (tmp_path / "crashy" / "runner.log").read_text()
     assert log.count("resuming crashy in") == len(kills)
+    # The TEST children of the killed runners were ended by their successors; none is left.
+    assert "process(es) left by a previous runner" in log
+    assert _marked_processes(tmp_path / "crashy") == []
+
+
+def _marked_processes(project_dir: Path) -> list[int]:
+    marker = f"{CHILD_MARKER}={project_dir.resolve()}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
 def test_two_runners_at_once_one_is_refused(tmp_path: Path) -> None:

@@ -355,3 +355,28 @@ def test_webhook_and_dashboard_down_during_the_run_get_everything_later(tmp_path
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     assert [e["kind"] for e in hook.received] == ["loop_start", "first_failure", "fix_committed", "wait_1hr",
                                                   "wait_6hr", "complete"]
+
+
+def test_a_resumed_runner_ends_children_left_by_its_crashed_predecessor(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from pytest_vpstest.loop import child_env, reap_orphans
+
+    project_dir = tmp_path / "state" / "demo"
+    project_dir.mkdir(parents=True)
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                              env={**os.environ, **child_env(project_dir)}, start_new_session=True)
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                                 env={**os.environ, **child_env(tmp_path / "other")}, start_new_session=True)
+    try:
+        time.sleep(0.2)  # let the children exec
+        assert reap_orphans(project_dir) == [orphan.pid]
+        assert orphan.wait(timeout=10) != 0
+        assert bystander.poll() is None  # another project's child is left alone
+    finally:
+        for p in (orphan, bystander):
+            if p.poll() is None:
+                p.kill()
+            p.wait()
