@@ -13,7 +13,7 @@ from pathlib import Path
 
 from hypothesis import event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from pytest_vpstest.errors import LeaseHeldError, StaleLeaseError
 from pytest_vpstest.store import Lease, StateStore
@@ -101,6 +101,12 @@ class LeaseMachine(RuleBasedStateMachine):
 
     # ---------------------------------------------------------------- rules
 
+    @initialize()
+    def first_writer(self) -> None:
+        """Every run starts with a holder that has written once, so short runs still test fencing."""
+        self.acquire(0)
+        self.write_with(0, with_transition=True)
+
     @rule(i=PROCS)
     def acquire(self, i: int) -> None:
         proc = self.procs[i]
@@ -156,7 +162,10 @@ class LeaseMachine(RuleBasedStateMachine):
     @rule(data=st.data(), with_transition=st.booleans())
     def write(self, data: st.DataObject, with_transition: bool) -> None:
         """Write with whatever lease the process holds, current or long stale (a paused process)."""
-        proc = self.procs[data.draw(st.sampled_from(self._with_lease()), label="process")]
+        self.write_with(data.draw(st.sampled_from(self._with_lease()), label="process"), with_transition)
+
+    def write_with(self, i: int, with_transition: bool) -> None:
+        proc = self.procs[i]
         assert proc.lease is not None
         expected = self._current(proc.lease)
         document: dict[str, object] = {
@@ -170,7 +179,10 @@ class LeaseMachine(RuleBasedStateMachine):
             seq = proc.store.commit(proc.lease, document, transition)
         except StaleLeaseError:
             assert not expected, "write with the current lease refused"
-            event("stale write refused")
+            held = self.holder
+            event(
+                "stale write refused" + (" after takeover" if held and held.token != proc.lease.token else "")
+            )
             return
         event("write accepted")
         assert expected, f"write with stale lease {proc.lease} accepted (current {self.holder})"
@@ -195,6 +207,14 @@ class LeaseMachine(RuleBasedStateMachine):
     @rule(seconds=st.one_of(st.floats(min_value=0, max_value=2.5 * TTL), st.sampled_from([TTL, TTL / 2])))
     def advance(self, seconds: float) -> None:
         self.clock.now += seconds
+
+    @rule(i=PROCS, margin=st.sampled_from([0.0, 0.001, 1.0]))
+    def expire_and_take_over(self, i: int, margin: float) -> None:
+        """Let the current lease run out (to its last instant, or just past it), then try to take it:
+        the situation fencing exists for, made common rather than left to chance."""
+        if self.holder is not None:
+            self.clock.now = max(self.clock.now, self.holder.expires_at + margin)
+        self.acquire(i)
 
     # ----------------------------------------------------------- invariants
 
