@@ -464,8 +464,9 @@ def _cmd_nodes(args: argparse.Namespace) -> int:
         role = f"NAT: {_NAT_SHORT[r['nat']]}" if r["nat"] != "none" else _ROLE_LABEL.get(r["role"], r["role"])
         where = "/".join(x for x in (r["provider"], r["region"]) if x) or "-"
         notes = f"  [{r['notes']}]" if r["notes"] else ""
-        print(f"{r['name']:<{width}}  ({role}){'':<{max(0, 16 - len(role))}} {r['host']:<17} {where:<19} "
-              f"{r['status']:<11}{notes}")
+        line = (f"{r['name']:<{width}}  ({role}){'':<{max(0, 16 - len(role))}} {r['host']:<17} {where:<19} "
+                f"{r['status']:<11}{notes}")
+        print(line.rstrip())
         if r["error"]:
             print(f"{'':<{width}}  -> {r['error']}")
     nat_rows = [r for r in rows if r["nat"] != "none"]
