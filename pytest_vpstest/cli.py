@@ -295,11 +295,19 @@ def _cmd_status(args: argparse.Namespace) -> int:
         lr = r["last_result"]
         last = "-" if lr is None else ("passed" if lr.get("passed") else "failed")
         alive = f"alive (pid {r['runner_pid']})" if r["runner_alive"] else "not running"
-        print(f"{r['project']:<16} {r['state'] or '-':<9} {r['phase'] or '-':<8} {r['since'] or '-':<21} "
-              f"{r['wait_until'] or '-':<21} {counters:<16} {last:<12} {alive}")
+        since, until = _short_time(r["since"]), _short_time(r["wait_until"])
+        print(f"{r['project']:<16} {r['state'] or '-':<9} {r['phase'] or '-':<8} {since:<21} "
+              f"{until:<21} {counters:<16} {last:<12} {alive}")
         if r["stop_reason"]:
             print(f"{'':<16} stop reason: {r['stop_reason']}")
     return 0
+
+
+def _short_time(value: str | None) -> str:
+    """An ISO time to the second (``2026-01-10T10:00:00Z``), for tables."""
+    if not value:
+        return "-"
+    return value[:19] + "Z" if len(value) > 19 else value
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
