@@ -230,3 +230,17 @@ def test_outbox_files_are_complete_json_and_numbered(tmp_path: Path) -> None:
         json.loads((tmp_path / "ob" / f).read_text())
     assert [e.message for e in ob.events_after(1)] == ["m1", "m2"]
     assert not list((tmp_path / "ob").glob(".*.tmp"))
+
+
+def test_voice_speaks_the_message_with_the_installed_program(tmp_path: Path) -> None:
+    spoken = tmp_path / "spoken"
+    speaker = tmp_path / "fake-espeak"
+    speaker.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$1\" >> {spoken}\n")
+    speaker.chmod(0o755)
+    lines: list[str] = []
+    n = Notifier(tmp_path / "ob", "p", [VoiceChannel(lines.append, program=str(speaker))])
+    n.emit("complete", "VPS test complete for p")
+    n.emit("transition", "TEST -> COMPLETE")  # not spoken
+    assert n.flush()
+    assert spoken.read_text() == "VPS test complete for p\n"
+    assert lines == []
