@@ -39,6 +39,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 from pytest_vpstest import machine as m
+from pytest_vpstest._proc import pid_alive
 from pytest_vpstest.config import Inventory, ProjectConfig
 from pytest_vpstest.errors import StaleLeaseError, StateError, VpsTestError
 from pytest_vpstest.notify import Notifier, build_channels
@@ -129,22 +130,14 @@ def reap_orphans(project_dir: Path, *, grace_seconds: float = 5.0) -> list[int]:
             os.kill(pid, signal.SIGTERM)
     deadline = threading.Event()
     waited = 0.0
-    while waited < grace_seconds and any(_alive(p) for p in found):
+    while waited < grace_seconds and any(pid_alive(p) for p in found):
         deadline.wait(0.1)
         waited += 0.1
     for pid in found:
-        if _alive(pid):
+        if pid_alive(pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def machine_config(config: ProjectConfig) -> m.MachineConfig:

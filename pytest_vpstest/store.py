@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from pytest_vpstest._proc import pid_alive
 from pytest_vpstest.errors import LeaseHeldError, StaleLeaseError, StateError
 
 __all__ = [
@@ -141,16 +142,6 @@ class _Tail:
     @property
     def torn(self) -> bool:
         return self.committed_end < self.size
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _process_start(pid: int) -> str | None:
@@ -253,7 +244,7 @@ class StateStore:
         host: str | None = None,
         pid: int | None = None,
         lease_ttl: float = 60.0,
-        pid_alive: Callable[[int], bool] = _pid_alive,
+        pid_alive: Callable[[int], bool] = pid_alive,
         lock_timeout: float = 30.0,
     ) -> None:
         if not isinstance(project, str) or not is_safe_identifier(project):

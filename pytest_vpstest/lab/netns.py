@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from pytest_vpstest._proc import pid_alive as pid_alive
 from pytest_vpstest.errors import LabError
 
 NETNS_DIR = Path("/run/netns")
@@ -96,21 +97,6 @@ def pids_in(inodes: set[int]) -> list[int]:
         if ino in inodes:
             found.append(int(entry.name))
     return found
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is not alive for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def kill_all(pids: Iterable[int], *, grace_s: float = 1.0) -> None:
