@@ -20,6 +20,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -184,7 +185,7 @@ class History:
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         conn.execute("PRAGMA foreign_keys = ON")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = self._switch_to_wal(conn)
         if str(mode).lower() != "wal":
             conn.close()
             raise StateError(f"history {self.path}: cannot use WAL journal mode (got {mode})")
@@ -192,6 +193,21 @@ class History:
         self._local.conn, self._local.pid = conn, os.getpid()
         self._ensure_schema(conn)
         return conn
+
+    def _switch_to_wal(self, conn: sqlite3.Connection) -> str:
+        # Changing the journal mode of a fresh file needs an exclusive lock, and SQLite answers
+        # "database is locked" at once instead of calling the busy handler: retry until the timeout.
+        deadline = time.monotonic() + self.busy_timeout
+        delay = 0.005
+        while True:
+            try:
+                with self._init_lock:
+                    return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
     def _ensure_schema(self, conn: sqlite3.Connection) -> None:
         with self._init_lock:
