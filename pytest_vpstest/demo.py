@@ -147,9 +147,9 @@ deploy:
 tests:
   connectivity:
     success_criteria:
-      direct: 80
-      nat_traversed: 50
-      relay: 90
+      direct: 99
+      nat_traversed: 85
+      relay: 100
     attempts: 2
     nat_cooloff_seconds: 0
     timeout_seconds: 4

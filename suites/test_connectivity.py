@@ -1,4 +1,5 @@
-"""Connectivity: every ordered pair of peer nodes × {direct, holepunch, relay}, K attempts each.
+"""Connectivity: every ordered pair of peer nodes × {direct, holepunch, relay}, K attempts each
+(direct dials into NATed nodes only with ``direct_to_nat: true``; see pairs.connectivity_pairs).
 
 Per-category attempts/success/rate go to the seed's ``test_results.suites.connectivity``. A pair's
 test fails only on a hard error: a relay that never connects, a hole punch reported as relayed,
@@ -19,7 +20,14 @@ pytestmark = [pytest.mark.vps_suite("connectivity"), pytest.mark.soak]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    parametrize(metafunc, "pair", lambda run: connectivity_pairs(run.inventory), lambda p: p.id)
+    parametrize(
+        metafunc,
+        "pair",
+        lambda run: connectivity_pairs(
+            run.inventory, direct_to_nat=bool(run.suite_extra("connectivity", "direct_to_nat", False))
+        ),
+        lambda p: p.id,
+    )
 
 
 def test_connect(pair: Pair, probe: Any, vps_run: RunContext, vps_record: Any) -> None:

@@ -40,7 +40,7 @@ deploy:
     {{bin}} run --node {{node}} --bind {{p2p_address}} --registry {{registry}} --bootstrap {{bootstrap}}
   registration_timeout_seconds: 20
 tests:
-  connectivity: {{attempts: 2, timeout_seconds: 4, success_criteria: {{relay: 100}}}}
+  connectivity: {{attempts: 2, timeout_seconds: 4, direct_to_nat: true, success_criteria: {{relay: 100}}}}
   nat_traversal: {{attempts: 2, timeout_seconds: 4, nat_cooloff_seconds: 0.5}}
   gossip: {{timeout_seconds: 5}}
   throughput: {{attempts: 1, seconds: 1, timeout_seconds: 10}}

@@ -47,6 +47,7 @@ def config_text(agent: Path, state_dir: Path, extra: str = "") -> str:
           connectivity:
             success_criteria: {{direct: 40, nat_traversed: 40, relay: 100}}
             timeout_seconds: 5
+            direct_to_nat: true   # the fake agent's direct dials into a NAT fail: keep them measured
           nat_traversal:
             nat_cooloff_seconds: 0
             timeout_seconds: 5

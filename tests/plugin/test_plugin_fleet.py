@@ -306,3 +306,13 @@ def test_results_that_cannot_be_written_fail_the_run(fake_fleet: MakeFleet) -> N
     result.assert_outcomes(passed=4)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["pytest-vpstest: results not recorded: *"])
+
+
+def test_direct_dials_into_nated_nodes_are_measured_only_when_asked(fake_fleet: MakeFleet) -> None:
+    fleet = fake_fleet()
+    fleet.config.write_text(fleet.config.read_text().replace("direct_to_nat: true", "direct_to_nat: false"))
+    result = fleet.run("--vps-focus=connectivity", "--vps-attempts=1")
+    # 4 peers: 12 ordered pairs × 3 methods, less the 6 direct dials into n1 and n2.
+    result.assert_outcomes(passed=30, deselected=17)
+    direct = fleet.results()["test_results"]["suites"]["connectivity"]["direct"]
+    assert direct == {"attempts": 6, "success": 6, "rate": 100.0}

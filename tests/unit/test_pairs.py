@@ -30,7 +30,7 @@ SEED = Inventory(
 
 
 def test_connectivity_covers_every_ordered_pair_of_the_seed_fleet_three_ways() -> None:
-    pairs = connectivity_pairs(SEED)
+    pairs = connectivity_pairs(SEED, direct_to_nat=True)
     # 9 peer nodes (registry excluded) → 72 ordered pairs per method: the seed's 72 attempts.
     assert len(pairs) == 72 * 3
     for category in ("direct", "nat_traversed", "relay"):
@@ -38,6 +38,17 @@ def test_connectivity_covers_every_ordered_pair_of_the_seed_fleet_three_ways() -
     assert all("saorsa-1" not in (p.src, p.dst) for p in pairs)
     assert len({p.id for p in pairs}) == len(pairs)
     assert "saorsa-4->saorsa-7[holepunch]" in {p.id for p in pairs}
+
+
+def test_direct_dials_into_a_nat_are_left_out_by_default() -> None:
+    pairs = connectivity_pairs(SEED)
+    direct = [p for p in pairs if p.method == "direct"]
+    # 5 public peers (saorsa-2, -3, -7, -8, -9), each dialled by the 8 other peers.
+    assert len(direct) == 5 * 8
+    assert all(p.dst_nat == "none" for p in direct)
+    assert "saorsa-7->saorsa-4[direct]" not in {p.id for p in pairs}
+    assert "saorsa-4->saorsa-7[direct]" in {p.id for p in pairs}
+    assert sum(p.method == "holepunch" for p in pairs) == sum(p.method == "relay" for p in pairs) == 72
 
 
 def test_nat_pairs_have_a_natted_side_and_skip_bootstraps() -> None:
