@@ -17,7 +17,7 @@ from pytest_vpstest.errors import LabError
 from pytest_vpstest.lab import netns, services, sshd
 from pytest_vpstest.lab.inventory import INVENTORY_NAME, inventory_document, write_yaml_atomic
 from pytest_vpstest.lab.plan import BOOTSTRAP_PORT, REGISTRY_PORT, check_prefix
-from pytest_vpstest.lab.record import RECORD_NAME, LabRecord, NodeRecord, ServiceRecord, tcp_open
+from pytest_vpstest.lab.record import LabRecord, NodeRecord, ServiceRecord, prepare_lab_dir, tcp_open
 from pytest_vpstest.lab.topology import Topology
 
 SSH_PORT_BASE = 22000
@@ -47,10 +47,7 @@ def up(topology: Topology, prefix: str, lab_dir: Path) -> LabRecord:
     """Start one sshd (and the lab services) per node on loopback addresses; write the inventory."""
     started = time.monotonic()
     teardown(prefix, lab_dir)
-    for sub in ("run", "log", "nodes"):
-        (lab_dir / sub).mkdir(parents=True, exist_ok=True)
-    for stale in (INVENTORY_NAME, RECORD_NAME):
-        (lab_dir / stale).unlink(missing_ok=True)
+    prepare_lab_dir(lab_dir)
     nodes: list[NodeRecord] = []
     ssh_nodes: list[sshd.SshdNode] = []
     for number, node in enumerate(topology.nodes, start=1):

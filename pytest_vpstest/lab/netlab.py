@@ -28,7 +28,7 @@ from pytest_vpstest.lab.plan import (
     choose_mgmt_octet,
     make_plan,
 )
-from pytest_vpstest.lab.record import RECORD_NAME, LabRecord, NodeRecord, ServiceRecord, tcp_open
+from pytest_vpstest.lab.record import LabRecord, NodeRecord, ServiceRecord, prepare_lab_dir, tcp_open
 from pytest_vpstest.lab.topology import Shaping, Topology
 
 TBF_LATENCY = "50ms"
@@ -281,10 +281,7 @@ def up(topology: Topology, prefix: str, lab_dir: Path) -> LabRecord:
     """Build the netns lab for ``topology`` (removing any previous lab of ``prefix`` first)."""
     started = time.monotonic()
     teardown(prefix, lab_dir)
-    for sub in ("run", "log", "nodes"):
-        (lab_dir / sub).mkdir(parents=True, exist_ok=True)
-    for stale in (INVENTORY_NAME, RECORD_NAME):
-        (lab_dir / stale).unlink(missing_ok=True)
+    prepare_lab_dir(lab_dir)
     plan = make_plan(topology, prefix, pick_mgmt_octet(prefix))
     ssh_nodes = [
         sshd.SshdNode(name=n.name, listen=n.mgmt_ip, port=SSH_PORT, node_dir=lab_dir / "nodes" / n.name)

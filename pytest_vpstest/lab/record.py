@@ -20,6 +20,17 @@ from pytest_vpstest.lab.plan import AGENT_PORT
 RECORD_NAME = "lab.json"
 
 
+def prepare_lab_dir(lab_dir: Path) -> None:
+    """Create the lab directory's working folders and drop the files a previous lab left, so a
+    half-built lab is never mistaken for a running one."""
+    from pytest_vpstest.lab.inventory import INVENTORY_NAME
+
+    for sub in ("run", "log", "nodes"):
+        (lab_dir / sub).mkdir(parents=True, exist_ok=True)
+    for stale in (INVENTORY_NAME, RECORD_NAME):
+        (lab_dir / stale).unlink(missing_ok=True)
+
+
 @dataclass(frozen=True)
 class NodeRecord:
     name: str
