@@ -32,12 +32,13 @@ def _mark(success: int, attempts: int) -> str:
     return f"{success}/{attempts}"
 
 
-def render_matrix(rows: Iterable[Mapping[str, Any]], nodes: Sequence[str] | None = None) -> str:
-    """The connectivity matrix as a markdown table: rows = from, columns = to.
+MatrixCell = dict[str, tuple[int, int]]  # method -> (success, attempts)
 
-    A cell lists each method tried as ``d``/``h``/``r`` (direct, hole punch, relay) with ✓ (every
-    attempt connected), ✗ (none did) or ``s/a`` (s of a attempts).
-    """
+
+def matrix_grid(
+    rows: Iterable[Mapping[str, Any]], nodes: Sequence[str] | None = None
+) -> tuple[list[str], dict[tuple[str, str], MatrixCell]]:
+    """The connectivity matrix as data: node order and, per (from, to), success/attempts per method."""
     cells: dict[tuple[str, str], dict[str, list[int]]] = {}
     seen: list[str] = []
     for r in rows:
@@ -51,6 +52,22 @@ def render_matrix(rows: Iterable[Mapping[str, Any]], nodes: Sequence[str] | None
         acc[0] += int(r.get("success", 0))
         acc[1] += int(r.get("attempts", 0))
     order = [n for n in (nodes or ()) if n in seen] + [n for n in seen if n not in (nodes or ())]
+    grid = {key: {m: (v[0], v[1]) for m, v in methods.items()} for key, methods in cells.items()}
+    return order, grid
+
+
+def _cell_text(methods: MatrixCell) -> str:
+    parts = [f"{_LETTER.get(m, m)}{_mark(*methods[m])}" for m in METHODS if m in methods]
+    return " ".join(parts) if parts else "·"
+
+
+def render_matrix(rows: Iterable[Mapping[str, Any]], nodes: Sequence[str] | None = None) -> str:
+    """The connectivity matrix as a markdown table: rows = from, columns = to.
+
+    A cell lists each method tried as ``d``/``h``/``r`` (direct, hole punch, relay) with ✓ (every
+    attempt connected), ✗ (none did) or ``s/a`` (s of a attempts).
+    """
+    order, grid = matrix_grid(rows, nodes)
     if not order:
         return "_no connectivity measurements_\n"
     lines = [
@@ -58,16 +75,43 @@ def render_matrix(rows: Iterable[Mapping[str, Any]], nodes: Sequence[str] | None
         "|---|" + "---|" * len(order),
     ]
     for src in order:
-        out = []
-        for dst in order:
-            if src == dst:
-                out.append("—")
-                continue
-            methods = cells.get((src, dst), {})
-            parts = [f"{_LETTER.get(m, m)}{_mark(*methods[m])}" for m in METHODS if m in methods]
-            out.append(" ".join(parts) if parts else "·")
+        out = ["—" if src == dst else _cell_text(grid.get((src, dst), {})) for dst in order]
         lines.append(f"| **{src}** | " + " | ".join(out) + " |")
     return "\n".join(lines) + "\n"
+
+
+def render_matrix_html(rows: Iterable[Mapping[str, Any]], nodes: Sequence[str] | None = None) -> str:
+    """The same matrix as an HTML table, each cell coloured: all connected, some, none."""
+    from html import escape
+
+    order, grid = matrix_grid(rows, nodes)
+    if not order:
+        return "<p>no connectivity measurements</p>"
+    colour = {"all": "#c8e6c9", "some": "#fff3c4", "none": "#ffcdd2", "self": "#eeeeee"}
+    head = "".join(f"<th>{escape(n)}</th>" for n in order)
+    out = [
+        '<table class="vpstest-matrix" style="border-collapse:collapse;font-family:monospace">',
+        f"<tr><th>from \\ to</th>{head}</tr>",
+    ]
+    for src in order:
+        tds = []
+        for dst in order:
+            methods = grid.get((src, dst), {})
+            if src == dst:
+                kind, text = "self", "—"
+            else:
+                ok = sum(v[0] for v in methods.values())
+                tried = sum(v[1] for v in methods.values())
+                kind = "none" if ok == 0 else "all" if ok == tried else "some"
+                text = _cell_text(methods)
+            tds.append(
+                f'<td style="background:{colour[kind]};padding:2px 6px;border:1px solid #999">'
+                f"{escape(text)}</td>"
+            )
+        out.append(f"<tr><th>{escape(src)}</th>{''.join(tds)}</tr>")
+    out.append("</table>")
+    out.append("<p>d = direct, h = hole punch, r = relay; ✓ every attempt connected, ✗ none, s/a some.</p>")
+    return "".join(out)
 
 
 def format_duration(seconds: float) -> str:

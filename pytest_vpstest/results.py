@@ -534,15 +534,14 @@ def html_summary(collector: Collector, run: RunContext) -> list[str]:
     """HTML fragments for pytest-html's summary: the connectivity matrix and the per-pair table."""
     from html import escape
 
-    from pytest_vpstest.proof import render_matrix
+    from pytest_vpstest.proof import render_matrix_html
 
     pairs = pair_rows(collector.measurements())
     if not pairs:
         return []
-    matrix = render_matrix(pairs, run.inventory.names)
     parts = [
         f"<h2>pytest-vpstest: connectivity matrix (run {escape(run.run_id)})</h2>",
-        f"<pre>{escape(matrix)}</pre>",
+        render_matrix_html(pairs, run.inventory.names),
         "<h3>Per-pair measurements</h3><table>",
         "<tr><th>suite</th><th>from</th><th>to</th><th>method</th><th>success</th><th>rate</th>"
         "<th>Mbps</th><th>iperf3</th></tr>",

@@ -240,7 +240,14 @@ def test_html_report_and_junit_carry_the_measurements(fake_fleet: MakeFleet) -> 
     result.assert_outcomes(passed=36)
     page = html.read_text()
     assert "pytest-vpstest: connectivity matrix" in page
-    assert "| **p1** | — | d✓ h✓ r✓ | d✗ h✓ r✓ | d✗ h✗ r✓ |" in page
+    assert 'class="vpstest-matrix"' in page
+    row = page[page.index("<tr><th>p1</th>") :].split("</tr>", 1)[0]
+    assert [cell.rsplit(">", 1)[-1] for cell in row.split("</td>")[:-1]] == [
+        "—",
+        "d✓ h✓ r✓",
+        "d✗ h✓ r✓",
+        "d✗ h✗ r✓",
+    ]
     assert "vpstest measurement" in page
     xml = junit.read_text()
     assert '<property name="vpstest.nodes" value="n1,n2" />' in xml

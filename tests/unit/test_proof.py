@@ -14,6 +14,7 @@ from pytest_vpstest.proof import (
     format_duration,
     prometheus_text,
     render_matrix,
+    render_matrix_html,
     render_proof,
     write_proof,
 )
@@ -35,6 +36,19 @@ def test_matrix_rows_from_columns_to() -> None:
     assert lines[2] == "| **a** | — | d✓ h✗ r2/3 |"
     assert lines[3] == "| **b** | d✓ | — |"
     assert render_matrix([]) == "_no connectivity measurements_\n"
+
+
+def test_html_matrix_colours_cells_by_outcome() -> None:
+    page = render_matrix_html(ROWS, ["a", "b"])
+    cells = page.split("<td ")[1:]
+    # a->a, a->b (some connected), b->a (all), b->b
+    assert "—" in cells[0] and "#eeeeee" in cells[0]
+    assert "d✓ h✗ r2/3" in cells[1] and "#fff3c4" in cells[1]
+    assert "d✓</td>" in cells[2] and "#c8e6c9" in cells[2]
+    failing = [{**ROWS[2], "attempts": 2, "success": 0}]
+    assert "#ffcdd2" in render_matrix_html(failing)
+    assert "<script>" not in render_matrix_html([{**ROWS[0], "from": "<script>"}])
+    assert render_matrix_html([]) == "<p>no connectivity measurements</p>"
 
 
 def test_proof_has_the_seed_sections(tmp_path: Path) -> None:
