@@ -6,14 +6,16 @@ contract's JSON object for that action.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 from .paths import MAX_SOCKET_PATH
 
@@ -50,6 +52,10 @@ def _in_use(path: Path) -> bool:
 
 async def start_server(path: Path, handler: Handler) -> asyncio.AbstractServer:
     """Listen on ``path``; a stale socket file from a dead agent is replaced."""
+    # Imported here: the probe side of this module runs once per probe, and asyncio is a third
+    # of a probe's start-up time.
+    import asyncio
+
     _check_length(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() or path.is_symlink():
