@@ -149,6 +149,16 @@ def known_hosts_path(inventory: Inventory) -> Path:
     return Path.home() / ".ssh" / "known_hosts"
 
 
+class _QuietKillRemote(fabric.runners.Remote):  # type: ignore[misc]
+    """fabric's remote runner, whose timeout kill (closing the channel, from invoke's timer
+    thread) never raises: when the transport is already closing, an exception there would only
+    be lost in that thread; the command's own result says what happened."""
+
+    def kill(self) -> None:
+        with contextlib.suppress(Exception):
+            super().kill()
+
+
 class NodeSession:
     """One node's SSH session: a fabric Connection opened lazily and reused.
 
@@ -199,6 +209,10 @@ class NodeSession:
         wire = f"export {marker}; {command}" if marker else command
         try:
             res = conn.run(wire, hide=True, warn=True, in_stream=False, timeout=timeout)
+            if timeout is not None and res.exited == -1 and time.monotonic() - started >= timeout:
+                # invoke decides "timed out" by its timer thread having ended; the channel it
+                # closes can end the command a moment before that thread does.
+                raise CommandTimedOut(res, timeout=int(timeout))
             if res.exited == -1 and not conn.is_connected:
                 # paramiko reports -1 when the connection died before an exit status came.
                 raise EOFError("the SSH connection closed before the command finished")
@@ -324,7 +338,9 @@ class NodeSession:
         if identity:
             connect_kwargs.update(key_filename=[identity], allow_agent=False, look_for_keys=False)
         # ~/.ssh/config is not read: what the inventory says is what is used.
-        config = fabric.Config(overrides={"load_ssh_configs": False})
+        config = fabric.Config(
+            overrides={"load_ssh_configs": False, "runners": {"remote": _QuietKillRemote}}
+        )
         conn = fabric.Connection(
             address, user=node.user, port=node.port, config=config, connect_kwargs=connect_kwargs
         )
