@@ -285,22 +285,13 @@ class ProbeRunner:
                     time.monotonic() - start,
                     error=f"{type(exc).__name__}: {exc}".splitlines()[0],
                 )
+        data: Mapping[str, Any] | None = None
         if outcome.timed_out:
-            return ProbeResult(
-                action,
-                node,
-                command,
-                outcome.exit_code,
-                outcome.stdout,
-                outcome.stderr,
-                outcome.duration,
-                True,
-                None,
-                f"timed out after {limit + self.grace:g}s",
-            )
-        data, error = parse_output(action, outcome.stdout)
-        if error is not None and outcome.exit_code not in (0, None):
-            error = f"exit {outcome.exit_code}, {error}"
+            error: str | None = f"timed out after {limit + self.grace:g}s"
+        else:
+            data, error = parse_output(action, outcome.stdout)
+            if error is not None and outcome.exit_code not in (0, None):
+                error = f"exit {outcome.exit_code}, {error}"
         return ProbeResult(
             action,
             node,
@@ -309,7 +300,7 @@ class ProbeRunner:
             outcome.stdout,
             outcome.stderr,
             outcome.duration,
-            False,
+            outcome.timed_out,
             data,
             error,
         )

@@ -63,8 +63,6 @@ def _up(args: argparse.Namespace) -> int:
         f"lab '{record.prefix}' up: {len(record.nodes)} nodes, flavour {record.flavour}, "
         f"topology {record.topology}, {record.build_seconds:.1f} s"
     )
-    if record.services_note:
-        print(f"note: {record.services_note}")
     print(f"inventory: {where / 'inventory.yaml'}")
     first = record.nodes[0]
     ssh_port = "" if first.port == 22 else f" -p {first.port}"

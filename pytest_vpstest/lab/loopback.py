@@ -81,12 +81,8 @@ def up(topology: Topology, prefix: str, lab_dir: Path) -> LabRecord:
             sshd.spawn_detached(
                 sshd.loopback_sshd_argv(s), pid_file=None, log_file=lab_dir / "log" / f"sshd-{s.name}.log"
             )
-        note = None
-        if services.agent_available():
-            for svc in svcs:
-                services.start_service(svc, lab_dir)
-        else:
-            note = f"{services.AGENT_MODULE} is not installed: registry and bootstrap not started"
+        for svc in svcs:
+            services.start_service(svc, lab_dir)
         deadline = time.monotonic() + START_TIMEOUT_S
         for s in ssh_nodes:
             while not (
@@ -98,15 +94,14 @@ def up(topology: Topology, prefix: str, lab_dir: Path) -> LabRecord:
                         f"see {lab_dir / 'log' / f'sshd-{s.name}.log'}"
                     )
                 time.sleep(0.02)
-        if note is None:
-            for svc in svcs:
-                while not _service_ready(lab_dir, svc):
-                    if time.monotonic() > deadline:
-                        raise LabError(
-                            f"{svc.kind} on {svc.node} ({svc.bind}) did not come up; "
-                            f"see {svc.log_file(lab_dir)}"
-                        )
-                    time.sleep(0.02)
+        for svc in svcs:
+            while not _service_ready(lab_dir, svc):
+                if time.monotonic() > deadline:
+                    raise LabError(
+                        f"{svc.kind} on {svc.node} ({svc.bind}) did not come up; "
+                        f"see {svc.log_file(lab_dir)}"
+                    )
+                time.sleep(0.02)
     except BaseException:
         teardown(prefix, lab_dir)
         raise
@@ -117,7 +112,6 @@ def up(topology: Topology, prefix: str, lab_dir: Path) -> LabRecord:
         lab_dir=str(lab_dir),
         nodes=tuple(nodes),
         services=tuple(ServiceRecord(s.kind, s.node, s.bind, None) for s in svcs),
-        services_note=note,
         build_seconds=round(time.monotonic() - started, 3),
     )
     write_yaml_atomic(lab_dir / INVENTORY_NAME, inventory_document(record))

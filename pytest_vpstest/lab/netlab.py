@@ -308,29 +308,24 @@ def up(topology: Topology, prefix: str, lab_dir: Path) -> LabRecord:
             ]
         )
         service_list = _services(plan)
-        note = None
-        if services.agent_available():
-            for svc in service_list:
-                services.start_service(svc, lab_dir)
-        else:
-            note = f"{services.AGENT_MODULE} is not installed: registry and bootstrap not started"
+        for svc in service_list:
+            services.start_service(svc, lab_dir)
         for n in plan.nodes:
             wait_for(
                 partial(_sshd_ready, lab_dir, n.name, n.mgmt_ip),
                 f"sshd of {n.name} ({n.mgmt_ip}:22, log {lab_dir / 'log' / f'sshd-{n.name}.log'})",
                 SSHD_START_TIMEOUT_S,
             )
-        if note is None:
-            for svc in service_list:
-                wait_for(
-                    partial(_service_ready, lab_dir, svc),
-                    f"{svc.kind} on {svc.node} ({svc.bind}, log {svc.log_file(lab_dir)})",
-                    SERVICE_START_TIMEOUT_S,
-                )
+        for svc in service_list:
+            wait_for(
+                partial(_service_ready, lab_dir, svc),
+                f"{svc.kind} on {svc.node} ({svc.bind}, log {svc.log_file(lab_dir)})",
+                SERVICE_START_TIMEOUT_S,
+            )
     except BaseException:
         teardown(prefix, lab_dir)
         raise
-    record = _record(plan, lab_dir, service_list, note, time.monotonic() - started)
+    record = _record(plan, lab_dir, service_list, time.monotonic() - started)
     write_yaml_atomic(lab_dir / INVENTORY_NAME, inventory_document(record))
     record.save()
     return record
@@ -358,7 +353,7 @@ def _service_ready(lab_dir: Path, svc: services.Service) -> bool:
 
 
 def _record(
-    plan: LabPlan, lab_dir: Path, svcs: list[services.Service], note: str | None, seconds: float
+    plan: LabPlan, lab_dir: Path, svcs: list[services.Service], seconds: float
 ) -> LabRecord:
     nodes = tuple(
         NodeRecord(
@@ -381,7 +376,6 @@ def _record(
         lab_dir=str(lab_dir),
         nodes=nodes,
         services=tuple(ServiceRecord(s.kind, s.node, s.bind, s.netns) for s in svcs),
-        services_note=note,
         mgmt_subnet=plan.mgmt_subnet,
         harness_ip=plan.harness_ip,
         build_seconds=round(seconds, 3),

@@ -62,7 +62,6 @@ class LabRecord:
     lab_dir: str
     nodes: tuple[NodeRecord, ...]
     services: tuple[ServiceRecord, ...] = ()
-    services_note: str | None = None
     mgmt_subnet: str | None = None
     harness_ip: str | None = None
     build_seconds: float = 0.0
@@ -86,6 +85,7 @@ def load_record(lab_dir: Path) -> LabRecord | None:
         raise LabError(f"{path}: unreadable lab record ({exc}); run 'vpstest lab down' to reset") from None
     data["nodes"] = tuple(NodeRecord(**n) for n in data.get("nodes", []))
     data["services"] = tuple(ServiceRecord(**s) for s in data.get("services", []))
+    data.pop("services_note", None)  # written by earlier versions
     return LabRecord(**data)
 
 

@@ -7,7 +7,6 @@ files in the lab directory.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,14 +38,6 @@ class Service:
 
     def log_file(self, lab_dir: Path) -> Path:
         return lab_dir / "log" / f"{self.kind}-{self.node}.log"
-
-
-def agent_available() -> bool:
-    """Whether the reference agent (which provides the services) is installed."""
-    try:
-        return importlib.util.find_spec(AGENT_MODULE) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def service_argv(service: Service, python: str | None = None) -> list[str]:

@@ -18,10 +18,6 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    import pytest_vpstest.config as config_mod
-
-    if not hasattr(config_mod, "load_project_config"):
-        pytest.skip("config.load_project_config is not available in this checkout")
     (tmp_path / "known_hosts").write_text("")
     (tmp_path / "nodes.yaml").write_text(
         "schema_version: 1\nknown_hosts: known_hosts\nconnect_timeout: 3\nnodes:\n"

@@ -65,10 +65,6 @@ def _lab_unavailable() -> str | None:
     ok, why = netns_available()
     if not ok:
         return f"network namespaces unavailable: {why}"
-    import pytest_vpstest.config as config_mod
-
-    if not hasattr(config_mod, "load_project_config"):
-        return "config.load_project_config is not available in this checkout"
     from pytest_vpstest import lab
 
     if lab.inventory_path(DEMO_PREFIX).exists():

@@ -17,10 +17,6 @@ pytestmark = pytest.mark.e2e
 
 
 def test_interview_on_a_terminal_then_cancel(tmp_path: Path) -> None:
-    import pytest_vpstest.config as config_mod
-
-    if not hasattr(config_mod, "load_project_config"):
-        pytest.skip("config.load_project_config is not available in this checkout")
     (tmp_path / "known_hosts").write_text("")
     (tmp_path / "nodes.yaml").write_text(
         "schema_version: 1\nknown_hosts: known_hosts\nnodes:\n"

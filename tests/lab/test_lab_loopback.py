@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from pytest_vpstest import lab as lab_api
-from pytest_vpstest.lab import netns, services
+from pytest_vpstest.lab import netns
 from tests.lab.conftest import Lab, lab_fixture, worker_prefix
 
 pytestmark = [
@@ -61,7 +61,6 @@ def test_status_reports_every_sshd_up(lab: Lab) -> None:
     assert all(n.sshd_up for n in nodes) and not any(n.agent_up for n in nodes)
 
 
-@pytest.mark.skipif(not services.agent_available(), reason="the reference agent (lab/agent) is not installed")
 def test_registry_serves_health_on_its_loopback_address(lab: Lab) -> None:
     registry = next(s for s in lab.record.services if s.kind == "registry")
     with urllib.request.urlopen(f"http://{registry.bind}/health", timeout=5) as r:

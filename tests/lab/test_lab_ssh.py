@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 from pytest_vpstest.config import Inventory, Node, RegistryAccess
-from pytest_vpstest.lab import services
 from tests.lab.conftest import Lab, lab_fixture, requires_netns
 
 pytestmark = [pytest.mark.lab, requires_netns]
@@ -123,7 +122,6 @@ def test_harness_sessions_reach_nodes_from_the_lab_inventory(lab: Lab) -> None:
         pool.close_all()
 
 
-@pytest.mark.skipif(not services.agent_available(), reason="the reference agent (lab/agent) is not installed")
 def test_registry_answers_via_its_node(lab: Lab) -> None:
     from pytest_vpstest.remote import SessionPool, query_registry
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from pytest_vpstest import lab as lab_api
-from pytest_vpstest.lab import nat, netns, services
+from pytest_vpstest.lab import nat, netns
 from pytest_vpstest.lab.plan import AGENT_PORT
 from tests.lab.conftest import Lab, lab_fixture, requires_netns, worker_prefix
 
@@ -148,7 +148,6 @@ def test_status_cli_json(lab: Lab) -> None:
     assert {n["name"]: n["sshd_up"] for n in doc["nodes"]} == dict.fromkeys(SEED, True)
 
 
-@pytest.mark.skipif(not services.agent_available(), reason="the reference agent (lab/agent) is not installed")
 def test_infrastructure_services_listen_in_their_namespaces(lab: Lab) -> None:
     for svc in lab.record.services:
         pid = netns.read_pid(lab.dir / "run" / f"{svc.kind}-{svc.node}.pid")

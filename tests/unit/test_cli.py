@@ -100,10 +100,6 @@ def test_status_of_an_empty_state_dir(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_nodes_lists_unreachable_nodes_with_one_line_causes(tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    import pytest_vpstest.config as config_mod
-
-    if not hasattr(config_mod, "load_inventory"):
-        pytest.skip("config.load_inventory not available yet")
     (tmp_path / "known_hosts").write_text("")
     inv = {"schema_version": 1, "known_hosts": "known_hosts", "connect_timeout": 2, "nodes": [
         {"name": "a-1", "host": "127.0.0.1", "port": 1, "role": "registry", "provider": "lab",
@@ -121,10 +117,6 @@ def test_nodes_lists_unreachable_nodes_with_one_line_causes(tmp_path: Path,
 
 
 def test_diagnose_of_an_unreachable_node_is_one_line(tmp_path: Path) -> None:
-    import pytest_vpstest.config as config_mod
-
-    if not hasattr(config_mod, "load_inventory"):
-        pytest.skip("config.load_inventory not available yet")
     (tmp_path / "known_hosts").write_text("")
     (tmp_path / "nodes.yaml").write_text(
         "schema_version: 1\nknown_hosts: known_hosts\nconnect_timeout: 2\nnodes:\n"
