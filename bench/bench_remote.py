@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pytest_vpstest.remote import NodeSession, SessionPool
+from pytest_vpstest.fleet.remote import NodeSession, SessionPool
 from tests.support.sshd import sshd_unavailable_reason, start_sshd
 
 

@@ -24,7 +24,7 @@ def pytest_argv(args: argparse.Namespace, state: Path, *extra: str) -> list[str]
         "-m",
         "pytest",
         "--pyargs",
-        "suites",
+        "pytest_vpstest.suites",
         "-q",
         "-p",
         "no:cacheprovider",
@@ -40,9 +40,9 @@ def pytest_argv(args: argparse.Namespace, state: Path, *extra: str) -> list[str]
 def serial_probes(args: argparse.Namespace) -> tuple[float, int]:
     """Every probe of the suite, one after another, through one cached session per node."""
     from pytest_vpstest.cli import load_config, load_inventory
-    from pytest_vpstest.pairs import connectivity_pairs
-    from pytest_vpstest.probes import NodeSlots, ProbeRunner, binary_path
-    from pytest_vpstest.remote import SessionPool
+    from pytest_vpstest.fleet.probes import NodeSlots, ProbeRunner, binary_path
+    from pytest_vpstest.fleet.remote import SessionPool
+    from pytest_vpstest.plugin.pairs import connectivity_pairs
 
     cfg = load_config(args.config)
     inv = load_inventory(args.nodes, cfg)

@@ -16,9 +16,9 @@ import threading
 import time
 from pathlib import Path
 
-from pytest_vpstest import machine as m
 from pytest_vpstest.config import Inventory, Node, ProjectConfig, SoakConfig
-from pytest_vpstest.loop import Runner, StageContext, TestOutcome, request_stop
+from pytest_vpstest.loop import machine as m
+from pytest_vpstest.loop.runner import Runner, StageContext, TestOutcome, request_stop
 
 
 class InstantStages:

@@ -143,7 +143,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
 
 def _check_plan(plan: Any) -> None:
     from pytest_vpstest.config import CRITERIA, FOCUSES, PROOFS
-    from pytest_vpstest.store import is_safe_identifier
+    from pytest_vpstest.records.store import is_safe_identifier
 
     if not is_safe_identifier(plan.project):
         raise ConfigError(f"project name {plan.project!r} is not a safe identifier", key="project")
@@ -183,7 +183,7 @@ def start_background(
             cwd=str(Path.cwd()), close_fds=True,
         )
     (pdir / "runner.pid").write_text(f"{proc.pid}\n")
-    from pytest_vpstest.store import StateStore
+    from pytest_vpstest.records.store import StateStore
 
     store = StateStore(state_dir, project)
     deadline = time.monotonic() + wait_seconds
@@ -213,8 +213,8 @@ def start_background(
 
 def run_foreground(config: Any, inventory: Any, state_dir: Path, *, resume: bool,
                    out: Callable[[str], None] | None = None, **runner_kw: Any) -> int:
-    from pytest_vpstest import machine as m
-    from pytest_vpstest.loop import Runner
+    from pytest_vpstest.loop import machine as m
+    from pytest_vpstest.loop.runner import Runner
 
     printer = out or (lambda line: print(line, flush=True))
     runner = Runner(config, inventory, state_dir, out=printer, install_signal_handlers=True, **runner_kw)
@@ -235,7 +235,7 @@ def _cmd_runner(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     inventory = load_inventory(args.nodes, config)
     plan = Plan(args.project, args.focus, args.criteria, args.proof, args.criteria_expr)
-    from pytest_vpstest.loop import Runner
+    from pytest_vpstest.loop.runner import Runner
 
     runner = Runner(plan.apply(config), inventory, Path(args.state_dir), install_signal_handlers=True)
     final = runner.run(resume_only=args.resume)
@@ -253,7 +253,7 @@ def _projects(state_dir: Path) -> list[str]:
 
 
 def project_status(state_dir: Path, project: str) -> dict[str, Any]:
-    from pytest_vpstest.store import StateStore
+    from pytest_vpstest.records.store import StateStore
 
     store = StateStore(state_dir, project)
     doc = store.load() or {}
@@ -311,9 +311,9 @@ def _short_time(value: str | None) -> str:
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
-    from pytest_vpstest import machine as m
-    from pytest_vpstest.loop import request_stop
-    from pytest_vpstest.store import StateStore
+    from pytest_vpstest.loop import machine as m
+    from pytest_vpstest.loop.runner import request_stop
+    from pytest_vpstest.records.store import StateStore
 
     state_dir = state_dir_of(args)
     store = StateStore(state_dir, args.project)
@@ -367,7 +367,7 @@ def _tail_lines(path: Path, n: int) -> list[str]:
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:
-    from pytest_vpstest.store import StateStore
+    from pytest_vpstest.records.store import StateStore
 
     state_dir = state_dir_of(args)
     store = StateStore(state_dir, args.project)
@@ -435,7 +435,7 @@ def _inventory_for(args: argparse.Namespace) -> Any:
 
 def check_reachability(inventory: Any, timeout: float = 10.0) -> dict[str, str | None]:
     """``{node: None}`` when SSH answered, else ``{node: one-line cause}``; checked in parallel."""
-    from pytest_vpstest.remote import SessionPool
+    from pytest_vpstest.fleet.remote import SessionPool
 
     with SessionPool(inventory) as pool:
         results = pool.fan_out(inventory.names, lambda s: s.run("true", timeout=timeout),
@@ -488,7 +488,7 @@ def _cmd_nodes(args: argparse.Namespace) -> int:
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
-    from pytest_vpstest.remote import SessionPool, quote_command, service_manager
+    from pytest_vpstest.fleet.remote import SessionPool, quote_command, service_manager
 
     inventory, config = _inventory_for(args)
     try:

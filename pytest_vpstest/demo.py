@@ -229,8 +229,8 @@ def _lab_is_up(prefix: str) -> bool:
 
 def _stop_services(config: Any, inventory: Any, say: Callable[[str], None]) -> None:
     """Stop the agent the demo deployed on every node (best effort; the lab's teardown follows)."""
-    from pytest_vpstest.deploy import plan_node
-    from pytest_vpstest.remote import SessionPool, service_manager
+    from pytest_vpstest.fleet.deploy import plan_node
+    from pytest_vpstest.fleet.remote import SessionPool, service_manager
 
     artifact = config.workspace / "dist" / "agent.pyz"
 
@@ -255,9 +255,9 @@ def run_demo(
 ) -> int:
     """Run the demo end to end; 0 when the loop reached COMPLETE."""
     from pytest_vpstest import lab
-    from pytest_vpstest import machine as m
     from pytest_vpstest.config import load_inventory, load_project_config
-    from pytest_vpstest.loop import Runner, machine_config
+    from pytest_vpstest.loop import machine as m
+    from pytest_vpstest.loop.runner import Runner, machine_config
 
     say = out or (lambda line: print(line, flush=True))
     t0 = time.monotonic()
@@ -311,7 +311,7 @@ class _suppress_all:
 
 def _summary(final: Any, config: Any, ws: Path, config_path: Path, seconds: float,
              say: Callable[[str], None]) -> None:
-    from pytest_vpstest.store import StateStore
+    from pytest_vpstest.records.store import StateStore
 
     state_dir = config.state_dir or ws / ".vpstest"
     store = StateStore(state_dir, config.project)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pytest_vpstest.probes import ProbeResult
+from pytest_vpstest.fleet.probes import ProbeResult
 
 MAX_EVIDENCE = 3
 

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from pytest_vpstest.fixtures import RunContext, parametrize, skip_if_not_deployed
-from pytest_vpstest.pairs import gossip_publishers, peer_nodes
-from suites._support import describe
+from pytest_vpstest.plugin.fixtures import RunContext, parametrize, skip_if_not_deployed
+from pytest_vpstest.plugin.pairs import gossip_publishers, peer_nodes
+
+from ._support import describe
 
 pytestmark = [pytest.mark.vps_suite("gossip"), pytest.mark.soak]
 

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from pytest_vpstest.fixtures import RunContext, parametrize, skip_if_not_deployed
-from pytest_vpstest.pairs import Pair, nat_traversal_pairs
-from suites._support import connected, describe, failure_evidence, rtts
+from pytest_vpstest.plugin.fixtures import RunContext, parametrize, skip_if_not_deployed
+from pytest_vpstest.plugin.pairs import Pair, nat_traversal_pairs
+
+from ._support import connected, describe, failure_evidence, rtts
 
 pytestmark = [pytest.mark.vps_suite("nat_traversal"), pytest.mark.needs_nat, pytest.mark.soak]
 

@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
-from pytest_vpstest.fixtures import RunContext, parametrize, skip_if_not_deployed
-from pytest_vpstest.pairs import Pair, throughput_pairs
-from pytest_vpstest.remote import quote_command
-from suites._support import describe
+from pytest_vpstest.fleet.remote import quote_command
+from pytest_vpstest.plugin.fixtures import RunContext, parametrize, skip_if_not_deployed
+from pytest_vpstest.plugin.pairs import Pair, throughput_pairs
+
+from ._support import describe
 
 pytestmark = [pytest.mark.vps_suite("throughput")]
 

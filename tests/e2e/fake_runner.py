@@ -15,10 +15,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pytest_vpstest import machine as m
 from pytest_vpstest.config import Inventory, Node, ProjectConfig, SoakConfig
 from pytest_vpstest.errors import VpsTestError
-from pytest_vpstest.loop import Runner, StageContext, TestOutcome, child_env
+from pytest_vpstest.loop import machine as m
+from pytest_vpstest.loop.runner import Runner, StageContext, TestOutcome, child_env
 
 
 class SlowStages:

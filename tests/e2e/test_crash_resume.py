@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_vpstest.loop import CHILD_MARKER
-from pytest_vpstest.store import StateStore
+from pytest_vpstest.loop.runner import CHILD_MARKER
+from pytest_vpstest.records.store import StateStore
 
 pytestmark = pytest.mark.e2e
 

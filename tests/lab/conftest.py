@@ -89,10 +89,14 @@ def _current_user() -> str:
 
 def worker_prefix(base: str) -> str:
     """``base`` plus the xdist worker number, so labs of parallel workers never collide. Bases of up to
-    three characters stay readable (``vta`` -> ``vta0``); longer ones become ``v`` + a 4-digit hash."""
+    three characters stay readable (``vta`` -> ``vta0``); longer ones, or any with a session tag, become
+    ``v`` + a 4-digit hash."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw")[2:]
     name = f"{base}{worker}"
-    if len(name) > 5:
+    # VPSTEST_TEST_LAB_TAG separates the labs of test sessions that run at the same time on one machine.
+    tag = os.environ.get("VPSTEST_TEST_LAB_TAG", "")
+    if tag or len(name) > 5:
+        name = f"{tag}{name}"
         name = f"v{zlib.crc32(name.encode()) & 0xFFFF:04x}"
     return check_prefix(name)
 

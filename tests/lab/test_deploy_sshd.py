@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from pytest_vpstest.config import DeployConfig, Inventory, ModuleConfig, ProjectConfig, RegistryAccess
-from pytest_vpstest.deploy import deploy, plan_node, rollback
 from pytest_vpstest.errors import DeployError
+from pytest_vpstest.fleet.deploy import deploy, plan_node, rollback
+from pytest_vpstest.fleet.remote import ProcessManager, SessionPool
 from pytest_vpstest.lab.agent.registry import make_server
-from pytest_vpstest.remote import ProcessManager, SessionPool
 from tests.support.sshd import SshdHandle, free_port, sshd_factory  # noqa: F401
 
 pytestmark = pytest.mark.lab

@@ -107,7 +107,7 @@ def test_each_node_has_its_own_opt_and_log_dir(lab: Lab) -> None:
 
 
 def test_harness_sessions_reach_nodes_from_the_lab_inventory(lab: Lab) -> None:
-    from pytest_vpstest.remote import SessionPool
+    from pytest_vpstest.fleet.remote import SessionPool
 
     inventory = _inventory(lab.dir / "inventory.yaml")
     assert inventory.lab == "netns"
@@ -123,7 +123,7 @@ def test_harness_sessions_reach_nodes_from_the_lab_inventory(lab: Lab) -> None:
 
 
 def test_registry_answers_via_its_node(lab: Lab) -> None:
-    from pytest_vpstest.remote import SessionPool, query_registry
+    from pytest_vpstest.fleet.remote import SessionPool, query_registry
 
     inventory = _inventory(lab.dir / "inventory.yaml")
     assert inventory.registry is not None

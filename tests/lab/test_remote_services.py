@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_vpstest.remote import ProcessManager, SessionPool, service_manager
+from pytest_vpstest.fleet.remote import ProcessManager, SessionPool, service_manager
 from tests.support.sshd import SshdHandle, sshd  # noqa: F401
 
 pytestmark = pytest.mark.lab

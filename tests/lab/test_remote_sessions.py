@@ -23,7 +23,7 @@ import pytest
 
 from pytest_vpstest.config import RegistryAccess
 from pytest_vpstest.errors import NodeError, UnreachableNodeError
-from pytest_vpstest.remote import NodeSession, SessionPool, query_registry, quote_command
+from pytest_vpstest.fleet.remote import NodeSession, SessionPool, query_registry, quote_command
 from tests.support.sshd import SshdHandle, free_port, sshd, sshd_factory  # noqa: F401
 
 pytestmark = pytest.mark.lab

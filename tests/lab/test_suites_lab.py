@@ -61,7 +61,7 @@ def run_suites(lab: Lab, ws: Path, *args: str) -> tuple[subprocess.CompletedProc
         "-m",
         "pytest",
         "--pyargs",
-        "suites",
+        "pytest_vpstest.suites",
         "-p",
         "no:cacheprovider",
         "-q",

@@ -76,7 +76,7 @@ class FakeFleet:
             "-p",
             "fakefleet_plugin",
             "--pyargs",
-            "suites",
+            "pytest_vpstest.suites",
             f"--vps-config={self.config}",
             "-p",
             "no:cacheprovider",

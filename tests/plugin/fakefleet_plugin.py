@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_vpstest.config import Inventory, Node
-from pytest_vpstest.remote import CommandResult, SessionPool
+from pytest_vpstest.fleet.remote import CommandResult, SessionPool
 
 
 class LocalSession:

@@ -51,7 +51,7 @@ def test_full_suite_serial_records_everything(fake_fleet: MakeFleet) -> None:
     result.stdout.fnmatch_lines(
         [
             f"vpstest: config {fleet.config}, inventory {fleet.dir / 'inventory.yaml'} (5 nodes)*",
-            "vpstest: reproduce with: pytest --pyargs suites --vps-config=*",
+            "vpstest: reproduce with: pytest --pyargs pytest_vpstest.suites --vps-config=*",
             "*vpstest verdict (threshold): PASSED*",
         ]
     )
@@ -203,7 +203,7 @@ def test_state_left_to_the_loop_when_runner_token_set(
 
 
 def test_lease_held_by_a_running_loop_is_a_warning(fake_fleet: MakeFleet) -> None:
-    from pytest_vpstest.store import StateStore
+    from pytest_vpstest.records.store import StateStore
 
     fleet = fake_fleet()
     store = StateStore(fleet.state_dir, "demo")
@@ -297,7 +297,7 @@ def test_ini_keys_configure_the_plugin(fake_fleet: MakeFleet) -> None:
         "vps_results_json = out/results.json\n"
     )
     result = fleet.pytester.runpytest(
-        "-p", "fakefleet_plugin", "--pyargs", "suites", "-p", "no:cacheprovider"
+        "-p", "fakefleet_plugin", "--pyargs", "pytest_vpstest.suites", "-p", "no:cacheprovider"
     )
     result.assert_outcomes(passed=4, deselected=49)
     result.stdout.fnmatch_lines([f"vpstest: config {fleet.config}, *", "vpstest: focus throughput, *"])

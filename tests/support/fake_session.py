@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pytest_vpstest.config import Inventory, Node
 from pytest_vpstest.errors import NodeError, UnreachableNodeError
-from pytest_vpstest.remote import CommandResult, SessionFactory
+from pytest_vpstest.fleet.remote import CommandResult, SessionFactory
 
 # fail(node, operation, argument) -> an exception to raise, or None to proceed.
 # operation: "connect" | "run" | "put" | "get"; argument: the command or remote path.

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from pytest_vpstest import cli
-from pytest_vpstest import machine as m
 from pytest_vpstest.config import Inventory, Node, ProjectConfig, SoakConfig
-from pytest_vpstest.loop import Runner
-from pytest_vpstest.store import StateStore
+from pytest_vpstest.loop import machine as m
+from pytest_vpstest.loop.runner import Runner
+from pytest_vpstest.records.store import StateStore
 from tests.e2e.fake_runner import SlowStages
 
 ROOT = Path(__file__).resolve().parents[2]

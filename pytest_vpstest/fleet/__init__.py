@@ -1,0 +1,1 @@
+"""How the harness reaches nodes: SSH sessions, service managers, build, deploy and the probe contract."""

@@ -1,0 +1,482 @@
+"""Deploy a locally built artifact to the fleet, per node in parallel, and roll it back.
+
+Per node (the seeds' deployment flow, made safe):
+
+1. **stop** the running service first — overwriting a running binary fails ("dest open: Failure");
+2. **upload** to a temporary file in the install directory and check its SHA-256;
+3. **install**: keep the current binary as ``<binary>.prev`` (for rollback), ``chmod +x`` the new one
+   and ``mv`` it into place (atomic: the path always names a whole binary);
+4. **start** it through the node's service manager with ``deploy.start_command`` filled by
+   :func:`~pytest_vpstest.fleet.remote.quote_command`;
+5. **verify** it is still running after a few seconds.
+
+Then, once for all nodes, wait for each started node to appear in the registry
+(``deploy.registration_timeout_seconds``); nodes that never register fail at stage ``register``.
+Failed nodes are reported and skipped; fewer than half the targets deployed raises
+:class:`DeployError` naming every failed node, its stage and cause.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import posixpath
+import secrets
+import shlex
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pytest_vpstest.config import Inventory, Node, ProjectConfig, RegistryAccess
+from pytest_vpstest.errors import ConfigError, DeployError, NodeError, UnreachableNodeError
+from pytest_vpstest.fleet.remote import (
+    ServiceManager,
+    Session,
+    SessionPool,
+    query_registry,
+    quote_command,
+    service_manager,
+)
+
+__all__ = [
+    "DeployReport",
+    "NodeDeploy",
+    "NodePlan",
+    "Stage",
+    "deploy",
+    "plan_node",
+    "registered_names",
+    "rollback",
+    "service_name",
+    "start_command",
+    "target_nodes",
+]
+
+Stage = Literal["connect", "stop", "upload", "install", "start", "verify", "register", "rollback"]
+Log = Callable[[str], None]
+RegistryQuery = Callable[[SessionPool, RegistryAccess], list[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class NodeDeploy:
+    """How deployment went on one node. ``stage_failed`` is None when ``ok``."""
+
+    node: str
+    ok: bool
+    stage_failed: Stage | None = None
+    error: str | None = None
+    duration: float = 0.0
+    previous_kept: bool = False
+
+
+@dataclass(frozen=True)
+class DeployReport:
+    """Per-node outcomes; ``succeeded`` and ``total`` are node counts."""
+
+    per_node: Mapping[str, NodeDeploy]
+    succeeded: int
+    total: int
+
+    @property
+    def succeeded_nodes(self) -> tuple[str, ...]:
+        return tuple(n for n, d in self.per_node.items() if d.ok)
+
+    @property
+    def failed_nodes(self) -> tuple[str, ...]:
+        return tuple(n for n, d in self.per_node.items() if not d.ok)
+
+    def failure_lines(self) -> list[str]:
+        """One line per failed node: ``name: stage: cause``."""
+        return [f"{n}: {d.stage_failed}: {d.error}" for n, d in self.per_node.items() if not d.ok]
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """Where things go on one node."""
+
+    node: str
+    service: str
+    install_path: str
+    log_dir: str
+    binary: str  # the installed artifact's absolute path ({bin})
+
+    @property
+    def previous(self) -> str:
+        return self.binary + ".prev"
+
+
+def service_name(config: ProjectConfig) -> str:
+    """``<service_prefix>-<module>`` (first module), or ``<service_prefix>-<project>``."""
+    module = config.modules[0][0] if config.modules else config.project
+    return f"{config.deploy.service_prefix}-{module}"
+
+
+def _binary_name(config: ProjectConfig, artifact: Path) -> str:
+    return config.modules[0][1].binary if config.modules else artifact.name
+
+
+def plan_node(node: Node, config: ProjectConfig, artifact: Path) -> NodePlan:
+    """The install path, log directory, service name and binary path for ``node``."""
+    install = node.install_path or config.deploy.install_path
+    log_dir = node.log_dir or posixpath.join(install, "logs")
+    return NodePlan(
+        node=node.name,
+        service=service_name(config),
+        install_path=install,
+        log_dir=log_dir,
+        binary=posixpath.join(install, _binary_name(config, artifact)),
+    )
+
+
+def target_nodes(
+    inventory: Inventory, config: ProjectConfig, nodes: Sequence[str] | None = None
+) -> list[str]:
+    """The nodes to deploy to: ``nodes`` if given, else ``deploy.nodes`` ("all": every non-registry node)."""
+    wanted = list(nodes) if nodes is not None else config.deploy.nodes
+    if wanted == "all":
+        return [n.name for n in inventory.nodes if n.role != "registry"]
+    unknown = [n for n in wanted if n not in inventory.names]
+    if unknown:
+        raise ConfigError(
+            f"deploy nodes not in the inventory: {', '.join(unknown)}",
+            key="deploy.nodes",
+            allowed=inventory.names,
+        )
+    return list(dict.fromkeys(wanted))
+
+
+def _registry(inventory: Inventory, config: ProjectConfig) -> RegistryAccess | None:
+    if inventory.registry is not None:
+        return inventory.registry
+    if config.bootstrap.registry:
+        return RegistryAccess(url=config.bootstrap.registry)
+    return None
+
+
+def start_command(node: Node, plan: NodePlan, inventory: Inventory, config: ProjectConfig) -> str:
+    """``deploy.start_command`` filled for ``node`` (every value shell-quoted)."""
+    registry = _registry(inventory, config)
+    bootstrap = inventory.bootstrap or config.bootstrap.nodes
+    return quote_command(
+        config.deploy.start_command,
+        bin=plan.binary,
+        node=node.name,
+        install_path=plan.install_path,
+        log_dir=plan.log_dir,
+        p2p_address=node.p2p_address or node.host,
+        registry=registry.url if registry else "",
+        bootstrap=",".join(bootstrap),
+    )
+
+
+class _StageFailed(Exception):
+    def __init__(self, stage: Stage, message: str) -> None:
+        super().__init__(message)
+        self.stage: Stage = stage
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _message(exc: Exception) -> str:
+    # NodeError's text starts with "<node> (<address>): "; the report already names the node.
+    text = str(exc)
+    if isinstance(exc, NodeError) and text.startswith(exc.node):
+        text = text[len(exc.node) :].lstrip()
+        if exc.address and text.startswith(f"({exc.address})"):
+            text = text[len(exc.address) + 2 :]
+        text = text.lstrip(": ")
+    return text
+
+
+@dataclass
+class _Started:
+    ok: NodeDeploy
+    started_at: float
+
+
+def _deploy_one(
+    session: Session,
+    inventory: Inventory,
+    config: ProjectConfig,
+    artifact: Path,
+    digest: str,
+    verify_seconds: float,
+    log: Log,
+) -> _Started:
+    node = session.node
+    plan = plan_node(node, config, artifact)
+    began = time.monotonic()
+    stage: Stage = "connect"
+    upload: str | None = None
+    try:
+        manager = service_manager(session, install_path=plan.install_path, log_dir=plan.log_dir)
+        stage = "stop"
+        manager.stop(plan.service)
+        log(f"{node.name}: stopped {plan.service}")
+
+        stage = "upload"
+        upload = posixpath.join(
+            plan.install_path, f".{posixpath.basename(plan.binary)}.upload-{secrets.token_hex(4)}"
+        )
+        session.run(
+            f"mkdir -p {shlex.quote(plan.install_path)} {shlex.quote(plan.log_dir)}", timeout=30, check=True
+        )
+        session.put(artifact, upload)
+        got = session.run(f"sha256sum {shlex.quote(upload)}", timeout=60, check=True).stdout.split()
+        if not got or got[0] != digest:
+            raise _StageFailed("upload", f"uploaded file's SHA-256 differs from {artifact.name}'s")
+        log(f"{node.name}: uploaded {artifact.name}")
+
+        stage = "install"
+        b, prev, up = shlex.quote(plan.binary), shlex.quote(plan.previous), shlex.quote(upload)
+        # A hard link keeps the old binary as .prev without a moment where the path is missing.
+        script = (
+            f"set -e; kept=no; if [ -f {b} ]; then ln -f {b} {prev} 2>/dev/null || cp -p {b} {prev}; "
+            f"kept=yes; fi; chmod +x {up}; mv -f {up} {b}; echo kept=$kept"
+        )
+        out = session.run(f"sh -c {shlex.quote(script)}", timeout=60, check=True).stdout
+        previous_kept = "kept=yes" in out
+        upload = None  # moved into place
+
+        stage = "start"
+        status = manager.start(plan.service, start_command(node, plan, inventory, config))
+        started_at = time.monotonic()
+        log(f"{node.name}: started {plan.service} (pid {status.pid})")
+
+        stage = "verify"
+        _verify_running(manager, plan.service, verify_seconds)
+        log(f"{node.name}: {plan.service} running")
+    except (_StageFailed, NodeError, ConfigError) as exc:
+        if upload is not None:
+            _discard(session, upload)
+        if isinstance(exc, _StageFailed):
+            failed, error = exc.stage, str(exc)
+        else:
+            unreachable = isinstance(exc, UnreachableNodeError) and stage in ("connect", "stop")
+            failed, error = ("connect" if unreachable else stage), _message(exc)
+        return _Started(NodeDeploy(node.name, False, failed, error, time.monotonic() - began), 0.0)
+    return _Started(
+        NodeDeploy(node.name, True, None, None, time.monotonic() - began, previous_kept), started_at
+    )
+
+
+def _discard(session: Session, path: str) -> None:
+    """Best effort: remove a half-done upload (the node may be gone by now)."""
+    with contextlib.suppress(NodeError):
+        session.run(f"rm -f {shlex.quote(path)}", timeout=30)
+
+
+def _verify_running(manager: ServiceManager, service: str, seconds: float) -> None:
+    """Running now and still running ``seconds`` later (a crash on start is caught)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        status = manager.status(service)
+        if not status.running:
+            tail = [ln for ln in manager.logs(service, lines=20).splitlines() if ln.strip()]
+            hint = f"; last log line: {tail[-1].strip()}" if tail else ""
+            raise _StageFailed("verify", f"{service} is not running ({status.detail}){hint}")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        time.sleep(min(0.5, remaining))
+
+
+def registered_names(peers: Sequence[Mapping[str, Any]]) -> set[str]:
+    """Node names a registry answer lists (a peer's ``name``, else ``node``)."""
+    names: set[str] = set()
+    for peer in peers:
+        name = peer.get("name", peer.get("node"))
+        if isinstance(name, str):
+            names.add(name)
+    return names
+
+
+def _fresh(peer: Mapping[str, Any], started_ago: float) -> bool:
+    # A peer entry left by the process we stopped is older than our start; with no age, trust it.
+    age = peer.get("age_seconds")
+    return not isinstance(age, int | float) or age <= started_ago + 1.0
+
+
+def _wait_registration(
+    pool: SessionPool,
+    registry: RegistryAccess,
+    started: Mapping[str, float],
+    timeout: float,
+    query: RegistryQuery,
+    log: Log,
+) -> dict[str, str]:
+    """Wait until every started node is registered; return ``{node: cause}`` for those that never were."""
+    pending = set(started)
+    deadline = time.monotonic() + timeout
+    last_error = ""
+    while pending:
+        try:
+            peers = query(pool, registry)
+            last_error = ""
+        except NodeError as exc:
+            peers, last_error = [], str(exc)
+        now = time.monotonic()
+        for peer in peers:
+            name = peer.get("name", peer.get("node"))
+            if name in pending and _fresh(peer, now - started[str(name)]):
+                pending.discard(str(name))
+                log(f"{name}: registered with {registry.url}")
+        if not pending or now >= deadline:
+            break
+        time.sleep(min(1.0, max(0.0, deadline - now)))
+    cause = f"not registered with {registry.url} within {timeout:g} s"
+    if last_error:
+        cause += f" (last registry error: {last_error})"
+    return dict.fromkeys(sorted(pending), cause)
+
+
+def deploy(
+    pool: SessionPool,
+    inventory: Inventory,
+    project_config: ProjectConfig,
+    artifact: Path,
+    *,
+    nodes: Sequence[str] | None = None,
+    log: Log | None = None,
+    verify_seconds: float = 3.0,
+    registry_query: RegistryQuery = query_registry,
+) -> DeployReport:
+    """Deploy ``artifact`` to the target nodes in parallel and wait for registry registration.
+
+    Returns the per-node report when at least half the targets deployed; otherwise raises
+    :class:`DeployError` (with the report as ``.report``) naming each failed node, stage and cause.
+    A ``deploy.start_command`` with an unknown placeholder raises :class:`ConfigError` before any
+    node is touched.
+    """
+    say = log or (lambda _line: None)
+    targets = target_nodes(inventory, project_config, nodes)
+    if not targets:
+        raise DeployError("no nodes to deploy to (deploy.nodes selects none)")
+    if not artifact.is_file():
+        raise DeployError(f"artifact {artifact} does not exist")
+    # A bad start_command template is the config's fault, not the nodes': refuse before touching any.
+    for name in targets:
+        node = inventory.node(name)
+        start_command(node, plan_node(node, project_config, artifact), inventory, project_config)
+    digest = _sha256(artifact)
+    say(f"deploying {artifact.name} to {len(targets)} node(s): {', '.join(targets)}")
+    outcomes = pool.fan_out(
+        targets,
+        lambda s: _deploy_one(s, inventory, project_config, artifact, digest, verify_seconds, say),
+        parallelism=project_config.deploy.parallelism,
+    )
+    per_node: dict[str, NodeDeploy] = {}
+    started: dict[str, float] = {}
+    for name, outcome in outcomes.items():
+        if isinstance(outcome, NodeError):
+            stage: Stage = "connect" if isinstance(outcome, UnreachableNodeError) else "start"
+            per_node[name] = NodeDeploy(name, False, stage, _message(outcome))
+        else:
+            per_node[name] = outcome.ok
+            if outcome.ok.ok:
+                started[name] = outcome.started_at
+    registry = _registry(inventory, project_config)
+    if registry is not None and started:
+        timeout = project_config.deploy.registration_timeout_seconds
+        say(f"waiting up to {timeout:g} s for {len(started)} node(s) to register with {registry.url}")
+        for name, cause in _wait_registration(pool, registry, started, timeout, registry_query, say).items():
+            d = per_node[name]
+            per_node[name] = NodeDeploy(name, False, "register", cause, d.duration, d.previous_kept)
+    elif registry is None:
+        say("no registry configured (inventory registry or bootstrap.registry): not waiting for registration")
+    report = _report(per_node)
+    for line in report.failure_lines():
+        say(f"deploy failed on {line}")
+    if report.succeeded * 2 < report.total:
+        err = DeployError(
+            f"deployed to {report.succeeded}/{report.total} nodes (fewer than 50%); failed: "
+            + "; ".join(report.failure_lines())
+        )
+        err.report = report  # type: ignore[attr-defined]
+        raise err
+    say(f"deployed to {report.succeeded}/{report.total} nodes")
+    return report
+
+
+def _report(per_node: dict[str, NodeDeploy]) -> DeployReport:
+    return DeployReport(per_node, sum(1 for d in per_node.values() if d.ok), len(per_node))
+
+
+def _rollback_one(
+    session: Session,
+    inventory: Inventory,
+    config: ProjectConfig,
+    verify_seconds: float,
+    log: Log,
+) -> NodeDeploy:
+    node = session.node
+    # The artifact name only matters when no module names the binary; the installed path is
+    # what the plan derives from the project config, so use a placeholder with that name.
+    plan = plan_node(node, config, Path(_installed_name(config)))
+    began = time.monotonic()
+    stage: Stage = "connect"
+    try:
+        manager = service_manager(session, install_path=plan.install_path, log_dir=plan.log_dir)
+        stage = "stop"
+        manager.stop(plan.service)
+        stage = "rollback"
+        b, prev = shlex.quote(plan.binary), shlex.quote(plan.previous)
+        res = session.run(f"test -f {prev} && mv -f {prev} {b}", timeout=60)
+        if not res.ok:
+            raise _StageFailed("rollback", f"no previous binary {plan.previous} to restore")
+        log(f"{node.name}: restored {plan.previous}")
+        stage = "start"
+        manager.start(plan.service, start_command(node, plan, inventory, config))
+        stage = "verify"
+        _verify_running(manager, plan.service, verify_seconds)
+        log(f"{node.name}: {plan.service} running the previous binary")
+    except _StageFailed as exc:
+        return NodeDeploy(node.name, False, exc.stage, str(exc), time.monotonic() - began)
+    except (NodeError, ConfigError) as exc:
+        failed: Stage = "connect" if isinstance(exc, UnreachableNodeError) else stage
+        return NodeDeploy(node.name, False, failed, _message(exc), time.monotonic() - began)
+    return NodeDeploy(node.name, True, None, None, time.monotonic() - began)
+
+
+def _installed_name(config: ProjectConfig) -> str:
+    if config.modules:
+        return config.modules[0][1].binary
+    if config.build is not None and config.build.artifact:
+        return posixpath.basename(config.build.artifact)
+    raise ConfigError(
+        "cannot tell the installed binary's name for rollback: name a module's binary or build.artifact",
+        key="modules",
+    )
+
+
+def rollback(
+    pool: SessionPool,
+    inventory: Inventory,
+    project_config: ProjectConfig,
+    nodes: Sequence[str],
+    *,
+    log: Log | None = None,
+    verify_seconds: float = 3.0,
+) -> DeployReport:
+    """Restore ``<binary>.prev`` on ``nodes`` and restart the service; per-node report, never raises
+    for node failures (a node without a previous binary fails at stage ``rollback``)."""
+    say = log or (lambda _line: None)
+    _installed_name(project_config)
+    outcomes = pool.fan_out(
+        list(nodes),
+        lambda s: _rollback_one(s, inventory, project_config, verify_seconds, say),
+        parallelism=project_config.deploy.parallelism,
+    )
+    per_node = {
+        name: (o if isinstance(o, NodeDeploy) else NodeDeploy(name, False, "connect", _message(o)))
+        for name, o in outcomes.items()
+    }
+    return _report(per_node)

@@ -1,0 +1,348 @@
+"""The probe contract: action → command template → run on a node → one JSON object → ProbeResult.
+
+A probe never raises out of a suite for a bad answer: a timeout, no output, output that is not
+exactly one JSON object, or a JSON object missing the action's required keys is a *failed
+attempt* that keeps the exact command, exit code and raw stdout/stderr as evidence.
+
+Seams: the node transport is anything with ``run(node, command, timeout)`` returning an object
+with the attributes of ``remote.CommandResult``; per-node concurrency goes through a
+:class:`NodeSlots` (threads in one process, or lock files shared by xdist workers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from pytest_vpstest.config import Inventory, ProbeTemplates, ProjectConfig
+from pytest_vpstest.errors import ConfigError
+from pytest_vpstest.fleet.remote import quote_command
+
+REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
+    "status": ("ok", "node", "addresses"),
+    "connect": ("ok", "method", "path", "rtt_ms", "error"),
+    "gossip_publish": ("ok", "message_id"),
+    "gossip_received": ("ok", "received", "latency_ms", "duplicates"),
+    "throughput": ("ok", "bytes", "seconds", "mbps"),
+    "crdt": ("ok", "value", "digest"),
+}
+ACTIONS: tuple[str, ...] = tuple(REQUIRED_KEYS)
+
+
+class CommandOutcome(Protocol):
+    """What a transport returns for one command (``remote.CommandResult``)."""
+
+    @property
+    def exit_code(self) -> int | None: ...
+    @property
+    def stdout(self) -> str: ...
+    @property
+    def stderr(self) -> str: ...
+    @property
+    def duration(self) -> float: ...
+    @property
+    def timed_out(self) -> bool: ...
+
+
+class Transport(Protocol):
+    """Runs a shell command on a named node (``remote.SessionPool``)."""
+
+    def run(self, name: str, command: str, timeout: float) -> CommandOutcome: ...
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One probe attempt. ``ok`` is true only when the answer was valid and said ``"ok": true``."""
+
+    action: str
+    node: str
+    command: str
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    duration: float
+    timed_out: bool = False
+    data: Mapping[str, Any] | None = None
+    error: str | None = None
+
+    @property
+    def valid(self) -> bool:
+        """The node answered with one JSON object holding every required key."""
+        return self.data is not None and self.error is None
+
+    @property
+    def ok(self) -> bool:
+        return self.valid and self.data is not None and self.data.get("ok") is True
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return default if self.data is None else self.data.get(key, default)
+
+    @property
+    def reason(self) -> str:
+        """Why this attempt failed, in one line ('' when it succeeded)."""
+        if self.error:
+            return self.error
+        if self.data is not None and self.data.get("ok") is not True:
+            err = self.data.get("error")
+            return f"probe said ok=false{': ' + str(err) if err else ''}"
+        return ""
+
+    def evidence(self, limit: int = 4000) -> dict[str, Any]:
+        """The exact command and raw output, for reports (output truncated to ``limit`` chars)."""
+        return {
+            "action": self.action,
+            "node": self.node,
+            "command": self.command,
+            "exit_code": self.exit_code,
+            "timed_out": self.timed_out,
+            "duration": round(self.duration, 3),
+            "stdout": self.stdout[-limit:],
+            "stderr": self.stderr[-limit:],
+            "error": self.reason,
+        }
+
+
+def parse_output(action: str, stdout: str) -> tuple[dict[str, Any] | None, str | None]:
+    """Exactly one JSON object in ``stdout`` (log lines around it are tolerated) → (data, error)."""
+    text = stdout.strip()
+    if not text:
+        return None, "no output"
+    objects: list[dict[str, Any]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            objects.append(value)
+    if not objects:
+        try:
+            whole = json.loads(text)
+        except ValueError as exc:
+            return None, f"invalid JSON: {exc}"
+        if not isinstance(whole, dict):
+            return None, f"expected a JSON object, got {type(whole).__name__}"
+        objects.append(whole)
+    if len(objects) > 1:
+        return None, f"expected one JSON object, got {len(objects)}"
+    data = objects[0]
+    missing = [k for k in REQUIRED_KEYS.get(action, ("ok",)) if k not in data]
+    if missing:
+        return None, f"missing keys {', '.join(missing)} in {action} answer"
+    if not isinstance(data.get("ok"), bool):
+        return None, "key 'ok' is not a boolean"
+    return data, None
+
+
+# --------------------------------------------------------------------------------------------
+# Per-node concurrency
+
+
+class NodeSlots:
+    """At most ``per_node`` probes touch one node at a time.
+
+    With a ``lock_dir`` the bound holds across processes (xdist workers of one run share the
+    run directory): slot *i* of node *n* is an ``fcntl`` lock on ``<lock_dir>/<n>.<i>.lock``.
+    """
+
+    def __init__(self, per_node: int = 4, lock_dir: Path | None = None, poll: float = 0.01) -> None:
+        self.per_node = max(1, per_node)
+        self.lock_dir = lock_dir
+        self.poll = poll
+        self._local: dict[str, threading.BoundedSemaphore] = {}
+        self._guard = threading.Lock()
+        if lock_dir is not None:
+            lock_dir.mkdir(parents=True, exist_ok=True)
+
+    def _sem(self, node: str) -> threading.BoundedSemaphore:
+        with self._guard:
+            return self._local.setdefault(node, threading.BoundedSemaphore(self.per_node))
+
+    @contextlib.contextmanager
+    def hold(self, *nodes: str) -> Iterator[None]:
+        """Hold a slot on each node (sorted order, so two holders never wait on each other)."""
+        with contextlib.ExitStack() as stack:
+            for node in sorted(set(nodes)):
+                stack.enter_context(self._hold_one(node))
+            yield
+
+    @contextlib.contextmanager
+    def _hold_one(self, node: str) -> Iterator[None]:
+        sem = self._sem(node)
+        sem.acquire()
+        try:
+            if self.lock_dir is None:
+                yield
+                return
+            handle = self._file_slot(node)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
+        finally:
+            sem.release()
+
+    def _file_slot(self, node: str) -> IO[bytes]:
+        assert self.lock_dir is not None
+        while True:
+            for i in range(self.per_node):
+                handle = open(self.lock_dir / f"{node}.{i}.lock", "ab")  # noqa: SIM115 - held past this call
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    handle.close()
+                    continue
+                return handle
+            time.sleep(self.poll)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def binary_path(config: ProjectConfig, install_path: str | None = None) -> str:
+    """Where the deployed artifact lives on a node (as ``deploy.plan_node`` puts it): install path +
+    the first module's binary name, else the artifact's file name."""
+    base = install_path or config.deploy.install_path
+    if config.modules:
+        name = config.modules[0][1].binary
+    elif config.build is not None and config.build.artifact:
+        name = os.path.basename(config.build.artifact.rstrip("/"))
+    else:
+        name = config.project
+    return base.rstrip("/") + "/" + name
+
+
+@dataclass
+class ProbeRunner:
+    """Runs probe actions on nodes through a transport, with per-node concurrency bounded."""
+
+    transport: Transport
+    inventory: Inventory
+    templates: ProbeTemplates
+    values_for: Callable[[str], dict[str, object]] = field(default=lambda node: {})
+    slots: NodeSlots = field(default_factory=NodeSlots)
+    default_timeout: float = 10.0
+    # Extra seconds allowed to the transport beyond the probe's own --timeout.
+    grace: float = 5.0
+
+    def template(self, action: str) -> str:
+        if action not in REQUIRED_KEYS:
+            raise KeyError(f"unknown probe action {action!r} (allowed: {', '.join(ACTIONS)})")
+        value: str = getattr(self.templates, action)
+        return value
+
+    def node_values(self, node: str) -> dict[str, object]:
+        n = self.inventory.node(node)
+        base: dict[str, object] = {
+            "node": n.name,
+            "p2p_address": n.p2p_address or n.host,
+            "registry": self.inventory.registry.url if self.inventory.registry else "",
+            "bootstrap": ",".join(self.inventory.bootstrap),
+        }
+        base.update(self.values_for(node))
+        return base
+
+    def run(
+        self,
+        action: str,
+        node: str,
+        *,
+        timeout: float | None = None,
+        hold: tuple[str, ...] = (),
+        **values: object,
+    ) -> ProbeResult:
+        """Run one probe attempt; never raises for a bad answer (see the module docstring)."""
+        limit = float(timeout if timeout is not None else self.default_timeout)
+        fill = self.node_values(node) | {"timeout": _num_text(limit)} | values
+        try:
+            command = quote_command(self.template(action), **fill)
+        except ConfigError as exc:
+            return ProbeResult(action, node, self.template(action), None, "", "", 0.0, error=str(exc))
+        start = time.monotonic()
+        with self.slots.hold(node, *hold):
+            try:
+                outcome = self.transport.run(node, command, limit + self.grace)
+            except Exception as exc:  # a transport failure is a failed attempt, not a crash
+                return ProbeResult(
+                    action,
+                    node,
+                    command,
+                    None,
+                    "",
+                    "",
+                    time.monotonic() - start,
+                    error=f"{type(exc).__name__}: {exc}".splitlines()[0],
+                )
+        data: Mapping[str, Any] | None = None
+        if outcome.timed_out:
+            error: str | None = f"timed out after {limit + self.grace:g}s"
+        else:
+            data, error = parse_output(action, outcome.stdout)
+            if error is not None and outcome.exit_code not in (0, None):
+                error = f"exit {outcome.exit_code}, {error}"
+        return ProbeResult(
+            action,
+            node,
+            command,
+            outcome.exit_code,
+            outcome.stdout,
+            outcome.stderr,
+            outcome.duration,
+            outcome.timed_out,
+            data,
+            error,
+        )
+
+    # Convenience wrappers, one per action of the contract.
+    def status(self, node: str, timeout: float | None = None) -> ProbeResult:
+        return self.run("status", node, timeout=timeout)
+
+    def connect(self, node: str, peer: str, method: str, timeout: float | None = None) -> ProbeResult:
+        p = self.inventory.node(peer)
+        return self.run(
+            "connect",
+            node,
+            timeout=timeout,
+            hold=(peer,),
+            peer=peer,
+            method=method,
+            peer_address=p.p2p_address or p.host,
+        )
+
+    def publish(self, node: str, topic: str, timeout: float | None = None) -> ProbeResult:
+        return self.run("gossip_publish", node, timeout=timeout, topic=topic)
+
+    def received(self, node: str, message_id: str, timeout: float | None = None) -> ProbeResult:
+        return self.run("gossip_received", node, timeout=timeout, message_id=message_id)
+
+    def throughput(self, node: str, peer: str, seconds: float, timeout: float | None = None) -> ProbeResult:
+        p = self.inventory.node(peer)
+        limit = timeout if timeout is not None else seconds + self.default_timeout
+        return self.run(
+            "throughput",
+            node,
+            timeout=limit,
+            hold=(peer,),
+            peer=peer,
+            peer_address=p.p2p_address or p.host,
+            seconds=_num_text(seconds),
+        )
+
+    def crdt(self, node: str, amount: int, timeout: float | None = None) -> ProbeResult:
+        return self.run("crdt", node, timeout=timeout, amount=amount)
+
+
+def _num_text(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"

@@ -1,0 +1,1 @@
+"""The autonomous loop: the pure state machine, the runner that acts on it, notifications and the fixer."""

@@ -1,0 +1,644 @@
+"""The runner: carries out the state machine's effects until the run is COMPLETE or STOPPED.
+
+``Runner.run()``:
+
+1. takes the project's single-writer lease (``StateStore.acquire``; a second runner gets
+   ``LeaseHeldError`` naming the holder) and renews it from a heartbeat thread;
+2. loads the state file: none (or a finished run) → a new run from IDLE with ``Start``; an
+   unfinished one → resume with ``machine.resume_effects`` (a WAIT whose time has passed goes on
+   at once; BUILD/DEPLOY/TEST run again; FIX continues), never repeating a recorded transition;
+3. executes effects in order. Each ``Run*`` effect calls a stage function (``Stages``) that
+   returns the answering event; the event goes through ``machine.step``; the new document is
+   committed (with a transition record when the state changed) **before** the next effect runs;
+   the transition is also sent to the notifier's outbox (log, dashboard) and ``runner.log``;
+4. waits (WAIT_1HR/WAIT_6HR, the pause between fix attempts) sleep on a ``threading.Event`` that a
+   stop request (SIGTERM / SIGINT, or ``stop.request`` written by ``vpstest stop``) sets — no busy
+   polling; a stop ends the run as STOPPED with reason "user stop" at the next safe point.
+
+Stages are a seam: unit tests pass fake stage functions; ``loop.stages.FleetStages`` does the real
+work over SSH with the build, deploy, pytest-plugin and fixer modules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import traceback
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+from pytest_vpstest._proc import pid_alive
+from pytest_vpstest.config import Inventory, ProjectConfig
+from pytest_vpstest.errors import StaleLeaseError, StateError, VpsTestError
+from pytest_vpstest.loop import machine as m
+from pytest_vpstest.loop.notify import Notifier, build_channels
+from pytest_vpstest.records.store import Lease, StateStore
+
+__all__ = [
+    "CHILD_MARKER",
+    "LOG_LIMIT",
+    "Runner",
+    "StageContext",
+    "Stages",
+    "TestOutcome",
+    "child_env",
+    "machine_config",
+    "project_dir",
+    "read_stop_request",
+    "reap_orphans",
+    "request_stop",
+    "utcnow",
+]
+
+# The state document's ``logs`` list keeps this many recent entries (runner.log keeps everything).
+LOG_LIMIT = 200
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def project_dir(state_dir: Path, project: str) -> Path:
+    return Path(state_dir) / project
+
+
+def request_stop(state_dir: Path, project: str, reason: str = "user stop") -> Path:
+    """Write ``stop.request`` for the project's runner (read at its next safe point)."""
+    d = project_dir(state_dir, project)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / "stop.request"
+    tmp = d / ".stop.request.tmp"
+    tmp.write_text(json.dumps({"reason": reason, "time": _iso(utcnow()), "pid": os.getpid()}) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_stop_request(state_dir: Path, project: str) -> str | None:
+    path = project_dir(state_dir, project) / "stop.request"
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return "user stop"
+    return str(doc.get("reason") or "user stop")
+
+
+# Set in the environment of every long-running child (pytest, fixer, verification) so a runner
+# resumed after a crash can find and end the children its dead predecessor left behind.
+CHILD_MARKER = "VPSTEST_RUNNER_PROJECT_DIR"
+
+
+def child_env(project_dir: Path) -> dict[str, str]:
+    return {CHILD_MARKER: str(project_dir.resolve())}
+
+
+def reap_orphans(project_dir: Path, *, grace_seconds: float = 5.0) -> list[int]:
+    """End processes carrying this project's child marker (left by a crashed runner); return their pids.
+
+    Called by the lease holder only, so every such process belongs to a runner that is gone.
+    """
+    marker = f"{CHILD_MARKER}={project_dir.resolve()}".encode()
+    me = os.getpid()
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            env = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in env.split(b"\0"):
+            found.append(int(entry.name))
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = threading.Event()
+    waited = 0.0
+    while waited < grace_seconds and any(pid_alive(p) for p in found):
+        deadline.wait(0.1)
+        waited += 0.1
+    for pid in found:
+        if pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+    return found
+
+
+def machine_config(config: ProjectConfig) -> m.MachineConfig:
+    """The machine's knobs from the project config (waits, build failure limit)."""
+    build_limit = config.build.max_consecutive_failures if config.build is not None else 3
+    return m.MachineConfig(
+        wait_1hr_seconds=config.soak.wait_1hr_seconds,
+        wait_6hr_seconds=config.soak.wait_6hr_seconds,
+        wait_1hr=config.soak.wait_1hr,
+        wait_6hr=config.soak.wait_6hr,
+        max_build_failures=max(1, build_limit),
+    )
+
+
+@dataclass
+class TestOutcome:
+    """What the TEST stage returns: the verdict plus the results document to merge."""
+
+    __test__ = False  # not a pytest test class
+
+    passed: bool
+    summary: str = ""
+    results: Mapping[str, Any] | None = None
+    results_path: Path | None = None
+
+
+@dataclass
+class StageContext:
+    """What a stage function gets: the run's configuration, its directories and its services."""
+
+    config: ProjectConfig
+    inventory: Inventory
+    state_dir: Path
+    project_dir: Path
+    stop: threading.Event
+    log: Callable[[str], None]
+    state: m.RunState
+    # The runner's own section of the state document (artifact, fix base, last results, ...).
+    runner: dict[str, Any] = field(default_factory=dict)
+    document: dict[str, Any] = field(default_factory=dict)
+    token: int = 0
+    # Persist the document now (no transition): for stages that must record something before
+    # a long step (the FIX stage's base commit), so a crash cannot lose it.
+    save: Callable[[], None] = lambda: None
+
+
+class Stages(Protocol):
+    """The stage functions the runner calls; each returns the event that answers its effect."""
+
+    def setup(self, ctx: StageContext) -> m.SetupFinished: ...
+
+    def build(self, ctx: StageContext) -> m.BuildFinished: ...
+
+    def deploy(self, ctx: StageContext) -> m.DeployFinished: ...
+
+    def test(self, ctx: StageContext, checkpoint: int) -> TestOutcome: ...
+
+    def fix(self, ctx: StageContext, reason: str) -> m.FixFinished: ...
+
+    def restart(self, ctx: StageContext) -> None: ...
+
+    def finish(self, ctx: StageContext) -> None: ...
+
+    def stopped(self, ctx: StageContext, reason: str) -> None: ...
+
+
+class _Interrupted(Exception):
+    """A stop request arrived while a stage or a wait was running."""
+
+
+Sleeper = Callable[[float, threading.Event], bool]
+
+
+def _event_wait(seconds: float, stop: threading.Event) -> bool:
+    """Sleep up to ``seconds``; True when woken by a stop request (the process uses no CPU meanwhile)."""
+    return stop.wait(max(0.0, seconds))
+
+
+class Runner:
+    """Runs one project's loop to a terminal state (or until stopped); see the module docstring.
+
+    Seams: ``stages`` (the work), ``clock`` (the machine's "now"), ``sleeper(seconds, stop) -> bool``
+    (waits; True when interrupted), ``notifier`` (notifications), ``out`` (progress lines).
+    """
+
+    def __init__(
+        self,
+        config: ProjectConfig,
+        inventory: Inventory,
+        state_dir: Path,
+        *,
+        stages: Stages | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        sleeper: Sleeper = _event_wait,
+        notifier: Notifier | None = None,
+        out: Callable[[str], None] | None = None,
+        lease_ttl: float = 30.0,
+        fix_retry_seconds: float = 5.0,
+        stop_poll_seconds: float = 2.0,
+        machine_cfg: m.MachineConfig | None = None,
+        install_signal_handlers: bool = False,
+    ) -> None:
+        self.config = config
+        self.inventory = inventory
+        self.state_dir = Path(state_dir)
+        self.project = config.project
+        self.dir = project_dir(self.state_dir, self.project)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.store = StateStore(self.state_dir, self.project, lease_ttl=lease_ttl)
+        self.clock = clock
+        self.sleeper = sleeper
+        self.out = out
+        self.fix_retry_seconds = fix_retry_seconds
+        self.stop_poll_seconds = stop_poll_seconds
+        self.mcfg = machine_cfg or machine_config(config)
+        self.stop_event = threading.Event()
+        self._stop_reason: str | None = None
+        self._install_signals = install_signal_handlers
+        self._log_lock = threading.Lock()
+        self.runner_log = self.dir / "runner.log"
+        channels = build_channels(config.notify, self._log_line)
+        self.notifier = notifier or Notifier(self.dir / "outbox", self.project, channels, log=self._log_line)
+        if stages is None:
+            from pytest_vpstest.loop.stages import FleetStages
+
+            stages = FleetStages()
+        self.stages: Stages = stages
+        self._lease: Lease | None = None
+        self._lease_lost = threading.Event()
+        self._heartbeat_stop = threading.Event()
+        self.state: m.RunState | None = None
+        self.extra: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ logging
+
+    def _log_line(self, message: str) -> None:
+        """One timestamped line in runner.log (and on the progress output, if any)."""
+        state = self.state.state if self.state is not None else "-"
+        line = f"{_iso(utcnow())} [{state}] {message}"
+        with self._log_lock, self.runner_log.open("a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+        if self.out is not None:
+            self.out(line)
+
+    def log(self, message: str) -> None:
+        """A progress line: runner.log, progress output, and the state document's bounded ``logs``."""
+        self._log_line(message)
+        state = str(self.state.state) if self.state is not None else "IDLE"
+        logs = self.extra.setdefault("logs", [])
+        logs.append({"time": _iso(self.clock()), "state": state, "message": message[:500]})
+        del logs[:-LOG_LIMIT]
+
+    # ------------------------------------------------------------------ stop
+
+    def request_stop(self, reason: str = "user stop") -> None:
+        self._stop_reason = self._stop_reason or reason
+        self.stop_event.set()
+
+    def _stop_requested(self) -> bool:
+        if self.stop_event.is_set():
+            return True
+        reason = read_stop_request(self.state_dir, self.project)
+        if reason is not None:
+            self.request_stop(reason)
+            return True
+        return False
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep ``seconds`` in slices, looking at stop.request between them; True when stopped."""
+        end = self.clock().timestamp() + seconds
+        while True:
+            if self._stop_requested():
+                return True
+            left = end - self.clock().timestamp()
+            if left <= 0:
+                return False
+            if self.sleeper(min(left, self.stop_poll_seconds), self.stop_event):
+                return True
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.request_stop("user stop")
+
+    # ------------------------------------------------------------------ lease
+
+    def _heartbeat(self, interval: float) -> None:
+        while not self._heartbeat_stop.wait(interval):
+            lease = self._lease
+            if lease is None:
+                continue
+            try:
+                self._lease = self.store.renew(lease)
+            except StaleLeaseError as exc:
+                self._log_line(f"lease lost: {exc}; stopping without further writes")
+                self._lease_lost.set()
+                self.stop_event.set()
+                return
+            except Exception as exc:  # a transient I/O problem: try again next beat
+                self._log_line(f"lease renewal failed: {exc}")
+
+    # ------------------------------------------------------------------ documents
+
+    def _document(self) -> dict[str, Any]:
+        assert self.state is not None
+        doc: dict[str, Any] = {
+            "test_results": self.extra.get("test_results", {}),
+            "nodes": self.extra.get("nodes", {}),
+            "logs": self.extra.get("logs", []),
+            "runner": self.extra.get("runner", {}),
+        }
+        doc.update(self.state.to_document())
+        return doc
+
+    def _save(self, transition: Mapping[str, Any] | None) -> int:
+        if self._lease_lost.is_set() or self._lease is None:
+            raise StaleLeaseError(f"project '{self.project}': the lease was lost; not writing")
+        return self.store.commit(self._lease, self._document(), transition)
+
+    def _ctx(self) -> StageContext:
+        assert self.state is not None
+        return StageContext(
+            config=self.config,
+            inventory=self.inventory,
+            state_dir=self.state_dir,
+            project_dir=self.dir,
+            stop=self.stop_event,
+            log=self.log,
+            state=self.state,
+            runner=self.extra.setdefault("runner", {}),
+            document=self.extra,
+            token=self._lease.token if self._lease else 0,
+            save=self._save_now,
+        )
+
+    def _save_now(self) -> None:
+        self._save(None)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, *, resume_only: bool = False) -> m.RunState:
+        """Run until COMPLETE or STOPPED; return the final state.
+
+        ``resume_only``: continue an unfinished run but do not start a new one (``--resume``);
+        raises ``StateError`` when there is nothing to resume.
+        """
+        lease = self.store.acquire()
+        self._lease = lease
+        old_handlers: dict[signal.Signals, Any] = {}
+        if self._install_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                old_handlers[sig] = signal.signal(sig, self._on_signal)
+        beat = threading.Thread(target=self._heartbeat, args=(max(0.5, self.store.lease_ttl / 3),),
+                                name=f"lease-{self.project}", daemon=True)
+        beat.start()
+        (self.dir / "runner.pid").write_text(f"{os.getpid()}\n")
+        self.notifier.start()
+        try:
+            return self._run(resume_only)
+        finally:
+            self._heartbeat_stop.set()
+            beat.join(timeout=5)
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+            self.notifier.close(drain_seconds=3.0)
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / "runner.pid").unlink()
+            if self._lease is not None and not self._lease_lost.is_set():
+                with contextlib.suppress(StateError):
+                    self.store.release(self._lease)
+
+    def _run(self, resume_only: bool) -> m.RunState:
+        # A stop request written before this runner started is not meant for it.
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / "stop.request").unlink()
+        doc = self.store.load()
+        for note in self.store.recovered:
+            self._log_line(f"state recovery: {note}")
+        orphans = reap_orphans(self.dir)
+        if orphans:
+            self._log_line(f"ended {len(orphans)} process(es) left by a previous runner: {orphans}")
+        pending: deque[m.Effect] = deque()
+        if doc is not None:
+            previous = m.RunState.from_document(doc)
+            runner_doc = doc.get("runner") or {}
+            if previous.state is m.State.COMPLETE and not runner_doc.get("finished"):
+                # Crashed during the final proof: the run is complete, finish its paperwork once.
+                self.state = previous
+                self.extra = {k: doc.get(k) for k in ("test_results", "nodes", "logs", "runner") if k in doc}
+                self.log("resuming the final proof of a completed run")
+                self._execute(m.Finish(), retry_pause=False)
+                return self.state
+            if previous.state in m.TERMINAL or previous.state is m.State.IDLE:
+                if resume_only:
+                    raise StateError(
+                        f"project '{self.project}': nothing to resume (the last run ended {previous.state}); "
+                        f"start a new run without --resume"
+                    )
+                doc = None
+            else:
+                self.state = previous
+                self.extra = {k: doc.get(k) for k in ("test_results", "nodes", "logs", "runner") if k in doc}
+                self.extra.setdefault("logs", [])
+                self.extra.setdefault("runner", {})
+                self.log(f"resuming {self.project} in {previous.state} (pid {os.getpid()})")
+                effects = m.resume_effects(previous, self.clock())
+                if not effects and m.wait_is_over(previous, self.clock()):
+                    pending.extend(self._apply(m.WaitElapsed()))
+                else:
+                    pending.extend(effects)
+        if doc is None:
+            if resume_only:
+                raise StateError(f"project '{self.project}': no state file to resume in {self.dir}")
+            self.state = m.initial_state(self.project, self.clock())
+            self.extra = {"test_results": {}, "nodes": {}, "logs": [], "runner": {}}
+            self.log(f"new run of {self.project} (pid {os.getpid()})")
+            pending.extend(self._apply(m.Start()))
+        try:
+            self._drive(pending)
+        except KeyboardInterrupt:
+            self._log_line("interrupted; saving STOPPED")
+            self._stop_now("user stop")
+        assert self.state is not None
+        return self.state
+
+    def _drive(self, pending: deque[m.Effect]) -> None:
+        previous_fix_failed = False
+        while pending:
+            assert self.state is not None
+            if self.state.state not in m.TERMINAL and self._stop_requested():
+                self._stop_now(self._stop_reason or "user stop")
+                return
+            effect = pending.popleft()
+            try:
+                event = self._execute(effect, retry_pause=previous_fix_failed)
+            except _Interrupted:
+                self._stop_now(self._stop_reason or "user stop")
+                return
+            if event is None:
+                continue
+            previous_fix_failed = isinstance(event, m.FixFinished) and event.commit is None
+            # The stage finished while a stop arrived: its result is recorded only if it was a
+            # fix commit (never lose a commit); otherwise the stop wins.
+            is_commit = isinstance(event, m.FixFinished) and event.commit is not None
+            if self.state.state not in m.TERMINAL and not is_commit and self._stop_requested():
+                self._stop_now(self._stop_reason or "user stop")
+                return
+            pending.extend(self._apply(event))
+
+    def _stop_now(self, reason: str) -> None:
+        assert self.state is not None
+        if self.state.state in m.TERMINAL:
+            return
+        effects = self._apply(m.UserStop(reason))
+        for effect in effects:
+            with contextlib.suppress(_Interrupted):
+                self._execute(effect, retry_pause=False)
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / "stop.request").unlink()
+
+    def _apply(self, event: m.Event) -> tuple[m.Effect, ...]:
+        """Feed one event to the machine and commit the result before anything else happens."""
+        assert self.state is not None
+        before = self.state
+        now = self.clock()
+        after, effects = m.step(before, event, now, self.mcfg)
+        self.state = after
+        if after.state != before.state:
+            transition = {
+                "from": str(before.state),
+                "to": str(after.state),
+                "event": type(event).__name__,
+                "reason": _event_reason(event),
+            }
+            self.log(f"{before.state} -> {after.state} ({transition['reason']})")
+            seq = self._save(transition)
+            self.notifier.emit(
+                "transition",
+                f"{self.project}: {before.state} -> {after.state}",
+                {**transition, "seq": seq, "phase": after.phase, "counters": after.to_document()["counters"],
+                 "wait_until": after.to_document()["timestamps"]["wait_until"]},
+            )
+        else:
+            self._save(None)
+        return effects
+
+    def _execute(self, effect: m.Effect, *, retry_pause: bool) -> m.Event | None:
+        ctx = self._ctx()
+        if isinstance(effect, m.Notify):
+            self.notifier.emit(effect.kind, effect.message)
+            return None
+        if isinstance(effect, m.RunSetup):
+            return self._guard("SETUP", lambda: self.stages.setup(ctx))
+        if isinstance(effect, m.RunBuild):
+            return self._guard("BUILD", lambda: self.stages.build(ctx))
+        if isinstance(effect, m.RunDeploy):
+            return self._guard("DEPLOY", lambda: self.stages.deploy(ctx))
+        if isinstance(effect, m.RunTest):
+            return self._guard("TEST", lambda: self._test(ctx, effect.checkpoint))
+        if isinstance(effect, m.RunFix):
+            if retry_pause and self.fix_retry_seconds > 0:
+                self.log(f"fix attempt made no commit; trying again in {self.fix_retry_seconds:g}s")
+                if self._wait(self.fix_retry_seconds):
+                    raise _Interrupted()
+            return self._guard("FIX", lambda: self._fix(ctx, effect.reason))
+        if isinstance(effect, m.StartWait):
+            left = (effect.until - self.clock()).total_seconds()
+            self.log(f"{effect.stage}: waiting until {_iso(effect.until)} ({max(left, 0):.0f}s)")
+            self._save(None)
+            if self._wait(left):
+                raise _Interrupted()
+            return m.WaitElapsed()
+        if isinstance(effect, m.Restart):
+            self._guard_none("RESTART", lambda: self.stages.restart(ctx))
+            return m.RestartDone()
+        if isinstance(effect, m.Finish):
+            self._guard_none("COMPLETE", lambda: self.stages.finish(ctx))
+            self.extra.setdefault("runner", {})["finished"] = _iso(self.clock())
+            self._save(None)
+            return None
+        if isinstance(effect, m.Stop):
+            self.log(f"stopped: {effect.reason}")
+            self._guard_none("STOPPED", lambda: self.stages.stopped(ctx, effect.reason))
+            self._save(None)
+            return None
+        raise AssertionError(f"unknown effect {effect!r}")
+
+    def _test(self, ctx: StageContext, checkpoint: int) -> m.TestFinished:
+        outcome = self.stages.test(ctx, checkpoint)
+        if ctx.stop.is_set():
+            raise _Interrupted()
+        if outcome.results is not None:
+            tr = outcome.results.get("test_results")
+            merged = dict(tr) if isinstance(tr, Mapping) else {}
+            merged.setdefault("passed", outcome.passed)
+            merged.setdefault("last_run", _iso(self.clock()))
+            self.extra["test_results"] = merged
+        runner = self.extra.setdefault("runner", {})
+        runner["last_results"] = str(outcome.results_path) if outcome.results_path else None
+        checkpoints = runner.setdefault("checkpoints", [])
+        checkpoints.append({"checkpoint": checkpoint, "passed": outcome.passed, "time": _iso(self.clock()),
+                            "summary": outcome.summary[:300]})
+        del checkpoints[:-50]
+        return m.TestFinished(outcome.passed, outcome.summary)
+
+    def _fix(self, ctx: StageContext, reason: str) -> m.FixFinished:
+        event = self.stages.fix(ctx, reason)
+        if event.commit is None and ctx.stop.is_set():
+            raise _Interrupted()
+        if event.commit is None:
+            self.log(f"fix attempt failed: {event.error}")
+        return event
+
+    def _guard(self, stage: str, call: Callable[[], m.Event]) -> m.Event:
+        """Run a stage; a stop during it interrupts; an unexpected crash becomes a critical stop."""
+        try:
+            event = call()
+        except _Interrupted:
+            raise
+        except VpsTestError as exc:
+            if self.stop_event.is_set():
+                raise _Interrupted() from exc
+            return self._failure_event(stage, str(exc))
+        except Exception as exc:
+            if self.stop_event.is_set():
+                raise _Interrupted() from exc
+            self._log_line(f"{stage} crashed:\n{traceback.format_exc()}")
+            return m.Fatal(f"{stage} stage crashed: {type(exc).__name__}: {exc}")
+        if self.stop_event.is_set() and not (isinstance(event, m.FixFinished) and event.commit is not None):
+            raise _Interrupted()
+        return event
+
+    def _failure_event(self, stage: str, error: str) -> m.Event:
+        """A stage's own error (one line) as the stage's failure event."""
+        self.log(f"{stage}: {error}")
+        if stage == "BUILD":
+            return m.BuildFinished(False, error)
+        if stage == "TEST":
+            return m.TestFinished(False, error)
+        if stage == "FIX":
+            return m.FixFinished(None, error)
+        return m.Fatal(f"{stage}: {error}")
+
+    def _guard_none(self, stage: str, call: Callable[[], None]) -> None:
+        try:
+            call()
+        except Exception as exc:  # the terminal/cleanup actions must not lose the recorded state
+            self._log_line(f"{stage} action failed: {type(exc).__name__}: {exc}")
+
+
+def _event_reason(event: m.Event) -> str:
+    if isinstance(event, m.Start):
+        return "loop started"
+    if isinstance(event, m.SetupFinished):
+        return f"{event.reachable}/{event.total} nodes reachable"
+    if isinstance(event, m.BuildFinished):
+        return "build ok" if event.ok else f"build failed: {event.error or 'no detail'}"
+    if isinstance(event, m.DeployFinished):
+        return f"deployed {event.succeeded}/{event.total}"
+    if isinstance(event, m.TestFinished):
+        verdict = "tests passed" if event.passed else "tests failed"
+        return verdict + (f": {event.summary}" if event.summary else "")
+    if isinstance(event, m.FixFinished):
+        return f"fix committed {event.commit.sha[:12]}" if event.commit else f"fix failed: {event.error}"
+    if isinstance(event, m.WaitElapsed):
+        return "wait elapsed"
+    if isinstance(event, m.RestartDone):
+        return "restart done"
+    return event.reason

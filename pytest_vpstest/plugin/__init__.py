@@ -1,0 +1,1 @@
+"""The pytest side: options and hooks (``entry``), fixtures, pair generation and the session-end results."""

@@ -1,0 +1,399 @@
+"""Fixtures of the plugin and the run they share.
+
+``RunContext`` is everything a run knows once its config is loaded (built by ``plugin.py`` in
+``pytest_configure``, the same on the controller and every xdist worker). Build and deploy run
+**once per run**, even under xdist: the first process to take an ``fcntl`` lock in the run
+directory does the work and leaves a JSON marker with the result; the others read it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_vpstest.config import Inventory, ProjectConfig, SuiteConfig
+
+RUN_KEY = pytest.StashKey["RunContext"]()
+NOT_CONFIGURED = "pytest-vpstest is not configured: pass --vps-config (or set vps_config in the ini file)"
+
+
+@dataclass
+class RunContext:
+    """One pytest run of the suites against one fleet."""
+
+    config_path: Path
+    project_config: ProjectConfig
+    inventory: Inventory
+    inventory_path: Path | None
+    run_id: str
+    state_dir: Path
+    project: str
+    focus: str = "full-suite"
+    criteria: str = "threshold"
+    criteria_expr: str | None = None
+    proof: str | None = None
+    attempts: int | None = None
+    skip_build: bool = False
+    skip_deploy: bool = False
+    results_json: Path | None = None
+    node_concurrency: int = 4
+    started_at: float = field(default_factory=time.time)
+    is_worker: bool = False
+    # Filled lazily per process.
+    deployment_info: dict[str, Any] | None = None
+
+    @property
+    def project_dir(self) -> Path:
+        return self.state_dir / self.project
+
+    @property
+    def run_dir(self) -> Path:
+        return self.project_dir / "runs" / self.run_id
+
+    def suite(self, name: str) -> SuiteConfig:
+        """The ``tests.<name>`` settings (``nat-traversal`` and ``nat_traversal`` both found)."""
+        for key in (name, name.replace("_", "-"), name.replace("-", "_")):
+            for k, v in self.project_config.tests:
+                if k == key:
+                    return v
+        return SuiteConfig()
+
+    def suite_extra(self, name: str, key: str, default: Any) -> Any:
+        return dict(self.suite(name).extra).get(key, default)
+
+    def attempts_for(self, suite: str) -> int:
+        return max(1, self.attempts if self.attempts is not None else self.suite(suite).attempts)
+
+    def reproduce(self) -> str:
+        parts = ["pytest", "--pyargs", "pytest_vpstest.suites", f"--vps-config={self.config_path}"]
+        if self.inventory_path is not None:
+            parts.append(f"--vps-nodes={self.inventory_path}")
+        parts += [f"--vps-project={self.project}", f"--vps-focus={self.focus}"]
+        parts.append(f"--vps-criteria={self.criteria}")
+        if self.criteria_expr:
+            parts.append(f"--vps-criteria-expr={json.dumps(self.criteria_expr)}")
+        if self.attempts is not None:
+            parts.append(f"--vps-attempts={self.attempts}")
+        return " ".join(parts)
+
+
+def run_of(config: pytest.Config) -> RunContext | None:
+    return config.stash.get(RUN_KEY, None)
+
+
+def _require_run(request: pytest.FixtureRequest) -> RunContext:
+    run = run_of(request.config)
+    if run is None:
+        pytest.skip(NOT_CONFIGURED)
+    return run
+
+
+# --------------------------------------------------------------------------------------------
+# Once per run, across processes
+
+
+def once(run_dir: Path, name: str, produce: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``produce`` in exactly one process of the run; every caller gets its JSON result.
+
+    A ``produce`` that raises is recorded as ``{"ok": False, "error": ...}`` so no other worker
+    retries it.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker = run_dir / f"{name}.json"
+    with open(run_dir / f"{name}.lock", "ab") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if marker.exists():
+                loaded: dict[str, Any] = json.loads(marker.read_text(encoding="utf-8"))
+                return loaded
+            try:
+                result = produce()
+            except Exception as exc:  # recorded for every worker, shown in the failing setup
+                result = {
+                    "ok": False,
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "traceback": traceback.format_exc(limit=5),
+                }
+            result.setdefault("pid", os.getpid())
+            from pytest_vpstest.plugin.results import write_json_atomic
+
+            write_json_atomic(marker, result)
+            return result
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(scope="session")
+def vps_run(request: pytest.FixtureRequest) -> RunContext:
+    """The run: config, inventory, run id, directories (skips when the plugin is not configured)."""
+    return _require_run(request)
+
+
+@pytest.fixture(scope="session")
+def vps_config(vps_run: RunContext) -> ProjectConfig:
+    """The validated project config."""
+    return vps_run.project_config
+
+
+@pytest.fixture(scope="session")
+def fleet(vps_run: RunContext) -> Inventory:
+    """The validated inventory of nodes."""
+    return vps_run.inventory
+
+
+@pytest.fixture(scope="session")
+def node_pool(request: pytest.FixtureRequest, vps_run: RunContext) -> Iterator[Any]:
+    """One cached SSH session per node for this process; all closed at session end."""
+    pool = request.config.hook.pytest_vpstest_make_pool(
+        inventory=vps_run.inventory, project_config=vps_run.project_config
+    )
+    try:
+        yield pool
+    finally:
+        pool.close_all()
+
+
+@pytest.fixture(scope="session")
+def node(node_pool: Any) -> Callable[[str], Any]:
+    """``node("saorsa-4")`` → that node's cached session (``run``, ``put``, ``get``)."""
+    return lambda name: node_pool.session(name)
+
+
+def _format_diagnostics(result: Mapping[str, Any]) -> str:
+    lines = [str(d) for d in result.get("errors", [])][:20]
+    if result.get("error"):
+        lines.insert(0, str(result["error"]))
+    return "\n".join(lines) or "no diagnostics"
+
+
+@pytest.fixture(scope="session")
+def build_artifact(request: pytest.FixtureRequest, vps_run: RunContext) -> str | None:
+    """The local build's artifact path, built once per run; None with ``--vps-skip-build``.
+
+    A failed build fails session setup with the parsed errors.
+    """
+    if vps_run.skip_build or vps_run.project_config.build is None:
+        return None
+    result = once(vps_run.run_dir, "build", lambda: request.config.hook.pytest_vpstest_build(run=vps_run))
+    if not result.get("ok"):
+        pytest.fail(f"build failed ({vps_run.config_path}):\n{_format_diagnostics(result)}", pytrace=False)
+    artifact = result.get("artifact")
+    return str(artifact) if artifact else None
+
+
+@pytest.fixture(scope="session")
+def deployment(
+    request: pytest.FixtureRequest, vps_run: RunContext, build_artifact: str | None, node_pool: Any
+) -> dict[str, Any]:
+    """Deploy once per run: ``{"deployed": {node: {"bin"}}, "failed": {node: reason}}``.
+
+    With ``--vps-skip-deploy`` every node is taken as already running the software. Fewer than
+    half the nodes deployed fails session setup.
+    """
+    if vps_run.skip_deploy:
+        result: dict[str, Any] = {"ok": True, "skipped": True, "deployed": {}, "failed": {}}
+    else:
+        result = once(
+            vps_run.run_dir,
+            "deploy",
+            lambda: request.config.hook.pytest_vpstest_deploy(
+                run=vps_run, pool=node_pool, artifact=build_artifact
+            ),
+        )
+        if not result.get("ok"):
+            failed = result.get("failed") or {}
+            details = str(result.get("error") or "") or (
+                "; ".join(f"{n}: {why}" for n, why in failed.items()) or _format_diagnostics(result)
+            )
+            pytest.fail(f"deployment failed: {details}", pytrace=False)
+    vps_run.deployment_info = result
+    return result
+
+
+def failed_nodes(run: RunContext) -> dict[str, str]:
+    """Nodes whose deployment failed in this run (tests touching them skip)."""
+    info = run.deployment_info or {}
+    return {str(k): str(v) for k, v in (info.get("failed") or {}).items()}
+
+
+@pytest.fixture(scope="session")
+def probe(vps_run: RunContext, deployment: dict[str, Any], node_pool: Any) -> Any:
+    """A :class:`pytest_vpstest.fleet.probes.ProbeRunner` for the deployed nodes."""
+    from pytest_vpstest.fleet.probes import NodeSlots, ProbeRunner, binary_path
+
+    deployed = deployment.get("deployed") or {}
+    cfg = vps_run.project_config
+
+    def values_for(name: str) -> dict[str, object]:
+        n = vps_run.inventory.node(name)
+        install = n.install_path or cfg.deploy.install_path
+        info = deployed.get(name) or {}
+        return {
+            "bin": info.get("bin") or binary_path(cfg, install),
+            "install_path": info.get("install_path") or install,
+            "log_dir": info.get("log_dir") or n.log_dir or install.rstrip("/") + "/logs",
+        }
+
+    return ProbeRunner(
+        transport=node_pool,
+        inventory=vps_run.inventory,
+        templates=cfg.probes,
+        values_for=values_for,
+        slots=NodeSlots(vps_run.node_concurrency, vps_run.run_dir / "locks"),
+        default_timeout=vps_run.suite("connectivity").timeout_seconds,
+    )
+
+
+@dataclass
+class Recorder:
+    """Records a suite test's measurement as user properties of its report.
+
+    They travel from xdist workers to the controller with the report, and JUnit XML writes them as
+    test-case properties (with ``junit_family=xunit1`` or ``legacy``; xunit2 has no per-test
+    properties, so the run's metrics are also written as suite properties at session end).
+    Appending to ``user_properties`` directly, rather than through ``record_property``, avoids
+    that fixture's warning under xunit2.
+    """
+
+    item: pytest.Item
+
+    def __call__(
+        self, measurement: Mapping[str, Any], nodes: tuple[str, ...] = (), **flat: float | str | None
+    ) -> None:
+        from pytest_vpstest.plugin.results import MEASUREMENT_KEY, NODES_KEY, encode
+
+        props = self.item.user_properties
+        props.append((MEASUREMENT_KEY, encode(measurement)))
+        if nodes:
+            props.append((NODES_KEY, ",".join(nodes)))
+        props.extend((key, value) for key, value in flat.items() if value is not None)
+
+
+@pytest.fixture
+def vps_record(request: pytest.FixtureRequest) -> Recorder:
+    """``vps_record(measurement, nodes=(...), rate=..)``: attach a measurement to this test's report."""
+    return Recorder(request.node)
+
+
+def skip_if_not_deployed(run: RunContext, *nodes: str) -> None:
+    bad = {n: why for n, why in failed_nodes(run).items() if n in nodes}
+    if bad:
+        pytest.skip("not deployed: " + "; ".join(f"{n} ({why})" for n, why in bad.items()))
+
+
+def parametrize(
+    metafunc: pytest.Metafunc,
+    argname: str,
+    make: Callable[[RunContext], list[Any]],
+    id_of: Callable[[Any], str],
+) -> None:
+    """Parametrize ``argname`` from the run's inventory; one skipped case when there is nothing to run."""
+    if argname not in metafunc.fixturenames:
+        return
+    run = run_of(metafunc.config)
+    if run is None:
+        values = [pytest.param(None, marks=pytest.mark.skip(reason=NOT_CONFIGURED), id="not-configured")]
+    else:
+        items = make(run)
+        values = [pytest.param(v, id=id_of(v)) for v in items] or [
+            pytest.param(
+                None,
+                marks=pytest.mark.skip(reason="no node pairs for this suite in the inventory"),
+                id="no-pairs",
+            )
+        ]
+    metafunc.parametrize(argname, values)
+
+
+# --------------------------------------------------------------------------------------------
+# Default build / deploy / logs (the plugin's trylast hook implementations call these)
+
+
+def service_name(cfg: ProjectConfig) -> str:
+    """The service the software under test runs as: ``<service_prefix>-<module>``."""
+    module = cfg.modules[0][0] if cfg.modules else cfg.project
+    return f"{cfg.deploy.service_prefix}-{module}"
+
+
+def default_build(run: RunContext) -> dict[str, Any]:
+    """Run the configured local build (``build.run_build``; never on a node), its output streamed
+    to the ``pytest_vpstest.fleet.build`` logger, and summarise it as JSON for every worker."""
+    from pytest_vpstest.fleet.build import run_build
+
+    log = logging.getLogger("pytest_vpstest.fleet.build")
+    result = run_build(run.project_config, log=log.info)
+    errors = [str(d) for d in result.errors]
+    if not result.ok and not errors:
+        errors = [result.error or "build failed", *result.output_tail.splitlines()[-20:]]
+    return {
+        "ok": result.ok,
+        "artifact": str(result.artifact) if result.artifact else None,
+        "errors": errors,
+        "warnings": len(result.warnings),
+        "duration": round(result.duration, 3),
+        "command": result.command,
+    }
+
+
+def default_deploy(run: RunContext, pool: Any, artifact: str | None) -> dict[str, Any]:
+    """Deploy with ``deploy.deploy`` and summarise per node; fewer than half deployed is not ok."""
+    from pytest_vpstest.errors import DeployError
+    from pytest_vpstest.fleet import deploy as deploy_mod
+
+    cfg = run.project_config
+    if artifact is None and cfg.build is not None and cfg.build.artifact:
+        artifact = str(cfg.workspace / cfg.build.artifact)
+    if artifact is None:
+        return {
+            "ok": False,
+            "error": "nothing to deploy: no artifact (configure build.artifact or pass --vps-skip-deploy)",
+            "deployed": {},
+            "failed": {},
+        }
+    lines: list[str] = []
+    report: deploy_mod.DeployReport | None
+    error = ""
+    try:
+        report = deploy_mod.deploy(pool, run.inventory, cfg, Path(artifact), log=lines.append)
+    except DeployError as exc:
+        report, error = getattr(exc, "report", None), str(exc)
+    if report is None:
+        return {"ok": False, "error": error, "deployed": {}, "failed": {}, "log": lines}
+    deployed: dict[str, dict[str, Any]] = {}
+    failed: dict[str, str] = {}
+    for name, d in report.per_node.items():
+        if d.ok:
+            plan = deploy_mod.plan_node(run.inventory.node(name), cfg, Path(artifact))
+            deployed[name] = {"bin": plan.binary, "install_path": plan.install_path, "log_dir": plan.log_dir}
+        else:
+            failed[name] = f"{d.stage_failed}: {d.error}"
+    return {"ok": not error, "error": error, "deployed": deployed, "failed": failed, "log": lines[-50:]}
+
+
+def default_fetch_logs(run: RunContext, pool: Any, node: str) -> str:
+    """The last lines of the node's service log, through its service manager."""
+    from pytest_vpstest.fleet.remote import service_manager
+
+    n = run.inventory.node(node)
+    cfg = run.project_config
+    manager = service_manager(
+        pool.session(node),
+        install_path=n.install_path or cfg.deploy.install_path,
+        log_dir=n.log_dir or "/var/log/vpstest",
+    )
+    text: str = manager.logs(service_name(cfg), 500)
+    return text

@@ -1,0 +1,43 @@
+"""Hooks pytest-vpstest adds to pytest; implement them in a ``conftest.py`` or a plugin.
+
+Each receives the run (:class:`pytest_vpstest.plugin.fixtures.RunContext`): the loaded project config,
+the inventory, the run id and the run directory.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from pytest_vpstest.config import Inventory, ProjectConfig
+    from pytest_vpstest.plugin.fixtures import RunContext
+
+
+@pytest.hookspec(firstresult=True)
+def pytest_vpstest_make_pool(inventory: Inventory, project_config: ProjectConfig) -> Any:
+    """Return the node transport (default: ``remote.SessionPool(inventory)``); it must offer
+    ``run(name, command, timeout)``, ``session(name)`` and ``close_all()``."""
+
+
+@pytest.hookspec(firstresult=True)
+def pytest_vpstest_build(run: RunContext) -> dict[str, Any] | None:
+    """Build the artifact locally, once per run; return ``{"ok", "artifact", "duration",
+    "errors", "warnings"}`` (JSON-serialisable: it is shared with xdist workers)."""
+
+
+@pytest.hookspec(firstresult=True)
+def pytest_vpstest_deploy(run: RunContext, pool: Any, artifact: str | None) -> dict[str, Any] | None:
+    """Deploy ``artifact`` to the nodes, once per run; return ``{"ok", "deployed": {node: {"bin"}},
+    "failed": {node: reason}}`` (JSON-serialisable)."""
+
+
+@pytest.hookspec(firstresult=True)
+def pytest_vpstest_fetch_logs(run: RunContext, pool: Any, node: str) -> str | None:
+    """Return the service log text of ``node`` for the evidence (default: the service manager's logs)."""
+
+
+@pytest.hookspec
+def pytest_vpstest_results(run: RunContext, results: dict[str, Any]) -> None:
+    """Called on the controller once the run's results (the results.json document) are final."""

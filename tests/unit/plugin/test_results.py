@@ -1,0 +1,172 @@
+"""Aggregation of recorded measurements into the seed's test_results shape: per-category rates,
+NAT groups with Wilson intervals, gossip delivery/latency/convergence, throughput with iperf3
+beside it; the outcome does not depend on the order reports arrive in (xdist)."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+from pytest_vpstest.plugin.results import (
+    Collector,
+    aggregate,
+    build_test_results,
+    encode,
+    metrics_of,
+    node_rows,
+    pair_rows,
+    percentile,
+)
+
+
+def conn(src: str, dst: str, method: str, category: str, attempts: int, success: int) -> dict[str, Any]:
+    return {
+        "suite": "connectivity",
+        "src": src,
+        "dst": dst,
+        "method": method,
+        "category": category,
+        "attempts": attempts,
+        "success": success,
+        "test": f"c::{src}->{dst}[{method}]",
+    }
+
+
+MEASUREMENTS: list[dict[str, Any]] = [
+    conn("a", "b", "direct", "direct", 3, 3),
+    conn("b", "a", "direct", "direct", 3, 2),
+    conn("a", "b", "holepunch", "nat_traversed", 3, 1),
+    conn("a", "b", "relay", "relay", 3, 3),
+    {
+        "suite": "nat_traversal",
+        "src": "a",
+        "dst": "b",
+        "group": "full-cone~symmetric",
+        "attempts": 10,
+        "success": 7,
+        "test": "n::1",
+    },
+    {
+        "suite": "nat_traversal",
+        "src": "b",
+        "dst": "a",
+        "group": "full-cone~symmetric",
+        "attempts": 10,
+        "success": 9,
+        "test": "n::2",
+    },
+    {
+        "suite": "gossip",
+        "kind": "delivery",
+        "expected": 4,
+        "delivered": 3,
+        "latencies_ms": [10, 20, 30],
+        "duplicates": 1,
+        "test": "g::1",
+    },
+    {
+        "suite": "gossip",
+        "kind": "delivery",
+        "expected": 4,
+        "delivered": 4,
+        "latencies_ms": [5, 15, 25, 100],
+        "duplicates": 0,
+        "test": "g::2",
+    },
+    {
+        "suite": "gossip",
+        "kind": "crdt",
+        "expected": 10,
+        "values": {"a": 10, "b": 10},
+        "digests": {"a": "x", "b": "x"},
+        "converged": True,
+        "test": "g::3",
+    },
+    {
+        "suite": "throughput",
+        "src": "a",
+        "dst": "b",
+        "mbps": [10.0, 20.0],
+        "iperf3_mbps": 900.0,
+        "test": "t::1",
+    },
+    {"suite": "throughput", "src": "b", "dst": "a", "mbps": [30.0], "iperf3_mbps": None, "test": "t::2"},
+]
+
+
+def test_aggregate_matches_the_seed_shape() -> None:
+    suites = aggregate(MEASUREMENTS)
+    assert suites["connectivity"] == {
+        "direct": {"attempts": 6, "success": 5, "rate": 83.3},
+        "nat_traversed": {"attempts": 3, "success": 1, "rate": 33.3},
+        "relay": {"attempts": 3, "success": 3, "rate": 100.0},
+    }
+    assert suites["nat_traversal"] == {
+        "full-cone~symmetric": {"attempts": 20, "success": 16, "rate": 80.0, "ci95": [58.4, 91.93]}
+    }
+    gossip = suites["gossip"]
+    assert gossip["delivery_rate"] == 87.5 and gossip["duplicates"] == 1 and gossip["messages"] == 2
+    assert gossip["latency_ms"] == {"p50": 20.0, "p95": 100.0, "max": 100.0}
+    assert gossip["crdt"] == {"converged": True, "expected": 10, "nodes": 2, "distinct_digests": 1}
+    assert suites["throughput"] == {
+        "pairs": 2,
+        "avg_mbps": 20.0,
+        "min_mbps": 10.0,
+        "max_mbps": 30.0,
+        "iperf3_avg_mbps": 900.0,
+        "iperf3_min_mbps": 900.0,
+        "iperf3_max_mbps": 900.0,
+        "iperf3_pairs": 1,
+    }
+
+
+def test_order_of_arrival_does_not_change_the_numbers() -> None:
+    expected = json.dumps(aggregate(MEASUREMENTS), sort_keys=True)
+    rng = random.Random(4)
+    for _ in range(20):
+        shuffled = MEASUREMENTS[:]
+        rng.shuffle(shuffled)
+        assert json.dumps(aggregate(shuffled), sort_keys=True) == expected
+
+
+def test_collector_reads_properties_and_outcomes() -> None:
+    c = Collector()
+    c.add("t1", "setup", "passed", 0.1, [])
+    c.add("t1", "call", "passed", 1.0, [("vpstest", encode(MEASUREMENTS[0])), ("vpstest.nodes", "a,b")])
+    c.add("t1", "teardown", "passed", 0.0, [])
+    c.add(
+        "t2",
+        "call",
+        "failed",
+        1.0,
+        [("vpstest", encode(MEASUREMENTS[3])), ("vpstest.nodes", "a,b")],
+        "relay never connected",
+    )
+    c.add("t3", "setup", "skipped", 0.0, [], "needs NAT")
+    c.add("plain", "call", "passed", 0.0, [])
+    assert c.counts() == {"passed": 2, "failed": 1, "skipped": 1}
+    assert [t.nodeid for t in c.vps_tests] == ["t1", "t2"]
+    rows = node_rows(c, ["a", "b", "z"])
+    assert rows["a"]["passed"] == 1 and rows["a"]["failed"] == 1
+    assert rows["a"]["output"] == ["t2: relay never connected"]
+    assert rows["z"] == {"passed": 0, "failed": 0, "output": []}
+    assert {m["test"] for m in c.measurements()} == {"t1", "t2"}
+
+
+def test_pair_rows_and_metrics() -> None:
+    rows = pair_rows(MEASUREMENTS)
+    assert rows[0]["from"] == "a" and rows[0]["rate"] == 100.0
+    assert all("from" in r for r in rows) and len(rows) == 8
+    results = build_test_results(MEASUREMENTS, True, "2026-01-01T00:00:00Z")
+    assert results["last_run"] == "2026-01-01T00:00:00Z" and results["passed"] is True
+    metrics = metrics_of(results, {"passed": 3, "failed": 0, "skipped": 1})
+    assert metrics["connectivity.relay.rate"] == 100.0
+    assert metrics["nat_traversal.full_cone_symmetric.rate"] == 80.0
+    assert metrics["tests.failed"] == 0.0
+
+
+def test_percentile_nearest_rank() -> None:
+    assert percentile([1, 2, 3, 4], 50) == 2.0
+    assert percentile([5], 95) == 5.0
+    assert percentile(list(range(1, 101)), 95) == 95.0
