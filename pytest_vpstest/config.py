@@ -208,6 +208,29 @@ class NotifyConfig:
     dashboard_url: str | None = None
 
 
+NodeTests = Literal["auto", "manual", "disabled"]
+NODE_TESTS: tuple[NodeTests, ...] = ("auto", "manual", "disabled")
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    """``vpstest dashboard`` settings: the action token, the test timeout, per-node test modes.
+
+    ``node_tests`` maps a node name to ``auto`` (tests run after each deploy or rollback; the
+    default), ``manual`` (only from the Run tests button) or ``disabled`` (shown gray, never run).
+    """
+
+    token: str | None = None
+    test_timeout_seconds: float = 60.0
+    node_tests: tuple[tuple[str, NodeTests], ...] = ()
+
+    def tests_mode(self, node: str) -> NodeTests:
+        for name, mode in self.node_tests:
+            if name == node:
+                return mode
+        return "auto"
+
+
 @dataclass(frozen=True)
 class ProjectConfig:
     """The project config (seed ``config.yaml`` schema plus optional extensions)."""
@@ -224,6 +247,7 @@ class ProjectConfig:
     probes: ProbeTemplates = field(default_factory=ProbeTemplates)
     fix: FixConfig = field(default_factory=FixConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     # Inventory file (relative to the config file) or "lab".
     inventory: str | None = None
     state_dir: Path | None = None
@@ -303,6 +327,7 @@ PROJECT_KEYS = (
     "probes",
     "fix",
     "notify",
+    "dashboard",
     "inventory",
     "state_dir",
     "focus",
@@ -419,6 +444,7 @@ def parse_project_config(text: str, path: Path | str | None = None) -> ProjectCo
         probes=_probes(r, m["probes"]) if "probes" in m else ProbeTemplates(),
         fix=_fix(r, m["fix"]) if "fix" in m else FixConfig(),
         notify=_notify(r, m["notify"]) if "notify" in m else NotifyConfig(),
+        dashboard=_dashboard(r, m["dashboard"]) if "dashboard" in m else DashboardConfig(),
         inventory=r.string(m["inventory"], "inventory") if "inventory" in m else None,
         state_dir=r.path(m["state_dir"], "state_dir", base) if "state_dir" in m else None,
         focus=cast(Focus, r.choice(m["focus"], "focus", FOCUSES)) if "focus" in m else None,
@@ -647,6 +673,32 @@ def _notify(r: _Reader, node: yaml.Node) -> NotifyConfig:
     return NotifyConfig(
         channels=tuple(channels),
         dashboard_url=r.opt(m, "dashboard_url", lambda n: r.url(n, "notify.dashboard_url")),
+    )
+
+
+def _dashboard(r: _Reader, node: yaml.Node) -> DashboardConfig:
+    m = r.mapping(node, "dashboard", ("token", "test_timeout_seconds", "node_tests"))
+    token = r.opt(m, "token", lambda n: r.string(n, "dashboard.token"))
+    if token is not None and (len(token) < 16 or any(c.isspace() for c in token)):
+        raise r.fail(m["token"], "dashboard.token", "must be at least 16 characters without spaces")
+    modes = (
+        tuple(
+            (
+                r.safe_name(k, f"dashboard.node_tests.{k.value}", is_key=True),
+                cast(NodeTests, r.choice(v, f"dashboard.node_tests.{k.value}", NODE_TESTS)),
+            )
+            for k, v in r.entries(m["node_tests"], "dashboard.node_tests")
+        )
+        if "node_tests" in m
+        else ()
+    )
+    return DashboardConfig(
+        token=token,
+        test_timeout_seconds=r.number(m["test_timeout_seconds"], "dashboard.test_timeout_seconds",
+                                      positive=True)
+        if "test_timeout_seconds" in m
+        else DashboardConfig().test_timeout_seconds,
+        node_tests=modes,
     )
 
 

@@ -255,7 +255,7 @@ class Runner:
         self._install_signals = install_signal_handlers
         self._log_lock = threading.Lock()
         self.runner_log = self.dir / "runner.log"
-        channels = build_channels(config.notify, self._log_line)
+        channels = build_channels(config.notify, self._log_line, self._dashboard_token)
         self.notifier = notifier or Notifier(self.dir / "outbox", self.project, channels, log=self._log_line)
         if stages is None:
             from pytest_vpstest.loop.stages import FleetStages
@@ -267,6 +267,23 @@ class Runner:
         self._heartbeat_stop = threading.Event()
         self.state: m.RunState | None = None
         self.extra: dict[str, Any] = {}
+
+    def _run_files(self) -> dict[str, Any]:
+        """Where this run's config and inventory are, for readers that act on the fleet (the dashboard)."""
+        files: dict[str, Any] = {}
+        if self.config.path is not None:
+            files["config"] = str(self.config.path)
+        if self.inventory.path is not None:
+            files["inventory"] = str(self.inventory.path)
+        return files
+
+    def _dashboard_token(self) -> str | None:
+        """The token the dashboard accepts POSTs with: the config's, else the one it wrote at start-up."""
+        if self.config.dashboard.token:
+            return self.config.dashboard.token
+        from pytest_vpstest.dashboard.token import read_token
+
+        return read_token(self.state_dir)
 
     # ------------------------------------------------------------------ logging
 
@@ -447,7 +464,7 @@ class Runner:
             if resume_only:
                 raise StateError(f"project '{self.project}': no state file to resume in {self.dir}")
             self.state = m.initial_state(self.project, self.clock())
-            self.extra = {"test_results": {}, "nodes": {}, "logs": [], "runner": {}}
+            self.extra = {"test_results": {}, "nodes": {}, "logs": [], "runner": self._run_files()}
             self.log(f"new run of {self.project} (pid {os.getpid()})")
             pending.extend(self._apply(m.Start()))
         try:

@@ -1,0 +1,52 @@
+"""The dashboard's action token: from the config, or made at start-up and kept in the state directory.
+
+The runner reads the same file to authenticate its POSTs, so a dashboard started after a runner is
+still accepted. The file is ``<state_dir>/.dashboard/token`` (mode 0600); the leading dot keeps it
+out of the project names (which start with a letter or digit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+
+__all__ = ["read_token", "token_path", "use_token"]
+
+
+def token_path(state_dir: Path) -> Path:
+    return Path(state_dir) / ".dashboard" / "token"
+
+
+def read_token(state_dir: Path) -> str | None:
+    """The token a running (or the last) dashboard of ``state_dir`` accepts, or None."""
+    try:
+        text = token_path(state_dir).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return text or None
+
+
+def use_token(state_dir: Path, configured: str | None) -> str:
+    """The token to require: ``configured`` when set, else the kept one, else a new random one.
+
+    Whatever is chosen is written to the token file so the runner's POSTs carry it.
+    """
+    token = configured or read_token(state_dir) or secrets.token_urlsafe(24)
+    path = token_path(state_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".token.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, (token + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return token
