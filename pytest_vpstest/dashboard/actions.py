@@ -93,7 +93,7 @@ class ActionRunner:
             str(suites),
             "-p",
             "no:cacheprovider",
-            "-q",
+            "-v",
             "-o",
             "addopts=",
             "--rootdir",

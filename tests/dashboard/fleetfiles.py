@@ -28,7 +28,8 @@ class FakeProject:
     """One project: config + inventory files, state via the store, runs via the history."""
 
     def __init__(self, state_dir: Path, project: str, nodes: Sequence[str], *,
-                 node_tests: Mapping[str, str] | None = None, token: str | None = None) -> None:
+                 node_tests: Mapping[str, str] | None = None, token: str | None = None,
+                 test_timeout: float | None = None) -> None:
         self.state_dir = state_dir
         self.project = project
         self.nodes = list(nodes)
@@ -45,8 +46,10 @@ class FakeProject:
         self.inventory_path.write_text("\n".join(inv) + "\n")
         cfg = [f"project: {project}", "inventory: inventory.yaml", f"state_dir: {state_dir}",
                "build: {command: 'true', artifact: dist/agent.pyz}"]
-        if node_tests or token:
+        if node_tests or token or test_timeout:
             cfg.append("dashboard:")
+            if test_timeout:
+                cfg.append(f"  test_timeout_seconds: {test_timeout}")
             if token:
                 cfg.append(f"  token: {token}")
             if node_tests:
