@@ -27,6 +27,7 @@ __all__ = [
     "append_rollback",
     "latest_test_run",
     "new_test_run_dir",
+    "nodes_with_test_runs",
     "rollbacks",
     "write_json_atomic",
 ]
@@ -56,6 +57,14 @@ def new_test_run_dir(project_dir: Path, node: str) -> Path:
     path = _root(project_dir) / "tests" / node / stamp
     path.mkdir(parents=True, exist_ok=False)
     return path
+
+
+def nodes_with_test_runs(project_dir: Path) -> set[str]:
+    """Names of the nodes that have at least one dashboard test run (one directory listing)."""
+    try:
+        return set(os.listdir(_root(project_dir) / "tests"))
+    except OSError:
+        return set()
 
 
 def latest_test_run(project_dir: Path, node: str) -> dict[str, Any] | None:

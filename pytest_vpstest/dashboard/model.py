@@ -18,8 +18,8 @@ __all__ = [
     "ago",
     "history_series",
     "matrix_cells",
-    "tests_colour",
-    "tests_tooltip",
+    "node_tests_colour",
+    "node_tests_tooltip",
     "wilson",
 ]
 
@@ -43,7 +43,7 @@ class NodeTestFacts:
     failed: int = 0
 
 
-def tests_colour(f: NodeTestFacts) -> TestsColour:
+def node_tests_colour(f: NodeTestFacts) -> TestsColour:
     """gray disabled; blue running; yellow not run since the last deploy; red failed; green passed."""
     if f.mode == "disabled":
         return "gray"
@@ -68,7 +68,7 @@ def ago(seconds: float) -> str:
     return f"{int(s // 86400)} d ago"
 
 
-def tests_tooltip(f: NodeTestFacts, now: float) -> str:
+def node_tests_tooltip(f: NodeTestFacts, now: float) -> str:
     """E.g. ``Last test: 2 min ago (8/8 passed)``, with why the colour is what it is."""
     if f.mode == "disabled":
         return "Tests disabled for this node"

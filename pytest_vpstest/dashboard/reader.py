@@ -31,8 +31,8 @@ from pytest_vpstest.dashboard.model import (
     NodeTestFacts,
     history_series,
     matrix_cells,
-    tests_colour,
-    tests_tooltip,
+    node_tests_colour,
+    node_tests_tooltip,
 )
 from pytest_vpstest.errors import VpsTestError
 from pytest_vpstest.records.history import History
@@ -298,6 +298,7 @@ class StateReader:
         for r in files.rollbacks(pdir):
             rollbacks[str(r.get("node"))] = r
         history = self.node_tests(project)
+        tested_here = files.nodes_with_test_runs(pdir)
         build = self.artifact_hash(project)
         commits = doc.get("commits") or []
         inv_nodes = {n.name: n for n in pf.inventory.nodes} if pf.inventory is not None else {}
@@ -311,7 +312,7 @@ class StateReader:
             changed = max(
                 (t for t in (last_deploy if entry.get("deployed") else None, rb_time) if t), default=None
             )
-            manual = files.latest_test_run(pdir, name)
+            manual = files.latest_test_run(pdir, name) if name in tested_here else None
             h = history.get(name)
             tested_at, passed, failed = (h["finished"], h["passed"], h["failed"]) if h else (None, 0, 0)
             if manual and manual.get("state") in ("timeout", "error", "failed", "passed"):
@@ -349,9 +350,9 @@ class StateReader:
                     "build": "previous build (rolled back)" if rolled_back else (build or None),
                     "commit": commits[-1]["sha"][:12] if commits and not rolled_back else None,
                     "health": health,
-                    "tests": tests_colour(facts),
+                    "tests": node_tests_colour(facts),
                     "tests_mode": facts.mode,
-                    "tooltip": tests_tooltip(facts, now),
+                    "tooltip": node_tests_tooltip(facts, now),
                 }
             )
         return out

@@ -15,8 +15,15 @@ from pytest_vpstest.dashboard.app import Settings
 from pytest_vpstest.dashboard.server import DashboardServer
 
 CHROMIUM = os.environ.get("VPSTEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 TOKEN = "test-token-0123456789abcdef"
 
 

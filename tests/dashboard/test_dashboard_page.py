@@ -94,9 +94,13 @@ def test_page_follows_the_loop_without_a_reload(state_dir: Path, dashboard: Any,
 def test_popup_shows_failed_pairs_and_output(state_dir: Path, dashboard: Any, page: Any) -> None:
     fp = deployed_fleet(state_dir)
     fp.move("TEST")
-    pairs = [{"suite": "connectivity", "from": "n2", "to": "n1", "method": "direct", "attempts": 10, "success": 3},
-             {"suite": "connectivity", "from": "n1", "to": "n3", "method": "relay", "attempts": 10, "success": 10}]
-    fp.record_test("r1", {"n1": (1, 0, ""), "n2": (0, 1, "test_direct[n2->n1] FAILED: 3/10 connected")}, pairs)
+    pairs = [
+        {"suite": "connectivity", "from": "n2", "to": "n1", "method": "direct", "attempts": 10, "success": 3},
+        {"suite": "connectivity", "from": "n1", "to": "n3", "method": "relay", "attempts": 10, "success": 10},
+    ]
+    fp.record_test(
+        "r1", {"n1": (1, 0, ""), "n2": (0, 1, "test_direct[n2->n1] FAILED: 3/10 connected")}, pairs
+    )
     fp.move("FIX")
     server = dashboard()
     page.goto(server.url)
@@ -113,14 +117,20 @@ def test_popup_shows_failed_pairs_and_output(state_dir: Path, dashboard: Any, pa
 
 
 def test_script_in_test_names_and_node_output_is_shown_as_text(
-        state_dir: Path, dashboard: Any, page: Any) -> None:
+    state_dir: Path, dashboard: Any, page: Any
+) -> None:
     fp = deployed_fleet(state_dir)
     fp.move("TEST", f"tests failed: {XSS}")
-    fp.record_test("r1", {"n1": (0, 1, f"FAILED test_{XSS}"), "n2": (1, 0, "")},
-                   [{"suite": XSS, "from": "n1", "to": "n2", "method": "direct", "attempts": 2, "success": 0}])
+    fp.record_test(
+        "r1",
+        {"n1": (0, 1, f"FAILED test_{XSS}"), "n2": (1, 0, "")},
+        [{"suite": XSS, "from": "n1", "to": "n2", "method": "direct", "attempts": 2, "success": 0}],
+    )
     fp.set_node("n1", error=f"disk: {XSS}", health=XSS)
     (fp.dir / "runner.log").write_text(f"line with {XSS}\n")
-    (fp.dir / "proof-1.md").write_text(f"# Proof\n\nfailed test: {XSS}\n\n[link](javascript:window.__pwned=1)\n")
+    (fp.dir / "proof-1.md").write_text(
+        f"# Proof\n\nfailed test: {XSS}\n\n[link](javascript:window.__pwned=1)\n"
+    )
     server = dashboard()
     dialogs: list[str] = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
@@ -166,7 +176,14 @@ def test_matrix_heat_map_marks_cells_against_nat_theory(state_dir: Path, dashboa
     pairs = [
         {"suite": "connectivity", "from": "n1", "to": "n2", "method": "direct", "attempts": 10, "success": 0},
         {"suite": "connectivity", "from": "n1", "to": "n3", "method": "direct", "attempts": 10, "success": 0},
-        {"suite": "connectivity", "from": "n4", "to": "n3", "method": "holepunch", "attempts": 20, "success": 20},
+        {
+            "suite": "connectivity",
+            "from": "n4",
+            "to": "n3",
+            "method": "holepunch",
+            "attempts": 20,
+            "success": 20,
+        },
         {"suite": "connectivity", "from": "n2", "to": "n1", "method": "relay", "attempts": 10, "success": 10},
     ]
     fp.record_test("r1", {"n1": (1, 0, "")}, pairs)
@@ -195,10 +212,16 @@ def test_history_charts_link_each_point_to_its_run(state_dir: Path, dashboard: A
     fp.move("TEST")
     base = time.time() - 100
     for i in range(5):
-        fp.record_test(f"run-{i}", {"n1": (1, 0, "")}, started=base + 10 * i, metrics={
-            "connectivity": {"direct": {"rate": 80.0 + i}, "relay": {"rate": 100.0}},
-            "throughput": {"all": {"avg_mbps": 50.0 + i, "iperf3_avg_mbps": 100.0}},
-            "gossip": {"all": {"delivery_rate": 99.0}, "latency_ms": {"p50": 12.0, "p95": 40.0}}})
+        fp.record_test(
+            f"run-{i}",
+            {"n1": (1, 0, "")},
+            started=base + 10 * i,
+            metrics={
+                "connectivity": {"direct": {"rate": 80.0 + i}, "relay": {"rate": 100.0}},
+                "throughput": {"all": {"avg_mbps": 50.0 + i, "iperf3_avg_mbps": 100.0}},
+                "gossip": {"all": {"delivery_rate": 99.0}, "latency_ms": {"p50": 12.0, "p95": 40.0}},
+            },
+        )
     server = dashboard()
     page.goto(server.url)
     page.locator(".section-history summary").click()
@@ -269,7 +292,9 @@ def test_run_tests_streams_output_and_colours_the_result(state_dir: Path, dashbo
     expect(page.locator("#node-message")).to_have_text("Tests started.")
     expect(page.locator('tr[data-node="n1"] .comp.tests')).to_have_attribute("data-colour", "blue")
     expect(page.locator("#node-output")).to_contain_text("test_connectivity.py::", timeout=30_000)
-    expect(page.locator('tr[data-node="n1"] .comp.tests')).to_have_attribute("data-colour", "red", timeout=40_000)
+    expect(page.locator('tr[data-node="n1"] .comp.tests')).to_have_attribute(
+        "data-colour", "red", timeout=40_000
+    )
     # The record is in files: a restarted dashboard shows the same.
     server.stop()
     again = dashboard()
