@@ -194,9 +194,13 @@ def create_app(settings: Settings) -> Starlette:
                 yield b"retry: 1000\nevent: hello\ndata: {}\n\n"
                 while True:
                     try:
-                        yield await asyncio.wait_for(queue.get(), timeout=15)
+                        frame = await asyncio.wait_for(queue.get(), timeout=15)
                     except TimeoutError:
                         yield b": keep-alive\n\n"
+                        continue
+                    if not frame:  # the server is stopping
+                        return
+                    yield frame
             finally:
                 hub.unsubscribe(queue)
 
@@ -212,7 +216,10 @@ def create_app(settings: Settings) -> Starlette:
             path = Path(run["dir"]) / "output.log"
         else:
             path = reader.project_dir(p) / "runner.log"
-        return StreamingResponse(_follow(path, request.is_disconnected), media_type="text/event-stream")
+        async def gone() -> bool:
+            return hub.closing or await request.is_disconnected()
+
+        return StreamingResponse(_follow(path, gone), media_type="text/event-stream")
 
     # -- writes ------------------------------------------------------------------------------
     async def runner_event(request: Request) -> Response:

@@ -38,6 +38,7 @@ class Hub:
         self._stamps: dict[str, Any] = {}
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self.closing = False
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -68,10 +69,24 @@ class Hub:
             with contextlib.suppress(asyncio.QueueFull):  # a stalled page misses notices, never blocks
                 q.put_nowait(frame)
 
+    def shutdown(self) -> None:
+        """Thread-safe: end every open stream (so a stopping server does not wait for the pages)."""
+        self.closing = True
+        self._call(self._end_streams)
+
+    def _end_streams(self) -> None:
+        for q in list(self._queues):
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait(b"")
+
     def changed(self, project: str) -> None:
         """Thread-safe: tell pages that ``project`` changed."""
+        self._call(self.publish, "changed", {"project": project})
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.publish, "changed", {"project": project})
+            with contextlib.suppress(RuntimeError):  # the server has stopped: nobody to tell
+                self._loop.call_soon_threadsafe(fn, *args)
 
     # -- polling -----------------------------------------------------------------------------
     def _scan(self) -> dict[str, Any]:

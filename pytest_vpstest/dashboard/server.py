@@ -56,6 +56,7 @@ class DashboardServer:
         return self
 
     def stop(self) -> None:
+        self.app.state.hub.shutdown()
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)

@@ -42,25 +42,25 @@ def _unavailable() -> str | None:
     return None if ok else f"network namespaces unavailable: {why}"
 
 
-def _screenshots(page: Any, node: str) -> None:
+def _screenshots(pg: Any, node: str) -> None:
     """With VPSTEST_DASHBOARD_SCREENSHOTS=DIR, the pictures in docs/ are taken from this real run."""
     out = os.environ.get("VPSTEST_DASHBOARD_SCREENSHOTS")
     if not out:
         return
     Path(out).mkdir(parents=True, exist_ok=True)
-    page.set_viewport_size({"width": 1200, "height": 900})
-    page.screenshot(path=f"{out}/dashboard-fleet.png", full_page=True)
-    page.mouse.move(0, 0)
-    page.locator(".section-matrix summary").click()
-    page.locator(".section-matrix").screenshot(path=f"{out}/dashboard-matrix.png")
-    page.locator(".section-matrix summary").click()
-    page.locator(".section-history summary").click()
-    page.locator(".chart a.point").first.wait_for()
-    page.locator(".section-history").screenshot(path=f"{out}/dashboard-history.png")
-    page.locator(".section-history summary").click()
-    page.locator(f'tr[data-node="{node}"]').click()
-    page.locator("#node-dialog").screenshot(path=f"{out}/dashboard-node.png")
-    page.keyboard.press("Escape")
+    pg.set_viewport_size({"width": 1200, "height": 900})
+    pg.locator(".section-matrix summary").click()
+    pg.locator(".section-matrix").screenshot(path=f"{out}/dashboard-matrix.png")
+    pg.locator(".section-matrix summary").click()
+    pg.locator(".section-history summary").click()
+    pg.locator(".chart a.point").first.wait_for()
+    pg.locator(".section-history").screenshot(path=f"{out}/dashboard-history.png")
+    pg.locator(".section-history summary").click()
+    pg.locator(f'tr[data-node="{node}"]').click()
+    pg.locator("#node-dialog").screenshot(path=f"{out}/dashboard-node.png")
+    pg.keyboard.press("Escape")
+    pg.locator(f'tr[data-node="{node}"] .comp.tests').hover()
+    pg.screenshot(path=f"{out}/dashboard-fleet.png", full_page=True)
 
 
 def _in_order(seq: list[str], *wanted: tuple[str, ...]) -> bool:
@@ -117,7 +117,6 @@ def test_dashboard_follows_the_loop_and_rolls_back(tmp_path: Path, page: Any) ->
         tests = page.locator(f'tr[data-node="{node}"] .comp.tests')
         tests.hover()
         expect(page.locator("#tooltip")).to_contain_text(re.compile(r"Last test: .* ago \((\d+)/\1 passed\)"))
-        _screenshots(page, node)
 
         # A restarted dashboard reads the same files; the node's tests run by hand only, so the
         # yellow after the rollback stays until Run tests.
@@ -129,6 +128,7 @@ def test_dashboard_follows_the_loop_and_rolls_back(tmp_path: Path, page: Any) ->
             page.goto(server.url)
             tests = page.locator(f'tr[data-node="{node}"] .comp.tests')
             expect(tests).to_have_attribute("data-colour", "green")
+            _screenshots(page, node)
             page.locator(f'tr[data-node="{node}"]').click()
             page.locator("#btn-rollback").click()
             expect(page.locator("#confirm-dialog")).to_be_visible()
