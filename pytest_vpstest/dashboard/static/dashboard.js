@@ -184,6 +184,7 @@ function chart(title, series, project) {
     svg("line", { x1: L, y1: H - B, x2: W, y2: H - B, stroke: "#999" }),
     svg("text", { x: 2, y: 14, "font-size": 10 }, String(hi)),
     svg("text", { x: 2, y: H - B, "font-size": 10 }, String(lo)));
+  let legendX = L + 4;
   names.forEach((n, i) => {
     const c = colours[i % colours.length];
     const line = series[n].map((p) => `${x(p[0]).toFixed(1)},${y(p[2]).toFixed(1)}`).join(" ");
@@ -194,7 +195,8 @@ function chart(title, series, project) {
         svg("title", {}, `${n}: ${p[2]} (run ${p[0]}, ${p[1]})`));
       s.append(a);
     }
-    s.append(svg("text", { x: L + 4 + 110 * i, y: H - 4, "font-size": 10, fill: c }, n));
+    s.append(svg("text", { x: legendX, y: H - 4, "font-size": 10, fill: c }, n));
+    legendX += 6 * n.length + 12;
   });
   root.append(s);
   return root;
