@@ -153,12 +153,14 @@ def test_quorum_can_be_assembled_across_ticks() -> None:
 
 
 def test_observation_exactly_stale_secs_old_still_counts_one_more_does_not() -> None:
-    sm = machine()
-    sm.tick(200, seen(PRIMARY, 20))  # 180 s old: fresh
-    assert isinstance(sm.state_of(PRIMARY), Provisioning)  # fresh, but older than T1: not recent enough
-    sm2 = machine()
-    sm2.tick(181, [Observation(PRIMARY, o, 181, 0) for o in OBSERVERS])
-    assert isinstance(sm2.state_of(PRIMARY), Provisioning)
+    # Live from a quorum at 10; the next quorum is stamped 131 and arrives late. If it counts, the
+    # node was last seen at 131 and turns Suspect T1 later (251); if not, T1 after 10 (130).
+    exactly_stale = machine()
+    exactly_stale.tick(10, seen(PRIMARY, 10))
+    assert exactly_stale.tick(131 + 180, seen(PRIMARY, 131)) == [BecameSuspect(PRIMARY, 251)]
+    one_second_more = machine()
+    one_second_more.tick(10, seen(PRIMARY, 10))
+    assert one_second_more.tick(131 + 181, seen(PRIMARY, 131)) == [BecameSuspect(PRIMARY, 130)]
 
 
 def test_far_future_stamps_do_not_count() -> None:
