@@ -7,12 +7,12 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_vpstest._files import write_text_atomic
 from pytest_vpstest.errors import LabError
 from pytest_vpstest.lab import netns
 from pytest_vpstest.lab.plan import AGENT_PORT
@@ -70,9 +70,7 @@ class LabRecord:
 
     def save(self) -> None:
         path = Path(self.lab_dir) / RECORD_NAME
-        tmp = path.with_name(f".{RECORD_NAME}.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(asdict(self), indent=2) + "\n")
 
 
 def load_record(lab_dir: Path) -> LabRecord | None:

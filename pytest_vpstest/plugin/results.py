@@ -8,11 +8,9 @@ exactly the numbers of a serial run.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_vpstest._files import write_json_atomic
 from pytest_vpstest.criteria import Check, Verdict, flatten_metrics, rate, wilson_interval
 from pytest_vpstest.plugin.pairs import CATEGORIES
 
@@ -249,23 +248,6 @@ def node_rows(collector: Collector, nodes: Iterable[str]) -> dict[str, dict[str,
             elif t.outcome == "passed":
                 row["passed"] += 1
     return rows
-
-
-def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
-    """Write JSON via a temp file in the same directory and a rename (readers never see half)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------------------------

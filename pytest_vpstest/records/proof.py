@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_vpstest._files import write_json_atomic, write_text_atomic
 from pytest_vpstest.config import Inventory, Node
 from pytest_vpstest.criteria import Verdict
 from pytest_vpstest.plugin.pairs import METHODS
-from pytest_vpstest.plugin.results import write_json_atomic
 
 _LETTER = {"direct": "d", "holepunch": "h", "relay": "r"}
 
@@ -209,8 +209,7 @@ def write_proof(state_project_dir: Path, p: ProofInput) -> Path:
     while path.exists():
         n += 1
         path = state_project_dir / f"proof-{stamp}-{n}.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_proof(p), encoding="utf-8")
+    write_text_atomic(path, render_proof(p))
     return path
 
 
@@ -258,7 +257,7 @@ def write_metrics(
             "test_results": dict(test_results),
         },
     )
-    prom_path.write_text(prometheus_text(metrics, labels), encoding="utf-8")
+    write_text_atomic(prom_path, prometheus_text(metrics, labels))
     return {"Metrics": str(json_path), "Prometheus": str(prom_path)}
 
 
@@ -279,7 +278,7 @@ def collect_logs(nodes: Sequence[Node], fetch: Callable[[Node], str], logs_dir: 
             text = fetch(node)
         except Exception as exc:  # one node's failure must not stop collection from the others
             text = f"# could not collect logs from {node.name}: {type(exc).__name__}: {exc}\n"
-        (logs_dir / f"{node.name}.log").write_text(text, encoding="utf-8")
+        write_text_atomic(logs_dir / f"{node.name}.log", text)
     return {"Logs": str(logs_dir) + "/"}
 
 

@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from pytest_vpstest._files import fsync_dir, write_bytes_atomic
 from pytest_vpstest._proc import pid_alive
 from pytest_vpstest.errors import LeaseHeldError, StaleLeaseError, StateError
 
@@ -155,39 +156,14 @@ def _process_start(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 else None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(path: Path, data: bytes, pause: str | None = None) -> None:
-    """Replace ``path`` with ``data``: temp file in the same directory, fsync, rename, fsync directory."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    os.close(fd)
-    if pause is not None and _pause_hook is not None:
-        _pause_hook(pause)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
+    """Replace ``path`` with ``data`` through the package's one atomic writer (``_files``)."""
+
+    def before_replace() -> None:
+        if pause is not None and _pause_hook is not None:
+            _pause_hook(pause)
+
+    write_bytes_atomic(path, data, before_replace=before_replace)
 
 
 def _line_start(fd: int, end: int) -> int:
@@ -754,7 +730,7 @@ class StateStore:
             if exc.errno == errno.ENOENT:
                 return target
             raise StateError(f"{path}: cannot move the unreadable file to {target}: {exc}") from exc
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return target
 
     def _state_document(self, document: Mapping[str, Any], token: int, seq: int) -> dict[str, Any]:
