@@ -92,6 +92,18 @@ class Check:
             return None
         return round(self.measured - self.target, 3)
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> Check:
+        """A check as :meth:`Verdict.to_json` wrote it (``gap`` is derived, so not read)."""
+        return cls(
+            metric=str(data.get("metric", "")),
+            op=str(data.get("op", ">=")),
+            target=_opt_float(data.get("target"), "target"),
+            measured=_opt_float(data.get("measured"), "measured"),
+            passed=bool(data.get("passed", False)),
+            note=str(data.get("note") or ""),
+        )
+
     def describe(self) -> str:
         mark = "ok  " if self.passed else "FAIL"
         measured = "n/a" if self.measured is None else _fmt(self.measured)
@@ -105,6 +117,14 @@ class Check:
 
 def _fmt(x: float) -> str:
     return f"{x:g}"
+
+
+def _opt_float(value: object, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"verdict check: {name} must be a number or null, got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -132,6 +152,25 @@ class Verdict:
             "failures": self.failures,
             "notes": list(self.notes),
         }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> Verdict:
+        """The verdict :meth:`to_json` wrote (results.json ``verdict``); ``failures`` and each
+        check's ``gap`` are derived, so they are not read. Missing keys take their defaults."""
+        checks = data.get("checks") or ()
+        notes = data.get("notes") or ()
+        if not isinstance(checks, list | tuple) or not all(isinstance(c, Mapping) for c in checks):
+            raise ValueError(f"verdict: 'checks' must be a list of objects, got {checks!r}")
+        if not isinstance(notes, list | tuple):
+            raise ValueError(f"verdict: 'notes' must be a list, got {notes!r}")
+        expression = data.get("expression")
+        return cls(
+            passed=bool(data.get("passed", False)),
+            criteria=str(data.get("criteria", "")),
+            checks=tuple(Check.from_json(c) for c in checks),
+            notes=tuple(str(n) for n in notes),
+            expression=None if expression is None else str(expression),
+        )
 
     def summary_lines(self) -> list[str]:
         head = f"vpstest verdict ({self.criteria}): {'PASSED' if self.passed else 'FAILED'}"
