@@ -1,6 +1,6 @@
 """Project config (and, re-exported, the node inventory): loaded once, validated, frozen.
 
-The project config follows the schema of the seed's ``config.yaml`` (workspace, modules,
+The project config follows the base ``config.yaml`` schema (workspace, modules,
 build, deploy, bootstrap, tests, soak) so an existing file loads unchanged; the keys this
 project adds (project, inventory, state_dir, focus, criteria, criteria_expr, proof, probes, fix,
 notify, and the wait lengths under soak) are all optional. The inventory lists the nodes.
@@ -120,7 +120,7 @@ class BootstrapConfig:
 
 @dataclass(frozen=True)
 class SuiteConfig:
-    """Settings of one suite (the seed's ``tests.<suite>`` block)."""
+    """Settings of one suite (the ``tests.<suite>`` block)."""
 
     success_criteria: tuple[tuple[str, float], ...] = ()
     nat_cooloff_seconds: float = 30.0
@@ -146,7 +146,7 @@ class SoakConfig:
 
 @dataclass(frozen=True)
 class ProbeTemplates:
-    """Command templates of the probe contract (DESIGN.md). Values are shell-quoted when filled.
+    """Command templates of the probe contract (docs/internals.md). Values are shell-quoted when filled.
 
     Placeholders: {bin} {node} {peer} {peer_address} {method} {timeout} {topic}
     {message_id} {seconds} {amount} {install_path}.
@@ -188,7 +188,7 @@ class NotifyConfig:
 
 @dataclass(frozen=True)
 class ProjectConfig:
-    """The project config (seed ``config.yaml`` schema plus optional extensions)."""
+    """The project config (the base ``config.yaml`` schema plus optional extensions)."""
 
     path: Path | None
     project: str
@@ -268,7 +268,7 @@ PROJECT_KEYS = (
 
 
 def load_project_config(path: Path | str) -> ProjectConfig:
-    """Read and validate a project config file (the seed's ``config.yaml`` schema plus our keys).
+    """Read and validate a project config file (the base ``config.yaml`` schema plus our keys).
 
     Raises ConfigError (file, line, key, allowed values) for anything wrong, including a missing
     or unreadable file.

@@ -1,6 +1,6 @@
 """Success criteria: verdicts over a run's metrics, and the confidence interval of a rate.
 
-Four modes (seeds/001): ``all-pass``, ``threshold`` (per-category targets from config),
+Four modes: ``all-pass``, ``threshold`` (per-category targets from config),
 ``improvement`` (not worse than the previous run of the same project and focus) and ``custom``
 (a small expression language parsed here: no ``eval``). Everything is pure: metrics in, a
 :class:`Verdict` out, each check with its target, what was measured and the gap.
@@ -44,7 +44,7 @@ def wilson_interval(success: int, attempts: int, z: float = 1.959963984540054) -
 
 
 def rate(success: int, attempts: int) -> float:
-    """Success rate in percent, one decimal (the seed's 98.6); 0.0 without attempts."""
+    """Success rate in percent, one decimal (71 of 72 is 98.6); 0.0 without attempts."""
     return round(100.0 * success / attempts, 1) if attempts else 0.0
 
 
@@ -234,7 +234,7 @@ def threshold(
 
     A key names a category (its ``rate`` is compared) or a metric of the suite. Rates and
     throughput are floors (``>=``); latencies, duplicates and failures are ceilings (``<=``).
-    Suites with no configured target use :data:`DEFAULT_TARGETS` (the seed's 99/85/100).
+    Suites with no configured target use :data:`DEFAULT_TARGETS` (direct 99, nat_traversed 85, relay 100).
     """
     checks = [_tests_check(metrics)]
     notes: list[str] = []

@@ -14,7 +14,7 @@ Channels: ``log`` (always; the runner's logger), ``webhook`` (HTTP POST of the e
 (``notify.dashboard_url``: every state transition and notification, as JSON).
 
 Transition events (kind ``transition``) go to the log and the dashboard only; the other kinds
-(the seed's voice-notification moments) go to every channel.
+(the machine's ``NOTIFY_KINDS``) go to every channel.
 """
 
 from __future__ import annotations

@@ -339,7 +339,7 @@ class FleetStages:
 
     @staticmethod
     def _final_proof(ctx: StageContext) -> Path | None:
-        """The loop's proof (seeds/001): the last run's criteria, the whole loop's duration, COMPLETE."""
+        """The loop's proof: the last run's criteria, the whole loop's duration, COMPLETE."""
         from pytest_vpstest.criteria import Verdict
         from pytest_vpstest.records.proof import ProofInput, write_proof
 

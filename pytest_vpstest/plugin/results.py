@@ -1,4 +1,4 @@
-"""Aggregate the suites' recorded measurements into the seed's ``test_results`` shape.
+"""Aggregate the suites' recorded measurements into the state file's ``test_results`` shape.
 
 Each suite test records one measurement (a JSON object) as the user property ``vpstest``; it
 travels with the test report from xdist workers to the controller, where a :class:`Collector`
@@ -224,7 +224,7 @@ def pair_rows(measurements: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]
 def build_test_results(
     measurements: Sequence[Mapping[str, Any]], passed: bool, last_run: str
 ) -> dict[str, Any]:
-    """The seed's ``test_results`` section."""
+    """The state file's ``test_results`` section."""
     return {"last_run": last_run, "passed": passed, "suites": aggregate(measurements)}
 
 

@@ -1,4 +1,4 @@
-"""Evidence and the proof document (seeds/001 "Proof Summary File").
+"""Evidence and the proof document (``proof-<timestamp>.md``, docs/plugin.md "Outputs").
 
 Rendering is pure (:func:`render_matrix`, :func:`render_proof`, :func:`prometheus_text`);
 the writers put files under the state directory and return their paths.
@@ -167,7 +167,7 @@ class ProofInput:
 
 
 def render_proof(p: ProofInput) -> str:
-    """The proof markdown after seeds/001: date, duration, result, criteria, evidence, nodes, matrix."""
+    """The proof markdown: date, duration, result, criteria, evidence, nodes, matrix."""
     label = p.result_label or ("PASSED" if p.verdict.passed else "FAILED")
     date = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(p.finished_at))
     checks = [asdict(c) | {"gap": c.gap} for c in p.verdict.checks]
@@ -214,7 +214,7 @@ def write_proof(state_project_dir: Path, p: ProofInput) -> Path:
 
 
 def fix_commits_of(state: Mapping[str, Any] | None) -> list[str]:
-    """Short shas of the fix commits listed in a state document (seeds/000 ``commits``)."""
+    """Short shas of the fix commits listed in a state document (its ``commits``)."""
     commits = (state or {}).get("commits") or []
     return [str(c.get("sha", ""))[:12] for c in commits if isinstance(c, Mapping) and c.get("sha")]
 

@@ -3,7 +3,7 @@
 Files, per project, under ``<state_dir>/<project>/`` (see docs/internals.md and docs/state-store.md):
 
 ``state.json``
-    The seed's state document plus ``schema_version``, ``fencing_token`` and ``last_seq``.
+    The state document (docs/how-it-works.md) plus ``schema_version``, ``fencing_token`` and ``last_seq``.
     Always replaced atomically (temp file in the same directory, fsync, rename, directory fsync),
     so a reader sees the old or the new document, never a mix.
 ``transitions.jsonl``
@@ -388,7 +388,7 @@ class StateStore:
         state.json is used when it is readable and not behind the log. A corrupt state.json is moved
         to ``corrupt/`` and the state rebuilt from the log's last snapshot; a missing one is rebuilt
         the same way; when the log holds a later seq than state.json (a crash between the two
-        writes), the log wins. A state file with no ``schema_version`` (the seed's format) is schema 1.
+        writes), the log wins. A state file with no ``schema_version`` (the base format) is schema 1.
         """
         self.recovered = []
         state, problem = self._read_state()
