@@ -32,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeAlias
 
 from pytest_vpstest.errors import InvalidEvent, StateError
+from pytest_vpstest.records.state_doc import PHASES, Phase, iso_time, new_state_document
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
@@ -116,7 +117,6 @@ ALLOWED_TRANSITIONS: frozenset[tuple[State, State]] = frozenset(
     _DIAGRAM_EDGES | {(s, _S.STOPPED) for s in State if s not in TERMINAL}
 )
 
-Phase: TypeAlias = Literal["initial", "soak"]
 NotifyKind: TypeAlias = Literal[
     "loop_start", "first_failure", "fix_committed", "wait_1hr", "wait_6hr", "complete", "critical"
 ]
@@ -410,9 +410,8 @@ Step: TypeAlias = tuple[RunState, tuple[Effect, ...]]
 
 
 def initial_state(project: str, now: datetime) -> RunState:
-    """A fresh run in IDLE."""
-    now = _utc(now)
-    return RunState(project=project, state=State.IDLE, phase="initial", started_at=now, last_state_change=now)
+    """A fresh run in IDLE: the state document every new project starts from (``records.state_doc``)."""
+    return RunState.from_document(new_state_document(project, _utc(now)))
 
 
 def step(state: RunState, event: Event, now: datetime, cfg: MachineConfig | None = None) -> Step:
@@ -641,9 +640,7 @@ def _utc(dt: datetime) -> datetime:
 
 
 def _iso(dt: datetime | None) -> str | None:
-    if dt is None:
-        return None
-    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return None if dt is None else iso_time(dt)
 
 
 def _pct(fraction: float) -> str:
@@ -696,7 +693,7 @@ def _from_document(cls: type[RunState], doc: Mapping[str, Any]) -> RunState:
         allowed = ", ".join(s.value for s in State)
         raise StateError(f"state document: unknown state {raw_state!r} (allowed: {allowed})") from None
     phase = doc.get("phase", "initial")
-    if phase not in ("initial", "soak"):
+    if phase not in PHASES:
         raise StateError(f"state document: unknown phase {phase!r} (allowed: initial, soak)")
 
     ts = doc.get("timestamps") or {}

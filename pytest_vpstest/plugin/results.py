@@ -414,24 +414,7 @@ def _merge_state(run: RunContext, test_results: dict[str, Any], lines: list[str]
         lines.append(f"warning: state file not updated: {exc}")
         return None
     try:
-        document = store.load() or {
-            "project": run.project,
-            "state": "IDLE",
-            "phase": None,
-            "timestamps": {},
-            "counters": {},
-            "commits": [],
-            "nodes": {},
-            "logs": [],
-        }
-        document = dict(document)
-        for key in ("schema_version", "fencing_token", "last_seq"):
-            document.pop(key, None)
-        document["test_results"] = test_results
-        timestamps = dict(document.get("timestamps") or {})
-        timestamps["last_test_at"] = test_results["last_run"]
-        document["timestamps"] = timestamps
-        store.update(lease, document)
+        document = store.merge_test_results(lease, test_results)
         lines.append(f"state: {store.state_path}")
         return document
     except StateError as exc:

@@ -47,6 +47,7 @@ from typing import Any, Literal
 from pytest_vpstest._files import fsync_dir, write_bytes_atomic
 from pytest_vpstest._proc import pid_alive
 from pytest_vpstest.errors import LeaseHeldError, StaleLeaseError, StateError
+from pytest_vpstest.records.state_doc import new_state_document
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -372,6 +373,21 @@ class StateStore:
     def update(self, lease: Lease, document: Mapping[str, Any]) -> None:
         """Replace state.json with ``document`` without a transition (result merges, node status, logs)."""
         self.commit(lease, document, None)
+
+    def merge_test_results(self, lease: Lease, test_results: Mapping[str, Any]) -> dict[str, Any]:
+        """Record a finished test run's ``test_results`` (and ``timestamps.last_test_at``, from its
+        ``last_run``) in the project's document, creating the project's first document with
+        ``state_doc.new_state_document`` when there is none. Returns the document written, without
+        the store's own keys. Refused like any write unless ``lease`` is current.
+        """
+        document = self.load() or new_state_document(self.project, datetime.fromtimestamp(self.clock(), UTC))
+        document = {key: value for key, value in document.items() if key not in _META_KEYS}
+        document["test_results"] = dict(test_results)
+        timestamps = dict(document.get("timestamps") or {})
+        timestamps["last_test_at"] = test_results.get("last_run")
+        document["timestamps"] = timestamps
+        self.update(lease, document)
+        return document
 
     # ----------------------------------------------------------------- reads
 
