@@ -40,7 +40,7 @@ def test_wilson_interval_known_values() -> None:
         wilson_interval(5, 4)
 
 
-def test_threshold_uses_seed_defaults_and_reports_gap() -> None:
+def test_threshold_uses_default_targets_and_reports_gap() -> None:
     v = threshold(METRICS, {}, ("connectivity",))
     assert not v.passed
     failed = v.failures

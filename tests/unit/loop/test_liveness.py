@@ -1,5 +1,5 @@
-"""The liveness quorum machine, one deterministic test per transition: a counterpart for every test of
-the seed's durable-workload suite (same numbers: m=2 of n=3, T1=120 s, T2=300 s, stale=180 s), then the
+"""The liveness quorum machine, one deterministic test per transition: first the basic transitions
+(with the numbers of a typical deployment: m=2 of n=3, T1=120 s, T2=300 s, stale=180 s), then the
 generalisations — distinct observers, stale and future stamps, exact times, restart policies, respawn,
 and warm-standby roles where a standby becomes Live only after the primary's revocation."""
 
@@ -53,7 +53,7 @@ def seen(node: str, when: float, observers: tuple[str, ...] = OBSERVERS) -> list
     return [Observation(node, observer, seen_at=when, event_timestamp=when) for observer in observers]
 
 
-# ------------------------------------------------ counterparts of the seed's tests
+# ------------------------------------------------ the basic transitions
 
 
 def test_initial_state_is_provisioning() -> None:
