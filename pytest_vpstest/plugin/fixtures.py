@@ -273,7 +273,7 @@ class Recorder:
     def __call__(
         self, measurement: Mapping[str, Any], nodes: tuple[str, ...] = (), **flat: float | str | None
     ) -> None:
-        from pytest_vpstest.plugin.results import MEASUREMENT_KEY, NODES_KEY, encode
+        from pytest_vpstest.plugin.aggregate import MEASUREMENT_KEY, NODES_KEY, encode
 
         props = self.item.user_properties
         props.append((MEASUREMENT_KEY, encode(measurement)))
