@@ -19,6 +19,16 @@ from pytest_vpstest.config import NatType, Role
 from pytest_vpstest.lab.plan import DEFAULT_PREFIX, check_prefix
 from pytest_vpstest.lab.record import LabRecord
 
+__all__ = [
+    "INVENTORY_NAME",
+    "InventoryNode",
+    "inventory_document",
+    "inventory_path",
+    "lab_dir",
+    "render_inventory",
+    "write_yaml_atomic",
+]
+
 INVENTORY_NAME = "inventory.yaml"
 
 

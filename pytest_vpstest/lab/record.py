@@ -17,6 +17,19 @@ from pytest_vpstest.errors import LabError
 from pytest_vpstest.lab import netns
 from pytest_vpstest.lab.plan import AGENT_PORT
 
+__all__ = [
+    "RECORD_NAME",
+    "LabRecord",
+    "NodeRecord",
+    "NodeStatus",
+    "ServiceRecord",
+    "load_record",
+    "node_status",
+    "prepare_lab_dir",
+    "tcp_open",
+    "udp_bound_on",
+]
+
 RECORD_NAME = "lab.json"
 
 
