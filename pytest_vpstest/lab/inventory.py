@@ -17,7 +17,7 @@ import yaml
 from pytest_vpstest._files import write_text_atomic
 from pytest_vpstest.config import NatType, Role
 from pytest_vpstest.lab.plan import DEFAULT_PREFIX, check_prefix
-from pytest_vpstest.lab.record import LabRecord
+from pytest_vpstest.lab.record import INVENTORY_NAME, LabRecord
 
 __all__ = [
     "INVENTORY_NAME",
@@ -28,8 +28,6 @@ __all__ = [
     "render_inventory",
     "write_yaml_atomic",
 ]
-
-INVENTORY_NAME = "inventory.yaml"
 
 
 def lab_dir(prefix: str = DEFAULT_PREFIX) -> Path:

@@ -18,6 +18,7 @@ from pytest_vpstest.lab import netns
 from pytest_vpstest.lab.plan import AGENT_PORT
 
 __all__ = [
+    "INVENTORY_NAME",
     "RECORD_NAME",
     "LabRecord",
     "NodeRecord",
@@ -30,14 +31,15 @@ __all__ = [
     "udp_bound_on",
 ]
 
+# The lab directory's two documents: the record `lab status` reads, and the fleet inventory the
+# harness reads (written by lab/inventory.py, last, once the lab is up).
 RECORD_NAME = "lab.json"
+INVENTORY_NAME = "inventory.yaml"
 
 
 def prepare_lab_dir(lab_dir: Path) -> None:
     """Create the lab directory's working folders and drop the files a previous lab left, so a
     half-built lab is never mistaken for a running one."""
-    from pytest_vpstest.lab.inventory import INVENTORY_NAME
-
     for sub in ("run", "log", "nodes"):
         (lab_dir / sub).mkdir(parents=True, exist_ok=True)
     for stale in (INVENTORY_NAME, RECORD_NAME):
