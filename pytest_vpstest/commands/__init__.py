@@ -4,3 +4,5 @@
 ``loops`` has status, stop and logs (the state files of the loops); ``nodes`` has nodes and
 diagnose (the fleet, over SSH). ``start`` and the detached runner stay in ``cli``.
 """
+
+__all__: list[str] = []

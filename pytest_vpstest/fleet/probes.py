@@ -27,6 +27,17 @@ from pytest_vpstest.errors import ConfigError
 from pytest_vpstest.fleet.node import NodePlan
 from pytest_vpstest.fleet.remote import quote_command
 
+__all__ = [
+    "ACTIONS",
+    "REQUIRED_KEYS",
+    "CommandOutcome",
+    "NodeSlots",
+    "ProbeResult",
+    "ProbeRunner",
+    "Transport",
+    "parse_output",
+]
+
 REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "status": ("ok", "node", "addresses"),
     "connect": ("ok", "method", "path", "rtt_ms", "error"),
