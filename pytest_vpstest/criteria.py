@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from pytest_vpstest.errors import CriteriaError
+from pytest_vpstest.suite import SUITES
 
 Op = Literal[">=", ">", "<=", "<", "==", "!="]
 
@@ -202,14 +203,16 @@ def _tests_check(metrics: Mapping[str, float]) -> Check:
 # Metrics where smaller is better; a configured threshold is a ceiling for them.
 _LOWER_IS_BETTER = re.compile(r"(latency|_ms$|duplicates|failed)")
 
+# Per suite name, the thresholds used when the config sets none (from the suite registry).
 DEFAULT_TARGETS: dict[str, dict[str, float]] = {
-    "connectivity": {"direct": 99.0, "nat_traversed": 85.0, "relay": 100.0},
+    s.name: dict(s.default_targets) for s in SUITES if s.default_targets
 }
+_CATEGORY_KEYS = frozenset(c for s in SUITES for c in s.categories)
 
 
 def _target_metric(suite: str, key: str, metrics: Mapping[str, float]) -> str:
     base = ".".join(metric_key(part) for part in (suite, *key.split(".")))
-    is_category = key in ("direct", "nat_traversed", "relay") or "~" in key
+    is_category = key in _CATEGORY_KEYS or "~" in key
     return f"{base}.rate" if is_category or f"{base}.rate" in metrics else base
 
 

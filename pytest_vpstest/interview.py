@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from pytest_vpstest.config import CRITERIA, FOCUSES, PROOFS, Inventory, ProjectConfig
+from pytest_vpstest.suite import FULL_SUITE, SUITES
 
 __all__ = [
     "QUESTIONS",
@@ -55,13 +56,7 @@ KNOWN_PROJECTS: tuple[Option, ...] = (
     Option("saorsa-node", "Full Saorsa network node"),
     Option("saorsa-core", "Core library (integration tests)"),
 )
-_FOCUS = (
-    Option("connectivity", "Connection matrix (direct, NAT, relay)"),
-    Option("nat-traversal", "NAT hole-punching across different NAT types"),
-    Option("gossip", "Message broadcast and CRDT sync"),
-    Option("throughput", "Data transfer performance"),
-    Option("full-suite", "All tests in sequence"),
-)
+_FOCUS = (*(Option(s.focus, s.summary) for s in SUITES), Option(FULL_SUITE, "All tests in sequence"))
 _CRITERIA = (
     Option("all-pass", "100% of tests must pass"),
     Option("threshold", "Meet configured success thresholds (e.g., 85% NAT)"),

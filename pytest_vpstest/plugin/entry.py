@@ -31,6 +31,7 @@ from pytest_vpstest.plugin.fixtures import (
     vps_record,
     vps_run,
 )
+from pytest_vpstest.suite import MARKER, SUITES, find_suite, suites_of_focus
 
 __all__ = [
     "build_artifact",
@@ -63,7 +64,7 @@ _FLAGS = (
 )
 
 MARKERS = (
-    "vps_suite(name): a pytest-vpstest suite test (connectivity, nat_traversal, gossip, throughput)",
+    f"{MARKER}(name): a pytest-vpstest suite test ({', '.join(s.name for s in SUITES)})",
     "soak: rerun at soak checkpoints (select with -m soak)",
     "needs_nat: needs nodes behind NATs; skipped on loopback labs and NAT-less fleets",
 )
@@ -248,13 +249,12 @@ class VpsPlugin:
 
     # -- collection -----------------------------------------------------------------------
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
-        from pytest_vpstest.plugin.aggregate import SUITE_OF_FOCUS
-
-        wanted = SUITE_OF_FOCUS[self.run.focus]
+        wanted = suites_of_focus(self.run.focus)
         keep, drop = [], []
         for item in items:
-            marker = item.get_closest_marker("vps_suite")
-            if marker is not None and marker.args and str(marker.args[0]) not in wanted:
+            marker = item.get_closest_marker(MARKER)
+            suite = find_suite(str(marker.args[0])) if marker is not None and marker.args else None
+            if marker is not None and marker.args and (suite is None or suite.name not in wanted):
                 drop.append(item)
             else:
                 keep.append(item)

@@ -24,6 +24,7 @@ import pytest
 from pytest_vpstest._files import write_json_atomic
 from pytest_vpstest.config import Inventory, ProjectConfig, SuiteConfig
 from pytest_vpstest.fleet.node import NodePlan, plan_node
+from pytest_vpstest.suite import Measurement
 
 if TYPE_CHECKING:  # the SSH stack is imported only when a fixture needs it
     from pytest_vpstest.fleet.probes import ProbeRunner
@@ -67,12 +68,8 @@ class RunContext:
         return self.project_dir / "runs" / self.run_id
 
     def suite(self, name: str) -> SuiteConfig:
-        """The ``tests.<name>`` settings (``nat-traversal`` and ``nat_traversal`` both found)."""
-        for key in (name, name.replace("_", "-"), name.replace("-", "_")):
-            for k, v in self.project_config.tests:
-                if k == key:
-                    return v
-        return SuiteConfig()
+        """The ``tests.<name>`` settings (a suite's name or its focus spelling)."""
+        return self.project_config.suite(name)
 
     def suite_extra(self, name: str, key: str, default: Any) -> Any:
         return dict(self.suite(name).extra).get(key, default)
@@ -282,7 +279,7 @@ class Recorder:
     item: pytest.Item
 
     def __call__(
-        self, measurement: Mapping[str, Any], nodes: tuple[str, ...] = (), **flat: float | str | None
+        self, measurement: Measurement, nodes: tuple[str, ...] = (), **flat: float | str | None
     ) -> None:
         from pytest_vpstest.plugin.aggregate import MEASUREMENT_KEY, NODES_KEY, encode
 
