@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -32,6 +32,10 @@ from pytest_vpstest.plugin.fixtures import (
     vps_run,
 )
 from pytest_vpstest.suite import MARKER, SUITES, find_suite, suites_of_focus
+
+if TYPE_CHECKING:
+    from pytest_vpstest.config import Inventory, ProjectConfig
+    from pytest_vpstest.fleet.remote import Pool
 
 __all__ = [
     "build_artifact",
@@ -346,7 +350,7 @@ def _junit_suite_properties(config: pytest.Config, metrics: dict[str, float]) ->
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_vpstest_make_pool(inventory: Any, project_config: Any) -> Any:
+def pytest_vpstest_make_pool(inventory: Inventory, project_config: ProjectConfig) -> Pool:
     from pytest_vpstest.fleet.remote import SessionPool
 
     return SessionPool(inventory)
@@ -360,14 +364,14 @@ def pytest_vpstest_build(run: RunContext) -> dict[str, Any] | None:
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_vpstest_deploy(run: RunContext, pool: Any, artifact: str | None) -> dict[str, Any] | None:
+def pytest_vpstest_deploy(run: RunContext, pool: Pool, artifact: str | None) -> dict[str, Any] | None:
     from pytest_vpstest.plugin.fixtures import default_deploy
 
     return default_deploy(run, pool, artifact)
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_vpstest_fetch_logs(run: RunContext, pool: Any, node: str) -> str | None:
+def pytest_vpstest_fetch_logs(run: RunContext, pool: Pool, node: str) -> str | None:
     from pytest_vpstest.plugin.fixtures import default_fetch_logs
 
     return default_fetch_logs(run, pool, node)
