@@ -22,6 +22,23 @@ from pytest_vpstest.errors import CriteriaError
 from pytest_vpstest.expressions import BoolOp, Compare, Node, as_bool, compare, evaluate, parse, render
 from pytest_vpstest.suite import SUITES
 
+__all__ = [
+    "DEFAULT_TARGETS",
+    "Check",
+    "CriteriaSpec",
+    "Op",
+    "Verdict",
+    "all_pass",
+    "custom",
+    "flatten_metrics",
+    "improvement",
+    "judge",
+    "metric_key",
+    "rate",
+    "threshold",
+    "wilson_interval",
+]
+
 Op = Literal[">=", ">", "<=", "<", "==", "!="]
 
 # --------------------------------------------------------------------------------------------
