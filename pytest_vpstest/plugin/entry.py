@@ -38,7 +38,9 @@ if TYPE_CHECKING:
     from pytest_vpstest.fleet.remote import Pool
 
 __all__ = [
+    "VpsPlugin",
     "build_artifact",
+    "current_run",
     "deployment",
     "fleet",
     "node",
