@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from pytest_vpstest import _files
 from pytest_vpstest._proc import pid_alive
 
 __all__ = [
@@ -38,18 +39,9 @@ def _root(project_dir: Path) -> Path:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Replace ``path`` whole (temp file, fsync, rename), so a reader never sees half a document."""
+    """Replace ``path`` whole (the package's atomic writer), creating its directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    _files.write_json_atomic(path, data)
 
 
 def new_test_run_dir(project_dir: Path, node: str) -> Path:

@@ -7,10 +7,10 @@ out of the project names (which start with a letter or digit).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import secrets
 from pathlib import Path
+
+from pytest_vpstest import _files
 
 __all__ = ["read_token", "token_path", "use_token"]
 
@@ -36,17 +36,5 @@ def use_token(state_dir: Path, configured: str | None) -> str:
     token = configured or read_token(state_dir) or secrets.token_urlsafe(24)
     path = token_path(state_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".token.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, (token + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    _files.write_text_atomic(path, token + "\n", mode=0o600)
     return token

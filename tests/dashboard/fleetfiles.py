@@ -88,22 +88,27 @@ class FakeProject:
             "logs": [],
             "runner": {"config": str(self.config_path), "inventory": str(self.inventory_path)},
         }
-        self.store.commit(self.lease, self.doc, None)
+        self._commit(None)
+
+    def _commit(self, transition: dict[str, Any] | None) -> None:
+        # Renewed at every write, like a runner's heartbeat: building a big history can outlast the TTL.
+        self.lease = self.store.renew(self.lease)
+        self.store.commit(self.lease, self.doc, transition)
 
     def move(self, to: str, reason: str = "") -> None:
         before, self.state = self.state, to
         self.doc["state"] = to
         self.doc["timestamps"]["last_state_change"] = iso()
-        self.store.commit(self.lease, self.doc, {"from": before, "to": to, "event": "Test", "reason": reason})
+        self._commit({"from": before, "to": to, "event": "Test", "reason": reason})
 
     def set_nodes(self, **fields: Any) -> None:
         for n in self.nodes:
             self.doc["nodes"].setdefault(n, {}).update(fields)
-        self.store.commit(self.lease, self.doc, None)
+        self._commit(None)
 
     def set_node(self, node: str, **fields: Any) -> None:
         self.doc["nodes"].setdefault(node, {}).update(fields)
-        self.store.commit(self.lease, self.doc, None)
+        self._commit(None)
 
     def record_test(
         self,
@@ -166,5 +171,5 @@ class FakeProject:
         path.write_text(json.dumps(results))
         self.doc["runner"]["last_results"] = str(path)
         self.doc["test_results"] = {"passed": passed, "last_run": iso()}
-        self.store.commit(self.lease, self.doc, None)
+        self._commit(None)
         return path
