@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pytest_vpstest.records.history import History, HostRun, RunRecord  # noqa: E402
+from pytest_vpstest.records.store import StateStore  # noqa: E402
 from tests.dashboard.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from tests.dashboard.fleetfiles import FakeProject, iso  # noqa: E402
 
@@ -45,7 +46,7 @@ def build(state_dir: Path, projects: int, nodes: int, runs: int) -> list[FakePro
     t0 = time.time() - runs * 60
     for p in range(projects):
         names = [f"node-{i:03d}" for i in range(nodes)]
-        fp = FakeProject(state_dir, f"project-{p:02d}", names)
+        fp = FakeProject(state_dir, f"project-{p:02d}", names, lease_ttl=7200)
         fp.move("SETUP")
         fp.set_nodes(status="online", last_check=iso(), deployed=True, health="Live")
         fp.move("BUILD")
@@ -89,6 +90,20 @@ def build(state_dir: Path, projects: int, nodes: int, runs: int) -> list[FakePro
     return out
 
 
+def reopen(state_dir: Path) -> list[FakeProject]:
+    """Projects of a kept state directory, to commit further transitions to."""
+    out = []
+    for d in sorted(p for p in state_dir.iterdir() if p.is_dir() and p.name.startswith("project-")):
+        store = StateStore(state_dir, d.name, lease_ttl=7200)
+        fp = FakeProject.__new__(FakeProject)
+        fp.state_dir, fp.project, fp.dir, fp.store = state_dir, d.name, d, store
+        fp.doc = store.load() or {}
+        fp.state = str(fp.doc.get("state"))
+        fp.lease = store.acquire()
+        out.append(fp)
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -101,14 +116,16 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=10_000, help="history runs per project")
     ap.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measured")
     ap.add_argument("--transitions", type=int, default=10)
+    ap.add_argument("--state-dir", type=Path, help="keep the generated state here and reuse it next time")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory(prefix="bench-dashboard-") as tmp:
-        state_dir = Path(tmp) / "state"
-        state_dir.mkdir()
+        state_dir = args.state_dir or Path(tmp) / "state"
+        reuse = (state_dir / "history.sqlite").exists()
+        state_dir.mkdir(parents=True, exist_ok=True)
         t = time.monotonic()
-        fps = build(state_dir, args.projects, args.nodes, args.runs)
+        fps = reopen(state_dir) if reuse else build(state_dir, args.projects, args.nodes, args.runs)
         size = (state_dir / "history.sqlite").stat().st_size / 1e6
         print(
             f"fleet: {args.projects} projects x {args.nodes} nodes, {args.runs} history runs per project "
@@ -151,7 +168,8 @@ def main() -> None:
             warm_json = time.monotonic() - t
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                page = browser.new_page()
+                # Playwright evaluates wait predicates as strings; the dashboard's CSP forbids eval.
+                page = browser.new_context(bypass_csp=True).new_page()
                 page.set_default_timeout(120_000)
                 rows = args.projects * args.nodes
                 t = time.monotonic()

@@ -37,6 +37,7 @@ class FakeProject:
         node_tests: Mapping[str, str] | None = None,
         token: str | None = None,
         test_timeout: float | None = None,
+        lease_ttl: float = 60.0,
     ) -> None:
         self.state_dir = state_dir
         self.project = project
@@ -73,7 +74,7 @@ class FakeProject:
                 cfg += [f"    {k}: {v}" for k, v in node_tests.items()]
         self.config_path = self.files / "vpstest.yaml"
         self.config_path.write_text("\n".join(cfg) + "\n")
-        self.store = StateStore(state_dir, project)
+        self.store = StateStore(state_dir, project, lease_ttl=lease_ttl)
         self.lease = self.store.acquire()
         self.state = "IDLE"
         self.doc: dict[str, Any] = {
@@ -91,7 +92,7 @@ class FakeProject:
         self._commit(None)
 
     def _commit(self, transition: dict[str, Any] | None) -> None:
-        # Renewed at every write, like a runner's heartbeat: building a big history can outlast the TTL.
+        # Renewed at every write, as a runner's heartbeat would (pass a long lease_ttl for slow setups).
         self.lease = self.store.renew(self.lease)
         self.store.commit(self.lease, self.doc, transition)
 
