@@ -152,7 +152,7 @@ class ActionRunner:
                     status.update(state="timeout", finished=time.time(), exit_code=None)
                     files.write_json_atomic(run_dir / "status.json", status)
                     return
-            results = files_json(results_path)
+            results = _read_json(results_path)
             passed = _count(results, "passed")
             failed = _count(results, "failed")
             ok = rc == 0 and bool(results.get("passed", True))
@@ -206,7 +206,7 @@ class ActionRunner:
         self._start(f"rollback-{node}", work, config.project, node)
 
 
-def files_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path) -> dict[str, Any]:
     import json
 
     try:
