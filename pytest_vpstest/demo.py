@@ -15,7 +15,7 @@
 
 The default topology is ``small`` (registry, bootstrap, one port-restricted NAT node, one public
 node): all three connection methods occur and four full test runs fit well within five minutes on
-two cores; ``--topology full`` runs the ten-node replica of the seed fleet (slower: the connectivity
+two cores; ``--topology full`` runs the ten-node lab (slower: the connectivity
 matrix grows with the square of the nodes).
 """
 

@@ -1,7 +1,7 @@
 """Connectivity: every ordered pair of peer nodes × {direct, holepunch, relay}, K attempts each
 (direct dials into NATed nodes only with ``direct_to_nat: true``; see pairs.connectivity_pairs).
 
-Per-category attempts/success/rate go to the seed's ``test_results.suites.connectivity``. A pair's
+Per-category attempts/success/rate go to the state file's ``test_results.suites.connectivity``. A pair's
 test fails only on a hard error: a relay that never connects, a hole punch reported as relayed,
 or a probe that never gave a valid answer. Success rates are judged by the criteria.
 """

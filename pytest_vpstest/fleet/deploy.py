@@ -1,8 +1,8 @@
 """Deploy a locally built artifact to the fleet, per node in parallel, and roll it back.
 
-Per node (the seeds' deployment flow, made safe):
+Per node (stop, upload, restart, verify, made safe):
 
-1. **stop** the running service first — overwriting a running binary fails ("dest open: Failure");
+1. **stop** the running service first — overwriting a running binary in place fails ("text file busy");
 2. **upload** to a temporary file in the install directory and check its SHA-256;
 3. **install**: keep the current binary as ``<binary>.prev`` (for rollback), ``chmod +x`` the new one
    and ``mv`` it into place (atomic: the path always names a whole binary);

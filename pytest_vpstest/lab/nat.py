@@ -30,6 +30,18 @@ from typing import Literal
 
 from pytest_vpstest.config import NatType
 
+__all__ = [
+    "BEHAVIOUR",
+    "MAPPING_TIMEOUT_S",
+    "NAT_TABLE",
+    "Filtering",
+    "Mapping",
+    "host_guard_ruleset",
+    "host_table_name",
+    "node_mgmt_ruleset",
+    "router_ruleset",
+]
+
 NAT_TABLE = "vpslab"
 MAPPING_TIMEOUT_S = 120
 

@@ -34,6 +34,17 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+__all__ = [
+    "ANSWER_TIMEOUT_S",
+    "ATTEMPTS",
+    "DEFAULT_PORTS",
+    "MAX_LIFETIME_S",
+    "Classification",
+    "classify",
+    "main",
+    "serve",
+]
+
 DEFAULT_PORTS = (3479, 3480)
 ANSWER_TIMEOUT_S = 0.4
 ATTEMPTS = 3

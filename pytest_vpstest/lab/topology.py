@@ -28,6 +28,17 @@ import yaml
 from pytest_vpstest.config import NAT_TYPES, ROLES, NatType, Role
 from pytest_vpstest.errors import ConfigError
 
+__all__ = [
+    "BUILTIN_TOPOLOGIES",
+    "MAX_NODES",
+    "LabNode",
+    "Shaping",
+    "Topology",
+    "load_topology",
+    "parse_topology",
+    "topology_source",
+]
+
 BUILTIN_TOPOLOGIES: tuple[str, ...] = ("full", "small")
 SCALE_PREFIX = "scale:"
 MIN_SCALE_NODES = 10

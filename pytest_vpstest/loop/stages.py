@@ -339,22 +339,15 @@ class FleetStages:
 
     @staticmethod
     def _final_proof(ctx: StageContext) -> Path | None:
-        """The loop's proof (seeds/001): the last run's criteria, the whole loop's duration, COMPLETE."""
-        from pytest_vpstest.criteria import Check, Verdict
+        """The loop's proof: the last run's criteria, the whole loop's duration, COMPLETE."""
+        from pytest_vpstest.criteria import Verdict
         from pytest_vpstest.records.proof import ProofInput, write_proof
 
         last = ctx.runner.get("last_results")
         if not last:
             return None
         results = json.loads(Path(last).read_text(encoding="utf-8"))
-        v = results.get("verdict") or {}
-        checks = tuple(
-            Check(str(c.get("metric")), str(c.get("op", ">=")), c.get("target"), c.get("measured"),
-                  bool(c.get("passed")), str(c.get("note", "")))
-            for c in v.get("checks") or []
-        )
-        verdict = Verdict(bool(v.get("passed", results.get("passed"))), str(v.get("criteria", "")), checks,
-                          tuple(str(n) for n in v.get("notes") or ()), v.get("expression"))
+        verdict = Verdict.from_json({"passed": results.get("passed"), **(results.get("verdict") or {})})
         run_evidence = {str(k): str(x) for k, x in (results.get("evidence") or {}).items()}
         evidence = {"Results": str(last), **run_evidence,
                     "Logs": str(ctx.project_dir / "logs"), "State": str(ctx.project_dir / "state.json"),

@@ -228,7 +228,7 @@ class VpsPlugin:
     """Per-run hooks, registered only when the plugin is configured."""
 
     def __init__(self, config: pytest.Config, run: RunContext) -> None:
-        from pytest_vpstest.plugin.results import Collector
+        from pytest_vpstest.plugin.aggregate import Collector
 
         self.config = config
         self.run = run
@@ -248,7 +248,7 @@ class VpsPlugin:
 
     # -- collection -----------------------------------------------------------------------
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
-        from pytest_vpstest.plugin.results import SUITE_OF_FOCUS
+        from pytest_vpstest.plugin.aggregate import SUITE_OF_FOCUS
 
         wanted = SUITE_OF_FOCUS[self.run.focus]
         keep, drop = [], []
@@ -319,7 +319,7 @@ class VpsPlugin:
     # -- pytest-html ----------------------------------------------------------------------
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str]) -> None:
-        from pytest_vpstest.plugin.results import html_summary
+        from pytest_vpstest.plugin.report import html_summary
 
         prefix.extend(html_summary(self.collector, self.run))
 
@@ -327,7 +327,7 @@ class VpsPlugin:
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
         report = yield
         if call.when == "call" and self.config.pluginmanager.hasplugin("html"):
-            from pytest_vpstest.plugin.results import html_extras
+            from pytest_vpstest.plugin.report import html_extras
 
             report.extras = [*getattr(report, "extras", []), *html_extras(item.user_properties)]
         return report

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from pytest_vpstest._files import write_json_atomic
 from pytest_vpstest.config import Inventory, ProjectConfig, SuiteConfig
 
 RUN_KEY = pytest.StashKey["RunContext"]()
@@ -125,8 +126,6 @@ def once(run_dir: Path, name: str, produce: Callable[[], dict[str, Any]]) -> dic
                     "traceback": traceback.format_exc(limit=5),
                 }
             result.setdefault("pid", os.getpid())
-            from pytest_vpstest.plugin.results import write_json_atomic
-
             write_json_atomic(marker, result)
             return result
         finally:
@@ -274,7 +273,7 @@ class Recorder:
     def __call__(
         self, measurement: Mapping[str, Any], nodes: tuple[str, ...] = (), **flat: float | str | None
     ) -> None:
-        from pytest_vpstest.plugin.results import MEASUREMENT_KEY, NODES_KEY, encode
+        from pytest_vpstest.plugin.aggregate import MEASUREMENT_KEY, NODES_KEY, encode
 
         props = self.item.user_properties
         props.append((MEASUREMENT_KEY, encode(measurement)))
