@@ -39,6 +39,7 @@ __all__ = [
     "WORKERS",
     "build_network",
     "ensure_mount_points",
+    "mgmt_router_ruleset",
     "pick_mgmt_octet",
     "prepare_node_fs",
     "taken_networks",

@@ -31,11 +31,16 @@ from pytest_vpstest.errors import ConfigError
 __all__ = [
     "BUILTIN_TOPOLOGIES",
     "MAX_NODES",
+    "MIN_SCALE_NODES",
+    "SCALE_CYCLE",
+    "SCALE_PREFIX",
     "LabNode",
     "Shaping",
     "Topology",
     "load_topology",
+    "parse_scale_spec",
     "parse_topology",
+    "scale_topology",
     "topology_source",
 ]
 

@@ -34,6 +34,19 @@ from .probe import CONTRACT_KEYS, METHODS, failure
 if TYPE_CHECKING:
     import asyncio
 
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_DEADLINE_S",
+    "GRACE_S",
+    "MAX_CONCURRENCY",
+    "PARAMETERS",
+    "BadRequest",
+    "Handler",
+    "parse_request",
+    "run_batch",
+    "serve_batch",
+]
+
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 DEFAULT_CONCURRENCY = 64
@@ -41,7 +54,6 @@ MAX_CONCURRENCY = 1024
 DEFAULT_DEADLINE_S = 10.0
 # Time a request may take beyond its own timeout before the batch answers for it.
 GRACE_S = 2.0
-MAX_LINE = 64 * 1024
 # Request keys besides ``action`` and ``ref``, per action, with the single probe's defaults.
 PARAMETERS: dict[str, dict[str, Any]] = {
     "status": {},
