@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -36,7 +37,8 @@ from tests.lab.conftest import Lab, netns_skip_reason, requires_netns, worker_pr
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, requires_netns]
 
-NODES = 30
+# VPSTEST_TEST_SCALE_NODES=50 runs the same checks on a bigger lab (about 2-3 minutes on 2 cores).
+NODES = int(os.environ.get("VPSTEST_TEST_SCALE_NODES", "30"))
 TOPOLOGY = load_topology(f"scale:{NODES}")
 PEERS = peer_names(TOPOLOGY)
 AGENT = [sys.executable, "-m", "pytest_vpstest.lab.agent"]
@@ -44,6 +46,10 @@ AGENT = [sys.executable, "-m", "pytest_vpstest.lab.agent"]
 CONNECT_TIMEOUT_S = 5.0
 FAIL_TIMEOUT_S = 1.5
 MESH_TIMEOUT_S = 120.0
+# Requests each agent runs at once. A hole punch keeps both sides sending every 100 ms until it ends,
+# so hundreds at once across a 50-node lab starve 2 cores (seen: 149 of 2,352 punches timing out at
+# 32 per agent, public pairs among them); direct and relay probes end within a round trip.
+CONCURRENCY = {"direct": 32, "holepunch": 8, "relay": 16}
 
 
 @dataclass
@@ -58,10 +64,10 @@ class Agents:
         except (OSError, ValueError, control.AgentNotRunning) as exc:
             return {"ok": False, "error": str(exc)}
 
-    def batch(self, name: str, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def batch(self, name: str, requests: list[dict[str, Any]], concurrency: int) -> list[dict[str, Any]]:
         out = io.StringIO()
         lines = "".join(json.dumps(r) + "\n" for r in requests)
-        batch.run_batch(control_socket(self.homes[name]), io.StringIO(lines), out, concurrency=32)
+        batch.run_batch(control_socket(self.homes[name]), io.StringIO(lines), out, concurrency)
         return [json.loads(line) for line in out.getvalue().splitlines()]
 
 
@@ -137,10 +143,10 @@ def _run_matrix(agents: Agents, method: str) -> dict[tuple[str, str], dict[str, 
             {"ref": dst, "action": "connect", "peer": dst, "method": method, "timeout": timeout}
         )
     results: dict[tuple[str, str], dict[str, Any]] = {}
+    limit = CONCURRENCY[method]
     with ThreadPoolExecutor(len(by_source)) as pool:
-        for src, answers in zip(
-            by_source, pool.map(lambda s: agents.batch(s, by_source[s]), by_source), strict=True
-        ):
+        answered = pool.map(lambda s: agents.batch(s, by_source[s], limit), by_source)
+        for src, answers in zip(by_source, answered, strict=True):
             assert len(answers) == len(by_source[src]), (src, answers)
             results.update({(src, a["ref"]): a for a in answers})
     return results
@@ -161,7 +167,7 @@ def test_direct_matrix_follows_nat_theory_in_every_cell(agents: Agents) -> None:
     results = _run_matrix(agents, "direct")
     expected = expected_matrix(TOPOLOGY, ("direct",))
     decided = [k for k, v in expected.items() if v != "depends"]
-    assert len(results) == len(decided) > 500
+    assert len(results) == len(decided) > NODES * 10
     wrong = _mismatches("direct", results)
     assert not wrong, f"{len(wrong)} of {len(results)} direct cells differ from NAT theory:\n" + "\n".join(
         wrong[:40]

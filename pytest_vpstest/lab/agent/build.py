@@ -38,11 +38,11 @@ sys.exit(main())
 """
 
 
-def build_zipapp(source_dir: Path | str, out_path: Path | str) -> Path:
+def build_zipapp(source_dir: Path | str, out_path: Path | str, *, bytecode: bool = True) -> Path:
     """Zip the agent package in ``source_dir`` (the directory holding ``cli.py``) into ``out_path``.
 
-    ``*.py`` files and their bytecode are packed (nothing else from the source directory, no
-    caches); the result is executable. Returns ``out_path``.
+    ``*.py`` files and (unless ``bytecode`` is false) their bytecode are packed, nothing else from
+    the source directory; the result is executable. Returns ``out_path``.
     """
     source, out = Path(source_dir), Path(out_path)
     if not (source / "cli.py").is_file() or not (source / "__init__.py").is_file():
@@ -55,7 +55,7 @@ def build_zipapp(source_dir: Path | str, out_path: Path | str) -> Path:
         for file in sorted(source.glob("*.py")):
             shutil.copy2(file, package / file.name)
         (staging / "__main__.py").write_text(_ENTRY)
-        for file in [staging / "__main__.py", *sorted(package.glob("*.py"))]:
+        for file in [staging / "__main__.py", *sorted(package.glob("*.py"))] if bytecode else []:
             py_compile.compile(
                 str(file),
                 cfile=str(file.with_suffix(".pyc")),

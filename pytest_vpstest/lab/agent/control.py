@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,7 +21,6 @@ from .paths import MAX_SOCKET_PATH
 
 __all__ = ["MAX_REQUEST", "AgentNotRunning", "AlreadyRunning", "Handler", "request", "start_server"]
 
-log = logging.getLogger("control")
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 MAX_REQUEST = 64 * 1024
@@ -82,7 +80,9 @@ async def start_server(path: Path, handler: Handler) -> asyncio.AbstractServer:
             except ValueError as exc:
                 response = {"ok": False, "error": f"bad control request: {exc}"}
             except Exception as exc:  # one broken request must never take the agent down
-                log.exception("control request failed")
+                import logging  # the agent's side only: a probe's start-up stays lean
+
+                logging.getLogger("control").exception("control request failed")
                 response = {"ok": False, "error": f"agent error: {type(exc).__name__}: {exc}"}
             if batch is not None:
                 from .batch import serve_batch
