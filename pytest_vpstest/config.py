@@ -34,6 +34,7 @@ from pytest_vpstest.inventory import (
     load_inventory,
     parse_inventory,
 )
+from pytest_vpstest.suite import FOCUSES, Focus, suite_key
 
 __all__ = [
     "CRITERIA",
@@ -76,8 +77,6 @@ __all__ = [
     "parse_project_config",
 ]
 
-Focus = Literal["connectivity", "nat-traversal", "gossip", "throughput", "full-suite"]
-FOCUSES: tuple[Focus, ...] = ("connectivity", "nat-traversal", "gossip", "throughput", "full-suite")
 Criteria = Literal["all-pass", "threshold", "improvement", "custom"]
 CRITERIA: tuple[Criteria, ...] = ("all-pass", "threshold", "improvement", "custom")
 Proof = Literal["logs", "metrics", "manual-verify", "all-evidence"]
@@ -212,8 +211,10 @@ class ProjectConfig:
     proof: Proof | None = None
 
     def suite(self, name: str) -> SuiteConfig:
+        """The ``tests.<name>`` settings; a suite's name or focus spelling finds the same block."""
+        key = suite_key(name)
         for k, v in self.tests:
-            if k == name:
+            if k == key:
                 return v
         return SuiteConfig()
 
@@ -314,14 +315,7 @@ def parse_project_config(text: str, path: Path | str | None = None) -> ProjectCo
         if "modules" in m
         else ()
     )
-    suites = (
-        tuple(
-            (r.safe_name(k, f"tests.{k.value}", is_key=True), _suite(r, v, f"tests.{k.value}"))
-            for k, v in r.entries(m["tests"], "tests")
-        )
-        if "tests" in m
-        else ()
-    )
+    suites = _suites(r, m["tests"]) if "tests" in m else ()
 
     return ProjectConfig(
         path=file,
@@ -422,6 +416,19 @@ def _bootstrap(r: Reader, node: yaml.Node) -> BootstrapConfig:
         registry=r.opt(m, "registry", lambda n: r.url(n, "bootstrap.registry")),
         nodes=r.string_list(m["nodes"], "bootstrap.nodes") if "nodes" in m else (),
     )
+
+
+def _suites(r: Reader, node: yaml.Node) -> tuple[tuple[str, SuiteConfig], ...]:
+    """The ``tests`` blocks, keyed by suite name: ``tests.nat-traversal`` is read as
+    ``tests.nat_traversal`` (both spellings are accepted; giving both is an error)."""
+    out: dict[str, SuiteConfig] = {}
+    for k, v in r.entries(node, "tests"):
+        key = suite_key(r.safe_name(k, f"tests.{k.value}", is_key=True))
+        if key in out:
+            where = f"tests.{k.value}"
+            raise r.fail(k, where, f"the {key} suite is configured twice (as {key} and {k.value})")
+        out[key] = _suite(r, v, f"tests.{k.value}")
+    return tuple(out.items())
 
 
 def _suite(r: Reader, node: yaml.Node, key: str) -> SuiteConfig:

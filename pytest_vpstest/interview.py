@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from pytest_vpstest.config import CRITERIA, FOCUSES, PROOFS, Inventory, ProjectConfig
+from pytest_vpstest.nat_types import nat_info
+from pytest_vpstest.suite import FULL_SUITE, SUITES
 
 __all__ = [
     "QUESTIONS",
@@ -24,6 +26,7 @@ __all__ = [
     "Question",
     "console_io",
     "plan_summary",
+    "prefill_from",
     "run_interview",
 ]
 
@@ -55,13 +58,7 @@ KNOWN_PROJECTS: tuple[Option, ...] = (
     Option("saorsa-node", "Full Saorsa network node"),
     Option("saorsa-core", "Core library (integration tests)"),
 )
-_FOCUS = (
-    Option("connectivity", "Connection matrix (direct, NAT, relay)"),
-    Option("nat-traversal", "NAT hole-punching across different NAT types"),
-    Option("gossip", "Message broadcast and CRDT sync"),
-    Option("throughput", "Data transfer performance"),
-    Option("full-suite", "All tests in sequence"),
-)
+_FOCUS = (*(Option(s.focus, s.summary) for s in SUITES), Option(FULL_SUITE, "All tests in sequence"))
 _CRITERIA = (
     Option("all-pass", "100% of tests must pass"),
     Option("threshold", "Meet configured success thresholds (e.g., 85% NAT)"),
@@ -226,12 +223,6 @@ def _ask_expression(io: InterviewIO) -> str:
     raise Cancelled("no custom criteria expression given")
 
 
-_NAT_LABEL = {
-    "full-cone": "Full Cone",
-    "address-restricted": "Address Restricted",
-    "port-restricted": "Port Restricted",
-    "symmetric": "Symmetric",
-}
 
 
 def _nodes_by_role(inventory: Inventory) -> list[str]:
@@ -240,7 +231,7 @@ def _nodes_by_role(inventory: Inventory) -> list[str]:
     nat: list[str] = []
     for n in inventory.nodes:
         if n.nat != "none":
-            nat.append(f"    - {n.name} ({_NAT_LABEL.get(n.nat, n.nat)})")
+            nat.append(f"    - {n.name} ({nat_info(n.nat).label})")
         else:
             label = {"registry": "Registry", "bootstrap": "Bootstrap"}.get(n.role, "Standard")
             groups.setdefault(label, []).append(n.name)

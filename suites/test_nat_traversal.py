@@ -9,12 +9,13 @@ success, rate and a 95% Wilson interval.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import pytest
 
-from pytest_vpstest.plugin.fixtures import RunContext, parametrize, skip_if_not_deployed
+from pytest_vpstest.fleet.probes import ProbeRunner
+from pytest_vpstest.plugin.fixtures import Recorder, RunContext, parametrize, skip_if_not_deployed
 from pytest_vpstest.plugin.pairs import Pair, nat_traversal_pairs
+from pytest_vpstest.suite import NatTraversalMeasurement
 
 from ._support import connected, describe, failure_evidence, rtts
 
@@ -25,7 +26,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     parametrize(metafunc, "pair", lambda run: nat_traversal_pairs(run.inventory), lambda p: p.id)
 
 
-def test_hole_punch(pair: Pair, probe: Any, vps_run: RunContext, vps_record: Any) -> None:
+def test_hole_punch(pair: Pair, probe: ProbeRunner, vps_run: RunContext, vps_record: Recorder) -> None:
     skip_if_not_deployed(vps_run, pair.src, pair.dst)
     settings = vps_run.suite("nat_traversal")
     attempts = vps_run.attempts_for("nat_traversal")
@@ -36,18 +37,18 @@ def test_hole_punch(pair: Pair, probe: Any, vps_run: RunContext, vps_record: Any
         results.append(probe.connect(pair.src, pair.dst, "holepunch", settings.timeout_seconds))
     success = sum(connected(r, "holepunch") for r in results)
     vps_record(
-        {
-            "suite": "nat_traversal",
-            "src": pair.src,
-            "dst": pair.dst,
-            "method": "holepunch",
-            "group": pair.nat_group,
-            "attempts": attempts,
-            "success": success,
-            "paths": [r.get("path") for r in results],
-            "rtt_ms": rtts(results),
-            "failures": failure_evidence(results, "holepunch"),
-        },
+        NatTraversalMeasurement(
+            suite="nat_traversal",
+            src=pair.src,
+            dst=pair.dst,
+            method="holepunch",
+            group=pair.nat_group,
+            attempts=attempts,
+            success=success,
+            paths=[r.get("path") for r in results],
+            rtt_ms=rtts(results),
+            failures=failure_evidence(results, "holepunch"),
+        ),
         nodes=(pair.src, pair.dst),
         nat_group=pair.nat_group,
         success=f"{success}/{attempts}",

@@ -10,17 +10,29 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from pytest_vpstest.criteria import flatten_metrics, rate, wilson_interval
-from pytest_vpstest.plugin.pairs import CATEGORIES
+from pytest_vpstest.suite import (
+    CATEGORIES,
+    CONNECTIVITY,
+    GOSSIP,
+    NAT_TRAVERSAL,
+    THROUGHPUT,
+    ConnectivityMeasurement,
+    GossipCrdtMeasurement,
+    GossipDeliveryMeasurement,
+    Measurement,
+    NatTraversalMeasurement,
+    ThroughputMeasurement,
+)
 
 __all__ = [
+    "AGGREGATORS",
     "MEASUREMENT_KEY",
     "NODES_KEY",
-    "SUITE_OF_FOCUS",
     "Collector",
     "RecordedTest",
     "aggregate",
@@ -35,16 +47,9 @@ __all__ = [
 
 MEASUREMENT_KEY = "vpstest"
 NODES_KEY = "vpstest.nodes"
-SUITE_OF_FOCUS: dict[str, tuple[str, ...]] = {
-    "connectivity": ("connectivity",),
-    "nat-traversal": ("nat_traversal",),
-    "gossip": ("gossip",),
-    "throughput": ("throughput",),
-    "full-suite": ("connectivity", "nat_traversal", "gossip", "throughput"),
-}
 
 
-def encode(measurement: Mapping[str, Any]) -> str:
+def encode(measurement: Measurement | Mapping[str, Any]) -> str:
     """The property value a test records: compact, key-sorted JSON (readable in JUnit XML too)."""
     return json.dumps(measurement, sort_keys=True, separators=(",", ":"))
 
@@ -119,8 +124,8 @@ def _r(x: float, nd: int = 1) -> float:
     return round(float(x), nd)
 
 
-def _connectivity(ms: list[dict[str, Any]]) -> dict[str, Any]:
-    acc = {c: [0, 0] for c in CATEGORIES}
+def _connectivity(ms: list[ConnectivityMeasurement]) -> dict[str, Any]:
+    acc: dict[str, list[int]] = {c: [0, 0] for c in CATEGORIES}
     for m in ms:
         a = acc.setdefault(m["category"], [0, 0])
         a[0] += int(m["attempts"])
@@ -128,7 +133,7 @@ def _connectivity(ms: list[dict[str, Any]]) -> dict[str, Any]:
     return {c: {"attempts": a, "success": s, "rate": rate(s, a)} for c, (a, s) in acc.items() if a}
 
 
-def _nat(ms: list[dict[str, Any]]) -> dict[str, Any]:
+def _nat(ms: list[NatTraversalMeasurement]) -> dict[str, Any]:
     acc: dict[str, list[int]] = {}
     for m in ms:
         a = acc.setdefault(m["group"], [0, 0])
@@ -140,9 +145,9 @@ def _nat(ms: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _gossip(ms: list[dict[str, Any]]) -> dict[str, Any]:
+def _gossip(ms: list[GossipDeliveryMeasurement | GossipCrdtMeasurement]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    deliveries = [m for m in ms if m.get("kind") == "delivery"]
+    deliveries = [cast(GossipDeliveryMeasurement, m) for m in ms if m.get("kind") == "delivery"]
     if deliveries:
         expected = sum(int(m["expected"]) for m in deliveries)
         delivered = sum(int(m["delivered"]) for m in deliveries)
@@ -160,7 +165,7 @@ def _gossip(ms: list[dict[str, Any]]) -> dict[str, Any]:
                 "p95": _r(percentile(latencies, 95)),
                 "max": _r(max(latencies)),
             }
-    crdts = [m for m in ms if m.get("kind") == "crdt"]
+    crdts = [cast(GossipCrdtMeasurement, m) for m in ms if m.get("kind") == "crdt"]
     if crdts:
         c = crdts[-1]
         out["crdt"] = {
@@ -172,14 +177,14 @@ def _gossip(ms: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _throughput(ms: list[dict[str, Any]]) -> dict[str, Any]:
+def _throughput(ms: list[ThroughputMeasurement]) -> dict[str, Any]:
     samples = [float(x) for m in ms for x in m.get("mbps", [])]
     out: dict[str, Any] = {"pairs": len(ms)}
     if samples:
         out.update(
             avg_mbps=_r(sum(samples) / len(samples)), min_mbps=_r(min(samples)), max_mbps=_r(max(samples))
         )
-    ceilings = [float(m["iperf3_mbps"]) for m in ms if m.get("iperf3_mbps") is not None]
+    ceilings = [float(x) for m in ms if (x := m.get("iperf3_mbps")) is not None]
     if ceilings:
         out.update(
             iperf3_avg_mbps=_r(sum(ceilings) / len(ceilings)),
@@ -190,11 +195,13 @@ def _throughput(ms: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-_AGGREGATORS = {
-    "connectivity": _connectivity,
-    "nat_traversal": _nat,
-    "gossip": _gossip,
-    "throughput": _throughput,
+# One aggregator per registered suite (suite.SUITES), keyed by suite name. Each reads the
+# measurements of its suite, already in test-id order.
+AGGREGATORS: Mapping[str, Callable[[list[Any]], dict[str, Any]]] = {
+    CONNECTIVITY.name: _connectivity,
+    NAT_TRAVERSAL.name: _nat,
+    GOSSIP.name: _gossip,
+    THROUGHPUT.name: _throughput,
 }
 
 
@@ -203,7 +210,7 @@ def aggregate(measurements: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     by_suite: dict[str, list[dict[str, Any]]] = {}
     for m in sorted(measurements, key=lambda m: str(m.get("test", ""))):
         by_suite.setdefault(str(m["suite"]), []).append(dict(m))
-    return {s: _AGGREGATORS[s](ms) for s, ms in by_suite.items() if s in _AGGREGATORS}
+    return {s: AGGREGATORS[s](ms) for s, ms in by_suite.items() if s in AGGREGATORS}
 
 
 def pair_rows(measurements: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

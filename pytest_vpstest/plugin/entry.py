@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -31,9 +31,16 @@ from pytest_vpstest.plugin.fixtures import (
     vps_record,
     vps_run,
 )
+from pytest_vpstest.suite import FULL_SUITE, MARKER, SUITES, find_suite, suites_of_focus
+
+if TYPE_CHECKING:
+    from pytest_vpstest.config import Inventory, ProjectConfig
+    from pytest_vpstest.fleet.remote import Pool
 
 __all__ = [
+    "VpsPlugin",
     "build_artifact",
+    "current_run",
     "deployment",
     "fleet",
     "node",
@@ -63,7 +70,7 @@ _FLAGS = (
 )
 
 MARKERS = (
-    "vps_suite(name): a pytest-vpstest suite test (connectivity, nat_traversal, gossip, throughput)",
+    f"{MARKER}(name): a pytest-vpstest suite test ({', '.join(s.name for s in SUITES)})",
     "soak: rerun at soak checkpoints (select with -m soak)",
     "needs_nat: needs nodes behind NATs; skipped on loopback labs and NAT-less fleets",
 )
@@ -134,28 +141,9 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(_XdistController(run), "vpstest-xdist")
 
 
-def _default_state_dir() -> Path:
-    if os.environ.get("VPSTEST_STATE_DIR"):
-        return Path(os.environ["VPSTEST_STATE_DIR"])
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "vpstest"
-
-
-def _resolve_inventory(spec: str, base: Path) -> Path:
-    if spec == "lab" or spec.startswith("lab:"):
-        from pytest_vpstest.errors import ConfigError
-        from pytest_vpstest.lab import inventory_path
-
-        path = inventory_path(spec[4:]) if ":" in spec else inventory_path()
-        if not path.exists():
-            raise ConfigError(f"no lab inventory at {path}: start the lab with 'vpstest lab up'")
-        return path
-    path = Path(spec)
-    return path if path.is_absolute() else (base / path)
-
-
 def _make_run(config: pytest.Config, config_path: Path) -> RunContext:
     from pytest_vpstest import config as loaders
+    from pytest_vpstest.commands.loading import default_state_dir, resolve_inventory_path
     from pytest_vpstest.errors import ConfigError
 
     project_config = loaders.load_project_config(config_path)
@@ -170,23 +158,23 @@ def _make_run(config: pytest.Config, config_path: Path) -> RunContext:
         raise ConfigError(
             "no inventory: pass --vps-nodes FILE|lab or set 'inventory' in the config", path=config_path
         )
-    inventory_path = _resolve_inventory(spec, base)
+    inventory_path = resolve_inventory_path(spec, base)
     inventory = loaders.load_inventory(inventory_path)
 
     worker = getattr(config, "workerinput", None)
     run_id = worker.get("vpstest_run_id") if worker else None
     run_id = run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + os.urandom(3).hex()
-    state_dir = _path_setting(config, "state_dir") or project_config.state_dir or _default_state_dir()
+    state_dir = _path_setting(config, "state_dir") or project_config.state_dir or default_state_dir()
     results_json = _path_setting(config, "results_json")
     criteria = str(_setting(config, "criteria") or project_config.criteria or "threshold")
     if criteria not in CRITERIA:
         raise ConfigError(f"unknown criteria {criteria!r}", key="vps_criteria", allowed=CRITERIA)
-    focus = str(_setting(config, "focus") or project_config.focus or "full-suite")
+    focus = str(_setting(config, "focus") or project_config.focus or FULL_SUITE)
     if focus not in FOCUSES:
         raise ConfigError(f"unknown focus {focus!r}", key="vps_focus", allowed=FOCUSES)
     expr = _setting(config, "criteria_expr") or project_config.criteria_expr
     if criteria == "custom":
-        from pytest_vpstest.criteria import parse
+        from pytest_vpstest.expressions import parse
 
         if not expr:
             raise ConfigError("--vps-criteria=custom needs --vps-criteria-expr (or config criteria_expr)")
@@ -248,13 +236,12 @@ class VpsPlugin:
 
     # -- collection -----------------------------------------------------------------------
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
-        from pytest_vpstest.plugin.aggregate import SUITE_OF_FOCUS
-
-        wanted = SUITE_OF_FOCUS[self.run.focus]
+        wanted = suites_of_focus(self.run.focus)
         keep, drop = [], []
         for item in items:
-            marker = item.get_closest_marker("vps_suite")
-            if marker is not None and marker.args and str(marker.args[0]) not in wanted:
+            marker = item.get_closest_marker(MARKER)
+            suite = find_suite(str(marker.args[0])) if marker is not None and marker.args else None
+            if marker is not None and marker.args and (suite is None or suite.name not in wanted):
                 drop.append(item)
             else:
                 keep.append(item)
@@ -346,7 +333,7 @@ def _junit_suite_properties(config: pytest.Config, metrics: dict[str, float]) ->
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_vpstest_make_pool(inventory: Any, project_config: Any) -> Any:
+def pytest_vpstest_make_pool(inventory: Inventory, project_config: ProjectConfig) -> Pool:
     from pytest_vpstest.fleet.remote import SessionPool
 
     return SessionPool(inventory)
@@ -360,14 +347,14 @@ def pytest_vpstest_build(run: RunContext) -> dict[str, Any] | None:
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_vpstest_deploy(run: RunContext, pool: Any, artifact: str | None) -> dict[str, Any] | None:
+def pytest_vpstest_deploy(run: RunContext, pool: Pool, artifact: str | None) -> dict[str, Any] | None:
     from pytest_vpstest.plugin.fixtures import default_deploy
 
     return default_deploy(run, pool, artifact)
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_vpstest_fetch_logs(run: RunContext, pool: Any, node: str) -> str | None:
+def pytest_vpstest_fetch_logs(run: RunContext, pool: Pool, node: str) -> str | None:
     from pytest_vpstest.plugin.fixtures import default_fetch_logs
 
     return default_fetch_logs(run, pool, node)

@@ -7,24 +7,22 @@ so a failing pair can be rerun with ``-k`` or by node id.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from pytest_vpstest.config import Inventory, NatType, Node
+from pytest_vpstest.nat_types import nat_rank
+from pytest_vpstest.suite import CATEGORY_OF, METHODS, Category, Method
 
-Method = Literal["direct", "holepunch", "relay"]
-METHODS: tuple[Method, ...] = ("direct", "holepunch", "relay")
-Category = Literal["direct", "nat_traversed", "relay"]
-CATEGORIES: tuple[Category, ...] = ("direct", "nat_traversed", "relay")
-CATEGORY_OF: dict[Method, Category] = {"direct": "direct", "holepunch": "nat_traversed", "relay": "relay"}
+__all__ = [
+    "Pair",
+    "connectivity_pairs",
+    "gossip_publishers",
+    "group_by_nat",
+    "nat_group_key",
+    "nat_traversal_pairs",
+    "peer_nodes",
+    "throughput_pairs",
+]
 
-# Order used for NAT group keys: easiest first, so "none~symmetric" rather than "symmetric~none".
-_NAT_ORDER: dict[str, int] = {
-    "none": 0,
-    "full-cone": 1,
-    "address-restricted": 2,
-    "port-restricted": 3,
-    "symmetric": 4,
-}
 
 
 @dataclass(frozen=True)
@@ -52,7 +50,7 @@ class Pair:
 
 
 def nat_group_key(a: str, b: str) -> str:
-    first, second = sorted((a, b), key=lambda n: (_NAT_ORDER.get(n, 99), n))
+    first, second = sorted((a, b), key=lambda n: (nat_rank(n), n))
     return f"{first}~{second}"
 
 

@@ -19,7 +19,6 @@ import pytest
 from pytest_vpstest._files import write_json_atomic
 from pytest_vpstest.criteria import Check, Verdict
 from pytest_vpstest.plugin.aggregate import (
-    SUITE_OF_FOCUS,
     Collector,
     aggregate,
     build_test_results,
@@ -28,6 +27,7 @@ from pytest_vpstest.plugin.aggregate import (
     node_rows,
     pair_rows,
 )
+from pytest_vpstest.suite import FULL_SUITE, suites_of_focus
 
 if TYPE_CHECKING:
     from pytest_vpstest.plugin.fixtures import RunContext
@@ -47,11 +47,8 @@ class RunOutcome:
 
 
 def _targets(run: RunContext) -> dict[str, dict[str, float]]:
-    return {
-        k.replace("-", "_"): dict(v.success_criteria)
-        for k, v in run.project_config.tests
-        if v.success_criteria
-    }
+    # Config keys are suite names already (config.py reads tests.nat-traversal as nat_traversal).
+    return {k: dict(v.success_criteria) for k, v in run.project_config.tests if v.success_criteria}
 
 
 def _iso(epoch: float) -> str:
@@ -68,7 +65,7 @@ def finish_run(config: pytest.Config, run: RunContext, collector: Collector) -> 
     counts = collector.counts()
     measurements = collector.measurements()
     suites = aggregate(measurements)
-    suites_run = tuple(s for s in SUITE_OF_FOCUS["full-suite"] if s in suites)
+    suites_run = tuple(s for s in suites_of_focus(FULL_SUITE) if s in suites)
     metrics = metrics_of({"suites": suites}, counts)
     lines: list[str] = []
     previous = _previous_metrics(run, lines) if run.criteria == "improvement" else None

@@ -17,7 +17,24 @@ from typing import Any
 from pytest_vpstest._files import write_json_atomic, write_text_atomic
 from pytest_vpstest.config import Inventory, Node
 from pytest_vpstest.criteria import Verdict
-from pytest_vpstest.plugin.pairs import METHODS
+from pytest_vpstest.suite import CONNECTIVITY, METHODS
+
+__all__ = [
+    "MatrixCell",
+    "ProofInput",
+    "collect_logs",
+    "dumps",
+    "fix_commits_of",
+    "format_duration",
+    "matrix_grid",
+    "prometheus_text",
+    "render_matrix",
+    "render_matrix_html",
+    "render_proof",
+    "write_connection_report",
+    "write_metrics",
+    "write_proof",
+]
 
 _LETTER = {"direct": "d", "holepunch": "h", "relay": "r"}
 
@@ -42,7 +59,7 @@ def matrix_grid(
     cells: dict[tuple[str, str], dict[str, list[int]]] = {}
     seen: list[str] = []
     for r in rows:
-        if r.get("suite") != "connectivity":
+        if r.get("suite") != CONNECTIVITY.name:
             continue
         src, dst = str(r["from"]), str(r["to"])
         for n in (src, dst):
