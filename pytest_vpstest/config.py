@@ -57,6 +57,7 @@ __all__ = [
     "DeployConfig",
     "FixConfig",
     "Focus",
+    "HealthConfig",
     "Inventory",
     "ModuleConfig",
     "NatType",
@@ -166,6 +167,25 @@ class FixConfig:
     command: str | None = None
     verify_command: str | None = None
     commit_wait_seconds: float = 3600.0
+    # Fix attempts in one run before the loop stops (STOPPED, with the reason).
+    max_attempts: int = 5
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """Node liveness during the loop (the ``health`` block; docs/loop.md "Node health").
+
+    Nodes are checked every ``check_seconds`` while the loop waits, and before each TEST. A node
+    without a good check for ``suspect_after_seconds`` is Suspect, ``evict_after_seconds`` later
+    Evicted and respawned (its service restarted; redeployed when the binary is gone), at most
+    ``respawn_attempts`` times; then Failed. Fewer than ``min_live_fraction`` Live nodes stop the run.
+    """
+
+    check_seconds: float = 60.0
+    suspect_after_seconds: float = 60.0
+    evict_after_seconds: float = 60.0
+    respawn_attempts: int = 3
+    min_live_fraction: float = 0.5
 
 
 ChannelKind = Literal["log", "webhook", "command", "voice"]
@@ -200,6 +220,7 @@ class ProjectConfig:
     soak: SoakConfig = field(default_factory=SoakConfig)
     probes: ProbeTemplates = field(default_factory=ProbeTemplates)
     fix: FixConfig = field(default_factory=FixConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     # Inventory file (relative to the config file) or "lab".
     inventory: str | None = None
@@ -258,6 +279,7 @@ PROJECT_KEYS = (
     "soak",
     "probes",
     "fix",
+    "health",
     "notify",
     "inventory",
     "state_dir",
@@ -328,6 +350,7 @@ def parse_project_config(text: str, path: Path | str | None = None) -> ProjectCo
         soak=_soak(r, m["soak"]) if "soak" in m else SoakConfig(),
         probes=_probes(r, m["probes"]) if "probes" in m else ProbeTemplates(),
         fix=_fix(r, m["fix"]) if "fix" in m else FixConfig(),
+        health=_health(r, m["health"]) if "health" in m else HealthConfig(),
         notify=_notify(r, m["notify"]) if "notify" in m else NotifyConfig(),
         inventory=r.string(m["inventory"], "inventory") if "inventory" in m else None,
         state_dir=r.path(m["state_dir"], "state_dir", base) if "state_dir" in m else None,
@@ -487,7 +510,7 @@ def _probes(r: Reader, node: yaml.Node) -> ProbeTemplates:
 
 
 def _fix(r: Reader, node: yaml.Node) -> FixConfig:
-    m = r.mapping(node, "fix", ("command", "verify_command", "commit_wait_seconds"))
+    m = r.mapping(node, "fix", ("command", "verify_command", "commit_wait_seconds", "max_attempts"))
     d = FixConfig()
     return FixConfig(
         command=r.opt_string(m["command"], "fix.command") if "command" in m else None,
@@ -497,6 +520,35 @@ def _fix(r: Reader, node: yaml.Node) -> FixConfig:
         commit_wait_seconds=r.number(m["commit_wait_seconds"], "fix.commit_wait_seconds", positive=True)
         if "commit_wait_seconds" in m
         else d.commit_wait_seconds,
+        max_attempts=r.integer(m["max_attempts"], "fix.max_attempts", 1)
+        if "max_attempts" in m
+        else d.max_attempts,
+    )
+
+
+def _health(r: Reader, node: yaml.Node) -> HealthConfig:
+    names = tuple(f.name for f in dataclass_fields(HealthConfig))
+    m = r.mapping(node, "health", names)
+    d = HealthConfig()
+
+    def seconds(key: str) -> float:
+        value: float = getattr(d, key)
+        return r.number(m[key], f"health.{key}", positive=True) if key in m else value
+
+    live = d.min_live_fraction
+    if "min_live_fraction" in m:
+        live = r.number(m["min_live_fraction"], "health.min_live_fraction", non_negative=True)
+        if live > 1:
+            key = "health.min_live_fraction"
+            raise r.fail(m["min_live_fraction"], key, f"must be between 0 and 1, got {live:g}")
+    return HealthConfig(
+        check_seconds=seconds("check_seconds"),
+        suspect_after_seconds=seconds("suspect_after_seconds"),
+        evict_after_seconds=seconds("evict_after_seconds"),
+        respawn_attempts=r.integer(m["respawn_attempts"], "health.respawn_attempts", 0)
+        if "respawn_attempts" in m
+        else d.respawn_attempts,
+        min_live_fraction=live,
     )
 
 

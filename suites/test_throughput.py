@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from pytest_vpstest.fleet.remote import quote_command
-from pytest_vpstest.plugin.fixtures import RunContext, parametrize, skip_if_not_deployed
+from pytest_vpstest.plugin.fixtures import RunContext, parametrize, skip_if_not_deployed, skip_if_unreachable
 from pytest_vpstest.plugin.pairs import Pair, throughput_pairs
 from pytest_vpstest.suite import ThroughputMeasurement
 
@@ -86,6 +86,7 @@ def test_throughput(pair: Pair, probe: Any, vps_run: RunContext, vps_record: Any
         probe.throughput(pair.src, pair.dst, seconds, seconds + settings.timeout_seconds)
         for _ in range(attempts)
     ]
+    skip_if_unreachable(vps_run, results)
     mbps = [
         round(float(r.get("mbps")), 3) for r in results if r.ok and isinstance(r.get("mbps"), int | float)
     ]

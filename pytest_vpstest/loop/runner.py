@@ -13,7 +13,13 @@
    the transition is also sent to the notifier's outbox (log, dashboard) and ``runner.log``;
 4. waits (WAIT_1HR/WAIT_6HR, the pause between fix attempts) sleep on a ``threading.Event`` that a
    stop request (SIGTERM / SIGINT, or ``stop.request`` written by ``vpstest stop``) sets — no busy
-   polling; a stop ends the run as STOPPED with reason "user stop" at the next safe point.
+   polling; a stop ends the run as STOPPED with reason "user stop" at the next safe point;
+5. node health (``loop.health``): before every TEST and every ``health.check_seconds`` of a WAIT the
+   runner checks the nodes (its ``NodeChecker`` seam), the liveness machine decides, and the runner
+   acts: restarts an evicted node's service (redeploys a missing binary), records each node's health
+   in the state file's ``nodes`` map, logs and notifies every change (``node_health``), hands the
+   nodes that are not Live to the TEST (their pairs are skipped as unhealthy) and feeds
+   ``NodesHealth`` to the machine, which stops the run when fewer than half are Live.
 
 Stages are a seam: unit tests pass fake stage functions; ``loop.stages.FleetStages`` does the real
 work over SSH with the build, deploy, pytest-plugin and fixer modules.
@@ -39,13 +45,16 @@ from pytest_vpstest._files import write_text_atomic
 from pytest_vpstest._proc import pid_alive
 from pytest_vpstest.config import Inventory, ProjectConfig
 from pytest_vpstest.errors import StaleLeaseError, StateError, VpsTestError
+from pytest_vpstest.loop import liveness as lv
 from pytest_vpstest.loop import machine as m
+from pytest_vpstest.loop.health import NodeCheck, NodeHealth
 from pytest_vpstest.loop.notify import Notifier, build_channels
 from pytest_vpstest.records.store import Lease, StateStore
 
 __all__ = [
     "CHILD_MARKER",
     "LOG_LIMIT",
+    "NodeChecker",
     "Runner",
     "StageContext",
     "Stages",
@@ -137,7 +146,7 @@ def reap_orphans(project_dir: Path, *, grace_seconds: float = 5.0) -> list[int]:
 
 
 def machine_config(config: ProjectConfig) -> m.MachineConfig:
-    """The machine's knobs from the project config (waits, build failure limit)."""
+    """The machine's knobs from the project config (waits, build and fix limits, live nodes needed)."""
     build_limit = config.build.max_consecutive_failures if config.build is not None else 3
     return m.MachineConfig(
         wait_1hr_seconds=config.soak.wait_1hr_seconds,
@@ -145,6 +154,8 @@ def machine_config(config: ProjectConfig) -> m.MachineConfig:
         wait_1hr=config.soak.wait_1hr,
         wait_6hr=config.soak.wait_6hr,
         max_build_failures=max(1, build_limit),
+        max_fix_attempts=config.fix.max_attempts,
+        min_live_fraction=config.health.min_live_fraction,
     )
 
 
@@ -158,6 +169,8 @@ class TestOutcome:
     summary: str = ""
     results: Mapping[str, Any] | None = None
     results_path: Path | None = None
+    # Nodes of the tests that failed (every failed test's nodes; empty when unknown).
+    failed_nodes: tuple[frozenset[str], ...] = ()
 
 
 @dataclass
@@ -200,8 +213,32 @@ class Stages(Protocol):
     def stopped(self, ctx: StageContext, reason: str) -> None: ...
 
 
+class NodeChecker(Protocol):
+    """The runner's hands and eyes for node health (``FleetStages`` over SSH; fakes in unit tests)."""
+
+    def health_targets(self, ctx: StageContext) -> tuple[str, ...]:
+        """The nodes whose health is tracked (those the software is deployed to)."""
+        ...
+
+    def check_nodes(self, ctx: StageContext, nodes: tuple[str, ...]) -> Mapping[str, NodeCheck]:
+        """Look at each node once (SSH answers, the service runs); never raises for a node's fault."""
+        ...
+
+    def respawn(self, ctx: StageContext, node: str, *, redeploy: bool) -> str | None:
+        """Restart the node's service (``redeploy``: install the artifact again first); the error or None."""
+        ...
+
+
 class _Interrupted(Exception):
     """A stop request arrived while a stage or a wait was running."""
+
+
+class _HealthStop(Exception):
+    """A health round stopped the run (too few Live nodes); carries the machine's effects."""
+
+    def __init__(self, effects: tuple[m.Effect, ...]) -> None:
+        super().__init__("too few live nodes")
+        self.effects = effects
 
 
 Sleeper = Callable[[float, threading.Event], bool]
@@ -235,6 +272,7 @@ class Runner:
         stop_poll_seconds: float = 2.0,
         machine_cfg: m.MachineConfig | None = None,
         install_signal_handlers: bool = False,
+        checker: NodeChecker | None = None,
     ) -> None:
         self.config = config
         self.inventory = inventory
@@ -259,8 +297,12 @@ class Runner:
         if stages is None:
             from pytest_vpstest.loop.stages import FleetStages
 
-            stages = FleetStages()
+            fleet = FleetStages()
+            stages, checker = fleet, checker or fleet
         self.stages: Stages = stages
+        # None: node health is not tracked (custom stages without a checker).
+        self.checker: NodeChecker | None = checker
+        self.health: NodeHealth | None = None
         self._lease: Lease | None = None
         self._lease_lost = threading.Event()
         self._heartbeat_stop = threading.Event()
@@ -465,11 +507,19 @@ class Runner:
                 self._stop_now(self._stop_reason or "user stop")
                 return
             effect = pending.popleft()
+            if isinstance(effect, m.RunTest):
+                stopping = self._health_round(stop_allowed=True)
+                if stopping:
+                    pending.extend(stopping)
+                    continue
             try:
                 event = self._execute(effect, retry_pause=previous_fix_failed)
             except _Interrupted:
                 self._stop_now(self._stop_reason or "user stop")
                 return
+            except _HealthStop as stop:
+                pending.extend(stop.effects)
+                continue
             if event is None:
                 continue
             previous_fix_failed = isinstance(event, m.FixFinished) and event.commit is None
@@ -541,7 +591,7 @@ class Runner:
             left = (effect.until - self.clock()).total_seconds()
             self.log(f"{effect.stage}: waiting until {_iso(effect.until)} ({max(left, 0):.0f}s)")
             self._save(None)
-            if self._wait(left):
+            if self._wait_checking_health(effect.until):
                 raise _Interrupted()
             return m.WaitElapsed()
         if isinstance(effect, m.Restart):
@@ -563,6 +613,11 @@ class Runner:
         outcome = self.stages.test(ctx, checkpoint)
         if ctx.stop.is_set():
             raise _Interrupted()
+        infrastructure = False
+        if not outcome.passed and self.checker is not None:
+            # Was it the nodes? Look again: a node that went bad during TEST shows now.
+            self._health_round(stop_allowed=False)
+            infrastructure = self._infrastructure_only(outcome, ctx)
         if outcome.results is not None:
             tr = outcome.results.get("test_results")
             merged = dict(tr) if isinstance(tr, Mapping) else {}
@@ -575,7 +630,140 @@ class Runner:
         checkpoints.append({"checkpoint": checkpoint, "passed": outcome.passed, "time": _iso(self.clock()),
                             "summary": outcome.summary[:300]})
         del checkpoints[:-50]
-        return m.TestFinished(outcome.passed, outcome.summary)
+        if infrastructure:
+            self.log("every failed test involves a node that is not healthy: an infrastructure failure")
+        return m.TestFinished(outcome.passed, outcome.summary, infrastructure=infrastructure)
+
+    def _infrastructure_only(self, outcome: TestOutcome, ctx: StageContext) -> bool:
+        """Every failed test touched a node that is not healthy (or skipped as such during the run)."""
+        assert self.health is not None
+        bad = set(self.health.unhealthy()) | set(ctx.runner.get("unhealthy") or {})
+        results = outcome.results or {}
+        bad |= set((results.get("unhealthy") or {}) if isinstance(results, Mapping) else {})
+        if not bad:
+            return False
+        if not outcome.failed_nodes:
+            # No test ran to a result (pytest could not start or recorded nothing): the nodes are at fault.
+            return outcome.results is None
+        return all(nodes & bad for nodes in outcome.failed_nodes)
+
+    # ------------------------------------------------------------------ node health
+
+    def _wait_checking_health(self, until: datetime) -> bool:
+        """Wait until ``until``, with a health round every ``health.check_seconds``; True when stopped."""
+        period = self.config.health.check_seconds
+        while True:
+            left = (until - self.clock()).total_seconds()
+            if left <= 0:
+                return False
+            if self.checker is None:
+                return self._wait(left)
+            if self._wait(min(left, period)):
+                return True
+            if (until - self.clock()).total_seconds() > 0:
+                stopping = self._health_round(stop_allowed=True)
+                if stopping:
+                    raise _HealthStop(stopping)
+
+    def _health_round(self, *, stop_allowed: bool) -> tuple[m.Effect, ...]:
+        """Check the nodes, let the liveness machine decide, act on it; return the run's stop effects.
+
+        With ``stop_allowed`` false (after a TEST) the run is not stopped here: the verdict decides.
+        """
+        if self.checker is None:
+            return ()
+        ctx = self._ctx()
+        if self.health is None:
+            self.health = NodeHealth(self.checker.health_targets(ctx), self.config.health,
+                                     self.clock().timestamp())
+        health = self.health
+        try:
+            checks = self.checker.check_nodes(ctx, health.names)
+        except Exception as exc:  # the checks are the runner's own I/O: say so, decide nothing
+            self._log_line(f"health check failed: {type(exc).__name__}: {exc}")
+            return ()
+        changes: list[tuple[str, str, str]] = []
+        respawned = self._act(ctx, health.observe(self.clock().timestamp(), checks), changes)
+        if respawned:
+            # Give the restarted nodes their first look now rather than a whole period later.
+            later = self.checker.check_nodes(ctx, tuple(respawned))
+            self._act(ctx, health.observe(self.clock().timestamp(), later), changes)
+        self._record_health(changes)
+        live, total = health.live_count(), len(health.names)
+        event = m.NodesHealth(live, total, tuple(sorted(health.unhealthy().items())))
+        if not stop_allowed:
+            return ()
+        assert self.state is not None
+        effects = self._apply(event)
+        if self.state.state in m.TERMINAL:
+            return effects
+        return ()
+
+    def _act(
+        self, ctx: StageContext, events: list[lv.Event], changes: list[tuple[str, str, str]]
+    ) -> list[str]:
+        """Carry out the liveness machine's events; return the nodes respawned successfully.
+
+        ``changes`` gets every (node, new health, why) in order, for the record.
+        """
+        assert self.health is not None
+        health = self.health
+        respawned: list[str] = []
+        pending = list(events)
+        while pending:
+            ev = pending.pop(0)
+            if isinstance(ev, lv.BecameLive):
+                changes.append((ev.node, "Live", "checks good"))
+            elif isinstance(ev, lv.BecameSuspect):
+                changes.append((ev.node, "Suspect", health.reason(ev.node)))
+            elif isinstance(ev, lv.NodeEvicted):
+                changes.append((ev.node, "Evicted", health.reason(ev.node)))
+            elif isinstance(ev, lv.NodeFailed):
+                changes.append((ev.node, "Failed", ev.reason))
+            elif isinstance(ev, lv.Respawn):
+                check = health.last_check.get(ev.node)
+                redeploy = check is not None and check.ssh and not check.binary_present
+                changes.append((ev.node, "Respawning", f"attempt {ev.attempt}"
+                                + (" (binary missing: redeploying)" if redeploy else "")))
+                try:
+                    assert self.checker is not None
+                    error = self.checker.respawn(ctx, ev.node, redeploy=redeploy)
+                except Exception as exc:
+                    error = f"{type(exc).__name__}: {exc}"
+                if error is None:
+                    health.respawned(ev.node, self.clock().timestamp())
+                    changes.append((ev.node, "Provisioning", f"service restarted (attempt {ev.attempt})"))
+                    respawned.append(ev.node)
+                else:
+                    self.log(f"node {ev.node}: respawn attempt {ev.attempt} failed: {error}")
+                    health.respawn_failed(ev.node, error)
+                    pending.extend(health.tick(self.clock().timestamp()))
+        return respawned
+
+    def _record_health(self, changes: list[tuple[str, str, str]]) -> None:
+        """Each node's health into the ``nodes`` map; every change logged, notified and kept as an event."""
+        assert self.health is not None
+        nodes = self.extra.setdefault("nodes", {})
+        runner = self.extra.setdefault("runner", {})
+        events = runner.setdefault("health_events", [])
+        now = _iso(self.clock())
+        first_look = {n for n in self.health.names if "health" not in (nodes.get(n) or {})}
+        for name, new, reason in changes:
+            old = (nodes.get(name) or {}).get("health", "Provisioning")
+            events.append({"time": now, "node": name, "from": old, "to": new, "reason": reason})
+            self.log(f"node {name}: {old} -> {new} ({reason})")
+            self.notifier.emit("node_health", f"{self.project}: node {name} {old} -> {new}: {reason}",
+                               {"node": name, "from": old, "to": new, "reason": reason})
+            nodes[name] = {**(nodes.get(name) or {}), "health": new}
+        for name in self.health.names:
+            entry = dict(nodes.get(name) or {})
+            entry.update(self.health.record(name), health_checked=now)
+            nodes[name] = entry
+            if name in first_look and entry["health"] != "Live":
+                self.log(f"node {name}: not live ({entry['health_reason']})")
+        del events[:-200]
+        runner["unhealthy"] = self.health.unhealthy()
+        self._save(None)
 
     def _fix(self, ctx: StageContext, reason: str) -> m.FixFinished:
         event = self.stages.fix(ctx, reason)
@@ -640,4 +828,6 @@ def _event_reason(event: m.Event) -> str:
         return "wait elapsed"
     if isinstance(event, m.RestartDone):
         return "restart done"
+    if isinstance(event, m.NodesHealth):
+        return f"{event.live}/{event.total} nodes live"
     return event.reason

@@ -61,6 +61,7 @@ _OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("attempts", "attempts per pair (default: tests.<suite>.attempts)", {"type": int}),
     ("results-json", "write the run's results.json here instead of the run directory", {}),
     ("node-concurrency", "probes touching one node at a time, across workers (default 4)", {"type": int}),
+    ("unhealthy", "JSON file {node: reason} of nodes not to test (their pairs skip as unhealthy)", {}),
 )
 _FLAGS = (
     ("skip-build", "do not build; use the artifact already deployed"),
@@ -198,6 +199,7 @@ def _make_run(config: pytest.Config, config_path: Path) -> RunContext:
         parse(str(expr))
     attempts = _setting(config, "attempts")
     concurrency = _setting(config, "node_concurrency")
+    unhealthy = _read_unhealthy(_path_setting(config, "unhealthy"))
     return RunContext(
         config_path=config_path,
         project_config=project_config,
@@ -215,8 +217,26 @@ def _make_run(config: pytest.Config, config_path: Path) -> RunContext:
         skip_deploy=bool(_setting(config, "skip_deploy")),
         results_json=results_json,
         node_concurrency=int(concurrency) if concurrency not in (None, "") else 4,
+        unhealthy=unhealthy,
         is_worker=worker is not None,
     )
+
+
+def _read_unhealthy(path: Path | None) -> dict[str, str]:
+    """The ``--vps-unhealthy`` file: a JSON object {node: reason}."""
+    import json
+
+    from pytest_vpstest.errors import ConfigError
+
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--vps-unhealthy {path}: not a readable JSON file: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--vps-unhealthy {path}: must be a JSON object {{node: reason}}")
+    return {str(k): str(v) for k, v in data.items()}
 
 
 class _XdistController:

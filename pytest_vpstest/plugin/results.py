@@ -60,6 +60,7 @@ def finish_run(config: pytest.Config, run: RunContext, collector: Collector) -> 
     (a failed step becomes a warning line, the verdict still decides the exit status)."""
     from pytest_vpstest.criteria import CriteriaSpec, judge
     from pytest_vpstest.errors import CriteriaError
+    from pytest_vpstest.plugin.fixtures import unhealthy_nodes
 
     finished = time.time()
     counts = collector.counts()
@@ -95,6 +96,13 @@ def finish_run(config: pytest.Config, run: RunContext, collector: Collector) -> 
         "metrics": metrics,
         "test_results": test_results,
         "pairs": pairs,
+        # Nodes left out as unhealthy, and what failed (the loop tells node faults from software).
+        "unhealthy": unhealthy_nodes(run),
+        "failed_tests": [
+            {"test": t.nodeid, "nodes": list(t.nodes), "message": t.message}
+            for t in collector.vps_tests
+            if t.outcome in ("failed", "error")
+        ],
         "evidence": evidence,
         "config": str(run.config_path),
         "inventory": str(run.inventory_path),
