@@ -123,11 +123,13 @@ class FleetStages:
         results = self.pool(ctx).fan_out(inv.names, check, parallelism=max(1, min(16, len(inv.names))))
         nodes = ctx.document.setdefault("nodes", {})
         reachable = 0
+        unreachable: list[tuple[str, str]] = []
         now = _iso(utcnow())
         for name, res in results.items():
             if isinstance(res, NodeError):
                 nodes[name] = {"status": "offline", "last_check": now, "error": str(res)}
                 ctx.log(f"  {name}: unreachable: {res}")
+                unreachable.append((name, str(res).splitlines()[0] if str(res) else "unreachable"))
                 continue
             free, note = res
             reachable += 1
@@ -139,7 +141,7 @@ class FleetStages:
                 ctx.log(f"  {name}: {note}")
             nodes[name] = entry
         ctx.log(f"verified {reachable}/{len(inv.nodes)} nodes")
-        return m.SetupFinished(reachable, len(inv.nodes))
+        return m.SetupFinished(reachable, len(inv.nodes), tuple(unreachable))
 
     # -- node health (the runner's NodeChecker) ----------------------------------------------
     def health_targets(self, ctx: StageContext) -> tuple[str, ...]:
@@ -241,7 +243,8 @@ class FleetStages:
                 entry["status"] = "online"
                 entry.pop("error", None)
             else:
-                entry["status"] = "degraded"
+                # A node that could not be reached stays "offline"; one that was, but failed, is degraded.
+                entry["status"] = "offline" if d.stage_failed == "connect" else "degraded"
                 entry["error"] = f"deploy {d.stage_failed}: {d.error}"
             nodes[name] = entry
         return m.DeployFinished(report.succeeded, report.total)
