@@ -13,7 +13,14 @@ from typing import Any
 
 import pytest
 
-from pytest_vpstest.plugin.fixtures import RunContext, parametrize, skip_if_not_deployed, unhealthy_nodes
+from pytest_vpstest.fleet.probes import ProbeRunner
+from pytest_vpstest.plugin.fixtures import (
+    Recorder,
+    RunContext,
+    parametrize,
+    skip_if_not_deployed,
+    unhealthy_nodes,
+)
 from pytest_vpstest.plugin.pairs import gossip_publishers, peer_nodes
 from pytest_vpstest.suite import GossipCrdtMeasurement, GossipDeliveryMeasurement
 
@@ -32,7 +39,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     parametrize(metafunc, "publisher", publishers, lambda n: f"{n}[publish]")
 
 
-def test_broadcast(publisher: str, probe: Any, vps_run: RunContext, vps_record: Any) -> None:
+def test_broadcast(publisher: str, probe: ProbeRunner, vps_run: RunContext, vps_record: Recorder) -> None:
     skip_if_not_deployed(vps_run, publisher)
     settings = vps_run.suite("gossip")
     sick = unhealthy_nodes(vps_run)  # an unhealthy receiver is left out, not counted as undelivered
@@ -92,7 +99,7 @@ def test_broadcast(publisher: str, probe: Any, vps_run: RunContext, vps_record: 
     )
 
 
-def test_crdt_convergence(probe: Any, vps_run: RunContext, vps_record: Any) -> None:
+def test_crdt_convergence(probe: ProbeRunner, vps_run: RunContext, vps_record: Recorder) -> None:
     sick = unhealthy_nodes(vps_run)
     nodes = [n.name for n in peer_nodes(vps_run.inventory) if n.name not in sick]
     skip_if_not_deployed(vps_run, *nodes)
