@@ -459,12 +459,17 @@ class Runner:
         if doc is not None:
             previous = m.RunState.from_document(doc)
             runner_doc = doc.get("runner") or {}
-            if previous.state is m.State.COMPLETE and not runner_doc.get("finished"):
-                # Crashed during the final proof: the run is complete, finish its paperwork once.
+            finished_at = self._finished_marker(previous)
+            if previous.state is m.State.COMPLETE and not runner_doc.get("finished") and not finished_at:
+                # Crashed during the final proof: the run is complete, finish its paperwork once, and
+                # send the "complete" notification the crash may have cut off.
                 self.state = previous
                 self.extra = {k: doc.get(k) for k in ("test_results", "nodes", "logs", "runner") if k in doc}
                 self.log("resuming the final proof of a completed run")
                 self._execute(m.Finish(), retry_pause=False)
+                if not self.extra.setdefault("runner", {}).get("complete_notified"):
+                    self._execute(m.Notify("complete", f"VPS test complete for {self.project}"),
+                                  retry_pause=False)
                 return self.state
             if previous.state in m.TERMINAL or previous.state is m.State.IDLE:
                 if resume_only:
@@ -498,6 +503,16 @@ class Runner:
             self._stop_now("user stop")
         assert self.state is not None
         return self.state
+
+    def _finished_marker(self, state: m.RunState) -> str | None:
+        """When the final step of the run that started at ``state.started_at`` completed, if it did."""
+        try:
+            marker = json.loads((self.dir / "finished").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(marker, dict) or marker.get("started_at") != _iso(state.started_at):
+            return None
+        return str(marker.get("finished") or "") or None
 
     def _drive(self, pending: deque[m.Effect]) -> None:
         previous_fix_failed = False
@@ -572,6 +587,9 @@ class Runner:
         ctx = self._ctx()
         if isinstance(effect, m.Notify):
             self.notifier.emit(effect.kind, effect.message)
+            if effect.kind == "complete":
+                self.extra.setdefault("runner", {})["complete_notified"] = _iso(self.clock())
+                self._save(None)
             return None
         if isinstance(effect, m.RunSetup):
             return self._guard("SETUP", lambda: self.stages.setup(ctx))
@@ -599,8 +617,14 @@ class Runner:
             return m.RestartDone()
         if isinstance(effect, m.Finish):
             self._guard_none("COMPLETE", lambda: self.stages.finish(ctx))
-            self.extra.setdefault("runner", {})["finished"] = _iso(self.clock())
+            finished = _iso(self.clock())
+            self.extra.setdefault("runner", {})["finished"] = finished
             self._save(None)
+            # Also beside the state file: a damaged state file recovered from the transitions log
+            # (whose last snapshot predates this step) must not make the run look unfinished.
+            assert self.state is not None
+            marker = {"started_at": _iso(self.state.started_at), "finished": finished}
+            write_text_atomic(self.dir / "finished", json.dumps(marker) + "\n")
             return None
         if isinstance(effect, m.Stop):
             self.log(f"stopped: {effect.reason}")

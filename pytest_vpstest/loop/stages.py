@@ -205,7 +205,7 @@ class FleetStages:
             ctx.log("no build configured; deploying the configured artifact as it is")
             return m.BuildFinished(True)
         ctx.log(f"building: {cfg.build.command} (in {cfg.workspace})")
-        result = run_build(cfg, log=ctx.log)
+        result = run_build(cfg, log=ctx.log, env=child_env(ctx.project_dir))
         if result.ok:
             if result.artifact:
                 ctx.runner["artifact"] = str(result.artifact)

@@ -1,0 +1,84 @@
+"""Defects a burn-in found in the runner, each pinned by a test that failed before its fix:
+
+* a kill during COMPLETE lost the ``complete`` notification (the resumed runner ran only the final step);
+* a damaged state file of a finished run made ``--resume`` redo the final step (recovered from the
+  transitions log, whose last snapshot predates it) instead of saying there is nothing to resume;
+* the BUILD child lacked the marker a resumed runner finds orphans by.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_vpstest.config import BuildConfig, ProjectConfig
+from pytest_vpstest.errors import StateError
+from pytest_vpstest.loop import machine as m
+from pytest_vpstest.loop.runner import StageContext, reap_orphans
+
+from .test_runner import INV, Crash, FakeClock, FakeStages, _runner
+
+
+def _complete_events(tmp_path: Path) -> list[str]:
+    log = (tmp_path / "state" / "demo" / "runner.log").read_text()
+    return [line for line in log.splitlines() if "notify[complete]" in line]
+
+
+def test_a_kill_during_complete_still_sends_the_complete_notification_once(tmp_path: Path) -> None:
+    clock = FakeClock()
+    with pytest.raises(Crash):
+        _runner(tmp_path, FakeStages(tests=[True], crash_in="finish"), clock).run()
+    assert _complete_events(tmp_path) == []  # cut off by the crash
+    stages = FakeStages(tests=[True])
+    final = _runner(tmp_path, stages, clock).run(resume_only=True)
+    assert final.state is m.State.COMPLETE and stages.calls == ["finish"]
+    assert len(_complete_events(tmp_path)) == 1
+    # Resuming again finds nothing to do and sends nothing more.
+    with pytest.raises(StateError, match="nothing to resume"):
+        _runner(tmp_path, FakeStages(), clock).run(resume_only=True)
+    assert len(_complete_events(tmp_path)) == 1
+
+
+def test_a_damaged_state_file_of_a_finished_run_has_nothing_to_resume(tmp_path: Path) -> None:
+    clock = FakeClock()
+    first = FakeStages(tests=[True])
+    assert _runner(tmp_path, first, clock).run().state is m.State.COMPLETE
+    assert first.calls.count("finish") == 1
+    state_file = tmp_path / "state" / "demo" / "state.json"
+    state_file.write_text(state_file.read_text()[:40])  # damaged: the store falls back to the log
+    again = FakeStages(tests=[True])
+    with pytest.raises(StateError, match="nothing to resume"):
+        _runner(tmp_path, again, clock).run(resume_only=True)
+    assert again.calls == []  # no final step redone, no node contacted
+
+
+def test_the_build_child_carries_the_marker_a_resumed_runner_reaps_by(tmp_path: Path) -> None:
+    from pytest_vpstest.loop.stages import FleetStages
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    started = ws / "started"
+    config = ProjectConfig(path=None, project="demo", workspace=ws,
+                           build=BuildConfig(command=f"touch {started}; sleep 60", timeout_seconds=120))
+    project_dir = tmp_path / "state" / "demo"
+    project_dir.mkdir(parents=True)
+    ctx = StageContext(config=config, inventory=INV, state_dir=tmp_path / "state", project_dir=project_dir,
+                       stop=threading.Event(), log=lambda _line: None,
+                       state=m.initial_state("demo", FakeClock()()))
+    result: list[m.BuildFinished] = []
+    builder = threading.Thread(target=lambda: result.append(FleetStages().build(ctx)), daemon=True)
+    builder.start()
+    deadline = time.monotonic() + 20
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert started.exists(), "the build never started"
+    # What a runner resumed after a crash does first: end the children of its dead predecessor.
+    reaped = reap_orphans(project_dir, grace_seconds=5)
+    assert reaped, "the build child was not found by its marker"
+    assert all(pid != os.getpid() for pid in reaped)
+    builder.join(30)
+    assert result and not result[0].ok
