@@ -34,6 +34,7 @@ from pytest_vpstest.errors import ConfigError, DeployError, NodeError, Unreachab
 from pytest_vpstest.fleet.node import NodePlan, plan_node
 from pytest_vpstest.fleet.remote import Pool, Session, query_registry, quote_command
 from pytest_vpstest.fleet.services import ServiceManager, service_manager
+from pytest_vpstest.redact import redact_url
 
 __all__ = [
     "DeployReport",
@@ -278,11 +279,11 @@ def _wait_registration(
             name = peer.get("name", peer.get("node"))
             if name in pending and _fresh(peer, now - started[str(name)]):
                 pending.discard(str(name))
-                log(f"{name}: registered with {registry.url}")
+                log(f"{name}: registered with {redact_url(registry.url)}")
         if not pending or now >= deadline:
             break
         time.sleep(min(1.0, max(0.0, deadline - now)))
-    cause = f"not registered with {registry.url} within {timeout:g} s"
+    cause = f"not registered with {redact_url(registry.url)} within {timeout:g} s"
     if last_error:
         cause += f" (last registry error: {last_error})"
     return dict.fromkeys(sorted(pending), cause)
@@ -336,7 +337,8 @@ def deploy(
     registry = _registry(inventory, project_config)
     if registry is not None and started:
         timeout = project_config.deploy.registration_timeout_seconds
-        say(f"waiting up to {timeout:g} s for {len(started)} node(s) to register with {registry.url}")
+        say(f"waiting up to {timeout:g} s for {len(started)} node(s) to register with "
+            f"{redact_url(registry.url)}")
         for name, cause in _wait_registration(pool, registry, started, timeout, registry_query, say).items():
             d = per_node[name]
             per_node[name] = NodeDeploy(name, False, "register", cause, d.duration, d.previous_kept)

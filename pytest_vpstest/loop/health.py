@@ -126,6 +126,11 @@ class NodeHealth:
             return f"{label}: not checked yet"
         return f"{label}: {detail or 'no quorum of checks'}"
 
+    def detail(self, node: str) -> str:
+        """What the latest check of ``node`` found wrong."""
+        check = self.last_check.get(node)
+        return (check.detail if check is not None else "") or "no quorum of checks"
+
     def unhealthy(self) -> dict[str, str]:
         """Every node that a TEST must leave out, with the reason."""
         return {n: self.reason(n) for n in self.names if not self.usable(n)}

@@ -50,6 +50,7 @@ from pytest_vpstest.loop import machine as m
 from pytest_vpstest.loop.health import NodeCheck, NodeHealth
 from pytest_vpstest.loop.notify import Notifier, build_channels
 from pytest_vpstest.records.store import Lease, StateStore
+from pytest_vpstest.redact import redact_text
 
 __all__ = [
     "CHILD_MARKER",
@@ -312,9 +313,9 @@ class Runner:
     # ------------------------------------------------------------------ logging
 
     def _log_line(self, message: str) -> None:
-        """One timestamped line in runner.log (and on the progress output, if any)."""
+        """One timestamped line in runner.log (and on the progress output, if any); URLs redacted."""
         state = self.state.state if self.state is not None else "-"
-        line = f"{_iso(utcnow())} [{state}] {message}"
+        line = f"{_iso(utcnow())} [{state}] {redact_text(message)}"
         with self._log_lock, self.runner_log.open("a", encoding="utf-8") as fh:
             fh.write(line + "\n")
         if self.out is not None:
@@ -325,7 +326,7 @@ class Runner:
         self._log_line(message)
         state = str(self.state.state) if self.state is not None else "IDLE"
         logs = self.extra.setdefault("logs", [])
-        logs.append({"time": _iso(self.clock()), "state": state, "message": message[:500]})
+        logs.append({"time": _iso(self.clock()), "state": state, "message": redact_text(message)[:500]})
         del logs[:-LOG_LIMIT]
 
     # ------------------------------------------------------------------ stop
@@ -739,9 +740,9 @@ class Runner:
             if isinstance(ev, lv.BecameLive):
                 changes.append((ev.node, "Live", "checks good"))
             elif isinstance(ev, lv.BecameSuspect):
-                changes.append((ev.node, "Suspect", health.reason(ev.node)))
+                changes.append((ev.node, "Suspect", health.detail(ev.node)))
             elif isinstance(ev, lv.NodeEvicted):
-                changes.append((ev.node, "Evicted", health.reason(ev.node)))
+                changes.append((ev.node, "Evicted", health.detail(ev.node)))
             elif isinstance(ev, lv.NodeFailed):
                 changes.append((ev.node, "Failed", ev.reason))
             elif isinstance(ev, lv.Respawn):

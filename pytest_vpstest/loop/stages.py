@@ -171,7 +171,8 @@ class FleetStages:
         for name, res in self.pool(ctx).fan_out(list(nodes), check,
                                                 parallelism=max(1, min(16, len(nodes)))).items():
             if isinstance(res, Exception):
-                out[name] = NodeCheck(False, False, f"ssh: {str(res).splitlines()[0] if str(res) else res!r}")
+                text = (str(res).splitlines() or [type(res).__name__])[0].strip("'\"")
+                out[name] = NodeCheck(False, False, f"ssh: {text}")
             else:
                 out[name] = res
         return out

@@ -82,3 +82,36 @@ def test_the_build_child_carries_the_marker_a_resumed_runner_reaps_by(tmp_path: 
     assert all(pid != os.getpid() for pid in reaped)
     builder.join(30)
     assert result and not result[0].ok
+
+
+def test_webhook_and_dashboard_credentials_never_reach_a_file(tmp_path: Path) -> None:
+    """Planted secrets in the notification URLs; the receivers are down, so delivery fails and is logged.
+    No file the run writes (runner.log, the state file, the transitions log, the outbox) holds them."""
+    from pytest_vpstest.config import ChannelConfig, NotifyConfig, SoakConfig
+    from pytest_vpstest.loop.runner import Runner
+    from tests.unit.loop.test_notify import Receiver
+
+    hook, dash = Receiver(), Receiver()
+    hook.start()
+    dash.start()
+    hook.stop()
+    dash.stop()
+    secrets = ("hunter2pw", "tok3nvalue", "dashpassw0rd", "apik3yvalue")
+    hook_url = hook.url.replace("http://", "http://alice:hunter2pw@") + "?token=tok3nvalue&room=ops"
+    dash_url = dash.url.replace("http://", "http://ops:dashpassw0rd@") + "?api_key=apik3yvalue"
+    cfg = ProjectConfig(path=None, project="demo", workspace=tmp_path,
+                        soak=SoakConfig(wait_1hr_seconds=1, wait_6hr_seconds=1),
+                        notify=NotifyConfig(
+                            channels=(ChannelConfig(kind="webhook", url=hook_url, timeout_seconds=1),),
+                            dashboard_url=dash_url))
+    clock = FakeClock()
+    final = Runner(cfg, INV, tmp_path / "state", stages=FakeStages(tests=[True]), clock=clock,
+                   sleeper=clock.sleep).run()
+    assert final.state is m.State.COMPLETE
+    log = (tmp_path / "state" / "demo" / "runner.log").read_text()
+    assert "failed" in log and "***" in log  # the failures were logged, with the URL redacted
+    for path in (tmp_path / "state").rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for secret in secrets:
+                assert secret.encode() not in data, f"{secret} written to {path}"
