@@ -34,7 +34,7 @@ from pytest_vpstest.inventory import (
     load_inventory,
     parse_inventory,
 )
-from pytest_vpstest.suite import FOCUSES, Focus, suite_key
+from pytest_vpstest.suite import FOCUSES, SUITES, Focus, find_suite, suite_key
 
 __all__ = [
     "CRITERIA",
@@ -356,7 +356,7 @@ def parse_project_config(text: str, path: Path | str | None = None) -> ProjectCo
         state_dir=r.path(m["state_dir"], "state_dir", base) if "state_dir" in m else None,
         focus=cast(Focus, r.choice(m["focus"], "focus", FOCUSES)) if "focus" in m else None,
         criteria=cast(Criteria, r.choice(m["criteria"], "criteria", CRITERIA)) if "criteria" in m else None,
-        criteria_expr=r.string(m["criteria_expr"], "criteria_expr") if "criteria_expr" in m else None,
+        criteria_expr=_criteria_expr(r, m["criteria_expr"]) if "criteria_expr" in m else None,
         proof=cast(Proof, r.choice(m["proof"], "proof", PROOFS)) if "proof" in m else None,
     )
 
@@ -440,12 +440,30 @@ def _bootstrap(r: Reader, node: yaml.Node) -> BootstrapConfig:
     )
 
 
+def _criteria_expr(r: Reader, node: yaml.Node) -> str:
+    """A custom criteria expression, checked now: a typo must not wait for the first TEST."""
+    from pytest_vpstest.errors import CriteriaError
+    from pytest_vpstest.expressions import check_expression
+
+    text = r.string(node, "criteria_expr")
+    try:
+        check_expression(text)
+    except CriteriaError as exc:
+        raise r.fail(node, "criteria_expr", str(exc)) from None
+    return text
+
+
 def _suites(r: Reader, node: yaml.Node) -> tuple[tuple[str, SuiteConfig], ...]:
     """The ``tests`` blocks, keyed by suite name: ``tests.nat-traversal`` is read as
-    ``tests.nat_traversal`` (both spellings are accepted; giving both is an error)."""
+    ``tests.nat_traversal`` (both spellings are accepted; giving both is an error). An unknown
+    suite (``tests.conectivity``) is an error naming the suites there are."""
     out: dict[str, SuiteConfig] = {}
     for k, v in r.entries(node, "tests"):
-        key = suite_key(r.safe_name(k, f"tests.{k.value}", is_key=True))
+        name = r.safe_name(k, f"tests.{k.value}", is_key=True)
+        if find_suite(name) is None:
+            allowed = [s.name for s in SUITES]
+            raise r.fail(k, f"tests.{k.value}", f"unknown suite {name!r}", allowed)
+        key = suite_key(name)
         if key in out:
             where = f"tests.{k.value}"
             raise r.fail(k, where, f"the {key} suite is configured twice (as {key} and {k.value})")

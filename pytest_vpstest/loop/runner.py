@@ -62,6 +62,7 @@ __all__ = [
     "TestOutcome",
     "child_env",
     "machine_config",
+    "nothing_to_resume",
     "project_dir",
     "read_stop_request",
     "reap_orphans",
@@ -144,6 +145,36 @@ def reap_orphans(project_dir: Path, *, grace_seconds: float = 5.0) -> list[int]:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
     return found
+
+
+def nothing_to_resume(state_dir: Path, project: str) -> str | None:
+    """Why ``--resume`` has nothing to continue for ``project`` (read only), or None when it has."""
+    from pytest_vpstest.records.store import StateStore
+
+    doc = StateStore(state_dir, project).load()
+    if doc is None:
+        return f"project '{project}': no state file to resume in {project_dir(state_dir, project)}"
+    state = m.RunState.from_document(doc)
+    finished = bool((doc.get("runner") or {}).get("finished")) or _finished_marker(
+        project_dir(state_dir, project), state
+    ) is not None
+    if state.state is m.State.COMPLETE and not finished:
+        return None  # its final step was cut off: resuming finishes it
+    if state.state in m.TERMINAL or state.state is m.State.IDLE:
+        return (f"project '{project}': nothing to resume (the last run ended {state.state}); "
+                "start a new run without --resume")
+    return None
+
+
+def _finished_marker(directory: Path, state: m.RunState) -> str | None:
+    """When the final step of the run that started at ``state.started_at`` completed, if it did."""
+    try:
+        marker = json.loads((directory / "finished").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or marker.get("started_at") != _iso(state.started_at):
+        return None
+    return str(marker.get("finished") or "") or None
 
 
 def machine_config(config: ProjectConfig) -> m.MachineConfig:
@@ -460,7 +491,7 @@ class Runner:
         if doc is not None:
             previous = m.RunState.from_document(doc)
             runner_doc = doc.get("runner") or {}
-            finished_at = self._finished_marker(previous)
+            finished_at = _finished_marker(self.dir, previous)
             if previous.state is m.State.COMPLETE and not runner_doc.get("finished") and not finished_at:
                 # Crashed during the final proof: the run is complete, finish its paperwork once, and
                 # send the "complete" notification the crash may have cut off.
@@ -504,16 +535,6 @@ class Runner:
             self._stop_now("user stop")
         assert self.state is not None
         return self.state
-
-    def _finished_marker(self, state: m.RunState) -> str | None:
-        """When the final step of the run that started at ``state.started_at`` completed, if it did."""
-        try:
-            marker = json.loads((self.dir / "finished").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        if not isinstance(marker, dict) or marker.get("started_at") != _iso(state.started_at):
-            return None
-        return str(marker.get("finished") or "") or None
 
     def _drive(self, pending: deque[m.Effect]) -> None:
         previous_fix_failed = False
