@@ -283,6 +283,7 @@ class FleetStages:
                     + "; ".join(f"{n} ({why})" for n, why in sorted(unhealthy.items())))
         label = ("initial", "after-1hr", "after-6hr")[min(checkpoint, 2)]
         env = {**os.environ, "VPSTEST_RUNNER_TOKEN": str(ctx.token), "VPSTEST_LOOP_STATE": f"TEST:{label}",
+               "VPSTEST_RUNNER_PID": str(os.getpid()),
                **child_env(ctx.project_dir)}
         ctx.log(f"running the {cfg.focus or 'full-suite'} suites ({label} checkpoint) -> {run_dir}")
         timeout = 3600.0

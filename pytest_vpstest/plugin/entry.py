@@ -319,7 +319,8 @@ class VpsPlugin:
         from pytest_vpstest.plugin.results import finish_run
 
         try:
-            self.outcome = finish_run(self.config, self.run, self.collector)
+            self.outcome = finish_run(self.config, self.run, self.collector,
+                                      interrupted=_interrupted(session, exitstatus))
         except Exception as exc:  # a run whose results could not be recorded must not look passed
             self.failure = f"pytest-vpstest: results not recorded: {type(exc).__name__}: {exc}"
             if session.exitstatus == pytest.ExitCode.OK:
@@ -357,6 +358,22 @@ class VpsPlugin:
 
             report.extras = [*getattr(report, "extras", []), *html_extras(item.user_properties)]
         return report
+
+
+def _interrupted(session: pytest.Session, exitstatus: int) -> str | None:
+    """Why this run is only a part of one (then it is recorded as interrupted), or None.
+
+    Interrupted (Ctrl-C), or left behind by a loop runner that died (``VPSTEST_RUNNER_PID``): the
+    runner resumed after a crash runs the TEST again, so this partial run must not count.
+    """
+    from pytest_vpstest._proc import pid_alive
+
+    if exitstatus == pytest.ExitCode.INTERRUPTED or session.shouldstop:
+        return "interrupted before the end of the run"
+    runner = os.environ.get("VPSTEST_RUNNER_PID", "")
+    if runner.isdigit() and not pid_alive(int(runner)):
+        return f"the loop runner (pid {runner}) that started this run is gone"
+    return None
 
 
 def _junit_suite_properties(config: pytest.Config, metrics: dict[str, float]) -> None:
