@@ -23,6 +23,7 @@ import hashlib
 import posixpath
 import secrets
 import shlex
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -170,6 +171,7 @@ def _deploy_one(
     try:
         manager = service_manager(session, install_path=plan.install_path, log_dir=plan.log_dir)
         stage = "stop"
+        _claim(session, manager, plan, config)
         manager.stop(plan.service)
         log(f"{node.name}: stopped {plan.service}")
 
@@ -216,6 +218,32 @@ def _deploy_one(
         return _Started(NodeDeploy(node.name, False, failed, error, time.monotonic() - began), 0.0)
     return _Started(
         NodeDeploy(node.name, True, None, None, time.monotonic() - began, previous_kept), started_at
+    )
+
+
+def owner_of(config: ProjectConfig) -> str:
+    """Who deploys: the project, the machine and the workspace (two checkouts of one project differ)."""
+    return f"{config.project} on {socket.gethostname()} from {config.workspace}"
+
+
+def _claim(session: Session, manager: ServiceManager, plan: NodePlan, config: ProjectConfig) -> None:
+    """Refuse to replace a running service another project deployed under the same name; else
+    record this project as the service's owner (``<install_path>/run/<service>.owner``)."""
+    marker = posixpath.join(plan.install_path, "run", f"{plan.service}.owner")
+    me = owner_of(config)
+    found = session.run(f"cat {shlex.quote(marker)} 2>/dev/null || true", timeout=30, check=True)
+    found_owner = found.stdout.strip()
+    if found_owner and found_owner != me and manager.status(plan.service).running:
+        raise _StageFailed(
+            "stop",
+            f"service {plan.service} on {session.node.name} is running for another project ({found_owner}); "
+            "not replacing it: give this project its own deploy.service_prefix, or stop the other run",
+        )
+    run_dir = posixpath.dirname(marker)
+    session.run(
+        f"mkdir -p {shlex.quote(run_dir)} && printf '%s\\n' {shlex.quote(me)} > {shlex.quote(marker)}",
+        timeout=30,
+        check=True,
     )
 
 
