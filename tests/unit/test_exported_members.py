@@ -88,6 +88,7 @@ EXPECTED: dict[str, list[str]] = {
         "INVENTORY_KEYS", "NAT_TYPES", "NODE_KEYS", "ROLES", "SERVICE_MANAGERS", "Inventory", "NatType",
         "Node", "RegistryAccess", "Role", "ServiceManagerKind", "load_inventory", "parse_inventory",
     ],
+    "pytest_vpstest.nat_types": ["NAT_TYPES", "NatInfo", "NatType", "nat_info", "nat_rank"],
     "pytest_vpstest.lab": [
         "FLAVOURS", "Flavour", "LabRecord", "NodeStatus", "Topology", "choose_flavour", "down",
         "inventory_path", "lab_dir", "load_topology", "status", "up",
