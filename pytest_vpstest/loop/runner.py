@@ -35,8 +35,7 @@ import threading
 import traceback
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
@@ -49,6 +48,15 @@ from pytest_vpstest.loop import liveness as lv
 from pytest_vpstest.loop import machine as m
 from pytest_vpstest.loop.health import NodeCheck, NodeHealth
 from pytest_vpstest.loop.notify import Notifier, build_channels
+from pytest_vpstest.loop.stage_context import (
+    CHILD_MARKER,
+    StageContext,
+    Stages,
+    TestOutcome,
+    child_env,
+    utcnow,
+)
+from pytest_vpstest.loop.stage_context import iso as _iso
 from pytest_vpstest.records.store import Lease, StateStore
 from pytest_vpstest.redact import redact_text
 
@@ -74,14 +82,6 @@ __all__ = [
 LOG_LIMIT = 200
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _iso(dt: datetime) -> str:
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def project_dir(state_dir: Path, project: str) -> Path:
     return Path(state_dir) / project
 
@@ -104,15 +104,6 @@ def read_stop_request(state_dir: Path, project: str) -> str | None:
     except (OSError, ValueError):
         return "user stop"
     return str(doc.get("reason") or "user stop")
-
-
-# Set in the environment of every long-running child (pytest, fixer, verification) so a runner
-# resumed after a crash can find and end the children its dead predecessor left behind.
-CHILD_MARKER = "VPSTEST_RUNNER_PROJECT_DIR"
-
-
-def child_env(project_dir: Path) -> dict[str, str]:
-    return {CHILD_MARKER: str(project_dir.resolve())}
 
 
 def reap_orphans(project_dir: Path, *, grace_seconds: float = 5.0) -> list[int]:
@@ -189,60 +180,6 @@ def machine_config(config: ProjectConfig) -> m.MachineConfig:
         max_fix_attempts=config.fix.max_attempts,
         min_live_fraction=config.health.min_live_fraction,
     )
-
-
-@dataclass
-class TestOutcome:
-    """What the TEST stage returns: the verdict plus the results document to merge."""
-
-    __test__ = False  # not a pytest test class
-
-    passed: bool
-    summary: str = ""
-    results: Mapping[str, Any] | None = None
-    results_path: Path | None = None
-    # Nodes of the tests that failed (every failed test's nodes; empty when unknown).
-    failed_nodes: tuple[frozenset[str], ...] = ()
-
-
-@dataclass
-class StageContext:
-    """What a stage function gets: the run's configuration, its directories and its services."""
-
-    config: ProjectConfig
-    inventory: Inventory
-    state_dir: Path
-    project_dir: Path
-    stop: threading.Event
-    log: Callable[[str], None]
-    state: m.RunState
-    # The runner's own section of the state document (artifact, fix base, last results, ...).
-    runner: dict[str, Any] = field(default_factory=dict)
-    document: dict[str, Any] = field(default_factory=dict)
-    token: int = 0
-    # Persist the document now (no transition): for stages that must record something before
-    # a long step (the FIX stage's base commit), so a crash cannot lose it.
-    save: Callable[[], None] = lambda: None
-
-
-class Stages(Protocol):
-    """The stage functions the runner calls; each returns the event that answers its effect."""
-
-    def setup(self, ctx: StageContext) -> m.SetupFinished: ...
-
-    def build(self, ctx: StageContext) -> m.BuildFinished: ...
-
-    def deploy(self, ctx: StageContext) -> m.DeployFinished: ...
-
-    def test(self, ctx: StageContext, checkpoint: int) -> TestOutcome: ...
-
-    def fix(self, ctx: StageContext, reason: str) -> m.FixFinished: ...
-
-    def restart(self, ctx: StageContext) -> None: ...
-
-    def finish(self, ctx: StageContext) -> None: ...
-
-    def stopped(self, ctx: StageContext, reason: str) -> None: ...
 
 
 class NodeChecker(Protocol):
