@@ -101,7 +101,8 @@ def _nodes(args: argparse.Namespace) -> int:
         for r in nat_rows:
             info = nat_info(r["nat"])
             difficulty = f"{info.difficulty} - {info.expected_punch_rate:.0f}% success"
-            print(f"  {r['name'] + ':':<{width + 1}}  {info.label + " NAT":<22} ({difficulty})")
+            label = f"{info.label} NAT"
+            print(f"  {r['name'] + ':':<{width + 1}}  {label:<22} ({difficulty})")
     return 0 if all(r["status"] == "ONLINE" for r in rows) else 1
 
 
