@@ -42,6 +42,7 @@ __all__ = [
     "NodeDeploy",
     "Stage",
     "deploy",
+    "owner_of",
     "registered_names",
     "rollback",
     "start_command",

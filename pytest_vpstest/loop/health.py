@@ -23,7 +23,7 @@ from typing import Any
 from pytest_vpstest.config import HealthConfig
 from pytest_vpstest.loop import liveness as lv
 
-__all__ = ["OBSERVERS", "NodeCheck", "NodeHealth", "health_label"]
+__all__ = ["OBSERVERS", "NodeCheck", "NodeHealth", "health_label", "infrastructure_only"]
 
 OBSERVERS: tuple[str, ...] = ("ssh", "service")
 
@@ -147,3 +147,15 @@ class NodeHealth:
             out["ssh"] = check.ssh
             out["service"] = check.service
         return out
+
+
+def infrastructure_only(
+    has_results: bool, failed_nodes: tuple[frozenset[str], ...], unhealthy: set[str]
+) -> bool:
+    """A failed TEST whose every failed test touched an unhealthy node (or, when pytest recorded no
+    results at all, any node was unhealthy): the nodes are at fault, not the software."""
+    if not unhealthy:
+        return False
+    if not failed_nodes:
+        return not has_results
+    return all(nodes & unhealthy for nodes in failed_nodes)

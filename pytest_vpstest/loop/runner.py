@@ -14,12 +14,9 @@
 4. waits (WAIT_1HR/WAIT_6HR, the pause between fix attempts) sleep on a ``threading.Event`` that a
    stop request (SIGTERM / SIGINT, or ``stop.request`` written by ``vpstest stop``) sets — no busy
    polling; a stop ends the run as STOPPED with reason "user stop" at the next safe point;
-5. node health (``loop.health``): before every TEST and every ``health.check_seconds`` of a WAIT the
-   runner checks the nodes (its ``NodeChecker`` seam), the liveness machine decides, and the runner
-   acts: restarts an evicted node's service (redeploys a missing binary), records each node's health
-   in the state file's ``nodes`` map, logs and notifies every change (``node_health``), hands the
-   nodes that are not Live to the TEST (their pairs are skipped as unhealthy) and feeds
-   ``NodesHealth`` to the machine, which stops the run when fewer than half are Live.
+5. node health: before every TEST and every ``health.check_seconds`` of a WAIT a round of
+   ``loop.health_keeper`` (checks, liveness machine, respawns, record); the nodes not Live go to the
+   TEST as unhealthy, and ``NodesHealth`` to the machine (which stops the run under half Live).
 
 Stages are a seam: unit tests pass fake stage functions; ``loop.stages.FleetStages`` does the real
 work over SSH with the build, deploy, pytest-plugin and fixer modules.
@@ -28,7 +25,6 @@ work over SSH with the build, deploy, pytest-plugin and fixer modules.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import threading
@@ -38,16 +34,24 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
-from pytest_vpstest._files import write_text_atomic
-from pytest_vpstest._proc import pid_alive
 from pytest_vpstest.config import Inventory, ProjectConfig
 from pytest_vpstest.errors import StaleLeaseError, StateError, VpsTestError
-from pytest_vpstest.loop import liveness as lv
 from pytest_vpstest.loop import machine as m
-from pytest_vpstest.loop.health import NodeCheck, NodeHealth
+from pytest_vpstest.loop.event_text import event_reason
+from pytest_vpstest.loop.health import infrastructure_only
+from pytest_vpstest.loop.health_keeper import HealthKeeper, NodeChecker
 from pytest_vpstest.loop.notify import Notifier, build_channels
+from pytest_vpstest.loop.project_files import (
+    finished_marker,
+    nothing_to_resume,
+    project_dir,
+    read_stop_request,
+    reap_orphans,
+    request_stop,
+    write_finished_marker,
+)
 from pytest_vpstest.loop.stage_context import (
     CHILD_MARKER,
     StageContext,
@@ -82,92 +86,6 @@ __all__ = [
 LOG_LIMIT = 200
 
 
-def project_dir(state_dir: Path, project: str) -> Path:
-    return Path(state_dir) / project
-
-
-def request_stop(state_dir: Path, project: str, reason: str = "user stop") -> Path:
-    """Write ``stop.request`` for the project's runner (read at its next safe point)."""
-    d = project_dir(state_dir, project)
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / "stop.request"
-    write_text_atomic(path, json.dumps({"reason": reason, "time": _iso(utcnow()), "pid": os.getpid()}) + "\n")
-    return path
-
-
-def read_stop_request(state_dir: Path, project: str) -> str | None:
-    path = project_dir(state_dir, project) / "stop.request"
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return "user stop"
-    return str(doc.get("reason") or "user stop")
-
-
-def reap_orphans(project_dir: Path, *, grace_seconds: float = 5.0) -> list[int]:
-    """End processes carrying this project's child marker (left by a crashed runner); return their pids.
-
-    Called by the lease holder only, so every such process belongs to a runner that is gone.
-    """
-    marker = f"{CHILD_MARKER}={project_dir.resolve()}".encode()
-    me = os.getpid()
-    found: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == me:
-            continue
-        try:
-            env = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if marker in env.split(b"\0"):
-            found.append(int(entry.name))
-    for pid in found:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = threading.Event()
-    waited = 0.0
-    while waited < grace_seconds and any(pid_alive(p) for p in found):
-        deadline.wait(0.1)
-        waited += 0.1
-    for pid in found:
-        if pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-    return found
-
-
-def nothing_to_resume(state_dir: Path, project: str) -> str | None:
-    """Why ``--resume`` has nothing to continue for ``project`` (read only), or None when it has."""
-    from pytest_vpstest.records.store import StateStore
-
-    doc = StateStore(state_dir, project).load()
-    if doc is None:
-        return f"project '{project}': no state file to resume in {project_dir(state_dir, project)}"
-    state = m.RunState.from_document(doc)
-    finished = bool((doc.get("runner") or {}).get("finished")) or _finished_marker(
-        project_dir(state_dir, project), state
-    ) is not None
-    if state.state is m.State.COMPLETE and not finished:
-        return None  # its final step was cut off: resuming finishes it
-    if state.state in m.TERMINAL or state.state is m.State.IDLE:
-        return (f"project '{project}': nothing to resume (the last run ended {state.state}); "
-                "start a new run without --resume")
-    return None
-
-
-def _finished_marker(directory: Path, state: m.RunState) -> str | None:
-    """When the final step of the run that started at ``state.started_at`` completed, if it did."""
-    try:
-        marker = json.loads((directory / "finished").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(marker, dict) or marker.get("started_at") != _iso(state.started_at):
-        return None
-    return str(marker.get("finished") or "") or None
-
-
 def machine_config(config: ProjectConfig) -> m.MachineConfig:
     """The machine's knobs from the project config (waits, build and fix limits, live nodes needed)."""
     build_limit = config.build.max_consecutive_failures if config.build is not None else 3
@@ -180,22 +98,6 @@ def machine_config(config: ProjectConfig) -> m.MachineConfig:
         max_fix_attempts=config.fix.max_attempts,
         min_live_fraction=config.health.min_live_fraction,
     )
-
-
-class NodeChecker(Protocol):
-    """The runner's hands and eyes for node health (``FleetStages`` over SSH; fakes in unit tests)."""
-
-    def health_targets(self, ctx: StageContext) -> tuple[str, ...]:
-        """The nodes whose health is tracked (those the software is deployed to)."""
-        ...
-
-    def check_nodes(self, ctx: StageContext, nodes: tuple[str, ...]) -> Mapping[str, NodeCheck]:
-        """Look at each node once (SSH answers, the service runs); never raises for a node's fault."""
-        ...
-
-    def respawn(self, ctx: StageContext, node: str, *, redeploy: bool) -> str | None:
-        """Restart the node's service (``redeploy``: install the artifact again first); the error or None."""
-        ...
 
 
 class _Interrupted(Exception):
@@ -270,8 +172,9 @@ class Runner:
             stages, checker = fleet, checker or fleet
         self.stages: Stages = stages
         # None: node health is not tracked (custom stages without a checker).
-        self.checker: NodeChecker | None = checker
-        self.health: NodeHealth | None = None
+        self.keeper = None if checker is None else HealthKeeper(
+            checker, config.health, project=self.project, clock=clock, log=self.log,
+            notify=lambda kind, text, data: self.notifier.emit(kind, text, data))
         self._lease: Lease | None = None
         self._lease_lost = threading.Event()
         self._heartbeat_stop = threading.Event()
@@ -428,7 +331,7 @@ class Runner:
         if doc is not None:
             previous = m.RunState.from_document(doc)
             runner_doc = doc.get("runner") or {}
-            finished_at = _finished_marker(self.dir, previous)
+            finished_at = finished_marker(self.dir, previous)
             if previous.state is m.State.COMPLETE and not runner_doc.get("finished") and not finished_at:
                 # Crashed during the final proof: the run is complete, finish its paperwork once, and
                 # send the "complete" notification the crash may have cut off.
@@ -528,7 +431,7 @@ class Runner:
                 "from": str(before.state),
                 "to": str(after.state),
                 "event": type(event).__name__,
-                "reason": _event_reason(event),
+                "reason": event_reason(event),
             }
             self.log(f"{before.state} -> {after.state} ({transition['reason']})")
             seq = self._save(transition)
@@ -582,8 +485,7 @@ class Runner:
             # Also beside the state file: a damaged state file recovered from the transitions log
             # (whose last snapshot predates this step) must not make the run look unfinished.
             assert self.state is not None
-            marker = {"started_at": _iso(self.state.started_at), "finished": finished}
-            write_text_atomic(self.dir / "finished", json.dumps(marker) + "\n")
+            write_finished_marker(self.dir, self.state, finished)
             return None
         if isinstance(effect, m.Stop):
             self.log(f"stopped: {effect.reason}")
@@ -597,10 +499,11 @@ class Runner:
         if ctx.stop.is_set():
             raise _Interrupted()
         infrastructure = False
-        if not outcome.passed and self.checker is not None:
+        if not outcome.passed and self.keeper is not None:
             # Was it the nodes? Look again: a node that went bad during TEST shows now.
             self._health_round(stop_allowed=False)
-            infrastructure = self._infrastructure_only(outcome, ctx)
+            bad = set(ctx.runner.get("unhealthy") or {}) | set((outcome.results or {}).get("unhealthy") or {})
+            infrastructure = infrastructure_only(outcome.results is not None, outcome.failed_nodes, bad)
         if outcome.results is not None:
             tr = outcome.results.get("test_results")
             merged = dict(tr) if isinstance(tr, Mapping) else {}
@@ -617,19 +520,6 @@ class Runner:
             self.log("every failed test involves a node that is not healthy: an infrastructure failure")
         return m.TestFinished(outcome.passed, outcome.summary, infrastructure=infrastructure)
 
-    def _infrastructure_only(self, outcome: TestOutcome, ctx: StageContext) -> bool:
-        """Every failed test touched a node that is not healthy (or skipped as such during the run)."""
-        assert self.health is not None
-        bad = set(self.health.unhealthy()) | set(ctx.runner.get("unhealthy") or {})
-        results = outcome.results or {}
-        bad |= set((results.get("unhealthy") or {}) if isinstance(results, Mapping) else {})
-        if not bad:
-            return False
-        if not outcome.failed_nodes:
-            # No test ran to a result (pytest could not start or recorded nothing): the nodes are at fault.
-            return outcome.results is None
-        return all(nodes & bad for nodes in outcome.failed_nodes)
-
     # ------------------------------------------------------------------ node health
 
     def _wait_checking_health(self, until: datetime) -> bool:
@@ -639,7 +529,7 @@ class Runner:
             left = (until - self.clock()).total_seconds()
             if left <= 0:
                 return False
-            if self.checker is None:
+            if self.keeper is None:
                 return self._wait(left)
             if self._wait(min(left, period)):
                 return True
@@ -649,104 +539,21 @@ class Runner:
                     raise _HealthStop(stopping)
 
     def _health_round(self, *, stop_allowed: bool) -> tuple[m.Effect, ...]:
-        """Check the nodes, let the liveness machine decide, act on it; return the run's stop effects.
+        """One health round (``loop.health_keeper``); return the run's stop effects, if it stops.
 
         With ``stop_allowed`` false (after a TEST) the run is not stopped here: the verdict decides.
         """
-        if self.checker is None:
+        if self.keeper is None:
             return ()
-        ctx = self._ctx()
-        if self.health is None:
-            self.health = NodeHealth(self.checker.health_targets(ctx), self.config.health,
-                                     self.clock().timestamp())
-        health = self.health
-        try:
-            checks = self.checker.check_nodes(ctx, health.names)
-        except Exception as exc:  # the checks are the runner's own I/O: say so, decide nothing
-            self._log_line(f"health check failed: {type(exc).__name__}: {exc}")
-            return ()
-        changes: list[tuple[str, str, str]] = []
-        respawned = self._act(ctx, health.observe(self.clock().timestamp(), checks), changes)
-        if respawned:
-            # Give the restarted nodes their first look now rather than a whole period later.
-            later = self.checker.check_nodes(ctx, tuple(respawned))
-            self._act(ctx, health.observe(self.clock().timestamp(), later), changes)
-        self._record_health(changes)
-        live, total = health.live_count(), len(health.names)
-        event = m.NodesHealth(live, total, tuple(sorted(health.unhealthy().items())))
-        if not stop_allowed:
-            return ()
-        assert self.state is not None
-        effects = self._apply(event)
-        if self.state.state in m.TERMINAL:
-            return effects
-        return ()
-
-    def _act(
-        self, ctx: StageContext, events: list[lv.Event], changes: list[tuple[str, str, str]]
-    ) -> list[str]:
-        """Carry out the liveness machine's events; return the nodes respawned successfully.
-
-        ``changes`` gets every (node, new health, why) in order, for the record.
-        """
-        assert self.health is not None
-        health = self.health
-        respawned: list[str] = []
-        pending = list(events)
-        while pending:
-            ev = pending.pop(0)
-            if isinstance(ev, lv.BecameLive):
-                changes.append((ev.node, "Live", "checks good"))
-            elif isinstance(ev, lv.BecameSuspect):
-                changes.append((ev.node, "Suspect", health.detail(ev.node)))
-            elif isinstance(ev, lv.NodeEvicted):
-                changes.append((ev.node, "Evicted", health.detail(ev.node)))
-            elif isinstance(ev, lv.NodeFailed):
-                changes.append((ev.node, "Failed", ev.reason))
-            elif isinstance(ev, lv.Respawn):
-                check = health.last_check.get(ev.node)
-                redeploy = check is not None and check.ssh and not check.binary_present
-                changes.append((ev.node, "Respawning", f"attempt {ev.attempt}"
-                                + (" (binary missing: redeploying)" if redeploy else "")))
-                try:
-                    assert self.checker is not None
-                    error = self.checker.respawn(ctx, ev.node, redeploy=redeploy)
-                except Exception as exc:
-                    error = f"{type(exc).__name__}: {exc}"
-                if error is None:
-                    health.respawned(ev.node, self.clock().timestamp())
-                    changes.append((ev.node, "Provisioning", f"service restarted (attempt {ev.attempt})"))
-                    respawned.append(ev.node)
-                else:
-                    self.log(f"node {ev.node}: respawn attempt {ev.attempt} failed: {error}")
-                    health.respawn_failed(ev.node, error)
-                    pending.extend(health.tick(self.clock().timestamp()))
-        return respawned
-
-    def _record_health(self, changes: list[tuple[str, str, str]]) -> None:
-        """Each node's health into the ``nodes`` map; every change logged, notified and kept as an event."""
-        assert self.health is not None
-        nodes = self.extra.setdefault("nodes", {})
-        runner = self.extra.setdefault("runner", {})
-        events = runner.setdefault("health_events", [])
-        now = _iso(self.clock())
-        first_look = {n for n in self.health.names if "health" not in (nodes.get(n) or {})}
-        for name, new, reason in changes:
-            old = (nodes.get(name) or {}).get("health", "Provisioning")
-            events.append({"time": now, "node": name, "from": old, "to": new, "reason": reason})
-            self.log(f"node {name}: {old} -> {new} ({reason})")
-            self.notifier.emit("node_health", f"{self.project}: node {name} {old} -> {new}: {reason}",
-                               {"node": name, "from": old, "to": new, "reason": reason})
-            nodes[name] = {**(nodes.get(name) or {}), "health": new}
-        for name in self.health.names:
-            entry = dict(nodes.get(name) or {})
-            entry.update(self.health.record(name), health_checked=now)
-            nodes[name] = entry
-            if name in first_look and entry["health"] != "Live":
-                self.log(f"node {name}: not live ({entry['health_reason']})")
-        del events[:-200]
-        runner["unhealthy"] = self.health.unhealthy()
+        health = self.keeper.round(self._ctx(), self.extra)
         self._save(None)
+        if health is None or not stop_allowed:
+            return ()
+        unhealthy = tuple(sorted(health.unhealthy().items()))
+        event = m.NodesHealth(health.live_count(), len(health.names), unhealthy)
+        effects = self._apply(event)
+        assert self.state is not None
+        return effects if self.state.state in m.TERMINAL else ()
 
     def _fix(self, ctx: StageContext, reason: str) -> m.FixFinished:
         event = self.stages.fix(ctx, reason)
@@ -791,26 +598,3 @@ class Runner:
             call()
         except Exception as exc:  # the terminal/cleanup actions must not lose the recorded state
             self._log_line(f"{stage} action failed: {type(exc).__name__}: {exc}")
-
-
-def _event_reason(event: m.Event) -> str:
-    if isinstance(event, m.Start):
-        return "loop started"
-    if isinstance(event, m.SetupFinished):
-        return f"{event.reachable}/{event.total} nodes reachable"
-    if isinstance(event, m.BuildFinished):
-        return "build ok" if event.ok else f"build failed: {event.error or 'no detail'}"
-    if isinstance(event, m.DeployFinished):
-        return f"deployed {event.succeeded}/{event.total}"
-    if isinstance(event, m.TestFinished):
-        verdict = "tests passed" if event.passed else "tests failed"
-        return verdict + (f": {event.summary}" if event.summary else "")
-    if isinstance(event, m.FixFinished):
-        return f"fix committed {event.commit.sha[:12]}" if event.commit else f"fix failed: {event.error}"
-    if isinstance(event, m.WaitElapsed):
-        return "wait elapsed"
-    if isinstance(event, m.RestartDone):
-        return "restart done"
-    if isinstance(event, m.NodesHealth):
-        return f"{event.live}/{event.total} nodes live"
-    return event.reason
