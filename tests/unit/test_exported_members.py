@@ -32,7 +32,7 @@ EXPECTED: dict[str, list[str]] = {
         "add_fleet_options", "add_state_dir_option", "config_path", "default_state_dir", "iso_now",
         "load_config", "load_inventory", "resolve_inventory_path", "state_dir_of",
     ],
-    "pytest_vpstest.commands.loops": ["project_status", "register"],
+    "pytest_vpstest.commands.loops": ["node_health", "project_status", "register"],
     "pytest_vpstest.commands.nodes": ["check_reachability", "register"],
     "pytest_vpstest.config": [
         "CRITERIA", "FOCUSES", "INVENTORY_KEYS", "NAT_TYPES", "NODE_KEYS", "PROBE_PLACEHOLDERS",

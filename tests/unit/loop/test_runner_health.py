@@ -202,3 +202,24 @@ def test_a_software_failure_still_fixes_and_fixing_is_bounded(tmp_path: Path) ->
     assert final.state is m.State.STOPPED
     assert stages.calls.count("fix") == 5
     assert (final.stop_reason or "").startswith("no fix committed after 5 attempts")
+
+
+def test_status_shows_each_nodes_health_in_text_and_json(tmp_path: Path, capsys: Any) -> None:
+    import json
+
+    from pytest_vpstest import cli
+
+    clock = FakeClock()
+    checker = FakeChecker(clock, down={"n8"})
+    final = _runner(tmp_path, HealthStages(), checker, clock, wait_1hr=False, wait_6hr=False).run()
+    assert final.state is m.State.COMPLETE
+    capsys.readouterr()
+    assert cli.main(["status", "--json", "--state-dir", str(tmp_path / "state")]) == 0
+    row = json.loads(capsys.readouterr().out)["projects"][0]
+    assert row["nodes"]["n1"]["health"] == "Live"
+    assert row["nodes"]["n8"]["health"] == "Provisioning"
+    assert "ssh: connection refused" in row["nodes"]["n8"]["health_reason"]
+    assert cli.main(["status", "--state-dir", str(tmp_path / "state")]) == 0
+    text = capsys.readouterr().out
+    assert "nodes: 9/10 live" in text
+    assert "n8: Provisioning (provisioning: ssh: connection refused)" in text
