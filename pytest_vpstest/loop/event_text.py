@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from pytest_vpstest.loop import machine as m
 
-__all__ = ["event_reason"]
+__all__ = ["event_reason", "failure_event"]
+
+
+def failure_event(stage: str, error: str) -> m.Event:
+    """A stage's own error (one line) as the stage's failure event; SETUP/DEPLOY errors are fatal."""
+    if stage == "BUILD":
+        return m.BuildFinished(False, error)
+    if stage == "TEST":
+        return m.TestFinished(False, error)
+    if stage == "FIX":
+        return m.FixFinished(None, error)
+    return m.Fatal(f"{stage}: {error}")
 
 
 def event_reason(event: m.Event) -> str:

@@ -62,6 +62,8 @@ class HealthKeeper:
         self.log = log
         self.notify = notify
         self.health: NodeHealth | None = None
+        # Nodes whose check in the latest round was bad, before any respawn repaired them.
+        self.found_bad: set[str] = set()
 
     def round(self, ctx: StageContext, document: dict[str, Any]) -> NodeHealth | None:
         """One round; its outcome is written into ``document`` (the runner saves it). None when the
@@ -74,6 +76,7 @@ class HealthKeeper:
         except Exception as exc:  # the checks are the runner's own I/O: say so, decide nothing
             self.log(f"health check failed: {type(exc).__name__}: {exc}")
             return None
+        self.found_bad = {name for name, check in checks.items() if not check.good}
         changes: list[Change] = []
         respawned = self._act(ctx, health.observe(self.clock().timestamp(), checks), changes)
         if respawned:

@@ -39,7 +39,7 @@ from typing import Any
 from pytest_vpstest.config import Inventory, ProjectConfig
 from pytest_vpstest.errors import StaleLeaseError, StateError, VpsTestError
 from pytest_vpstest.loop import machine as m
-from pytest_vpstest.loop.event_text import event_reason
+from pytest_vpstest.loop.event_text import event_reason, failure_event
 from pytest_vpstest.loop.health import infrastructure_only
 from pytest_vpstest.loop.health_keeper import HealthKeeper, NodeChecker
 from pytest_vpstest.loop.notify import Notifier, build_channels
@@ -52,6 +52,7 @@ from pytest_vpstest.loop.project_files import (
     request_stop,
     write_finished_marker,
 )
+from pytest_vpstest.loop.run_state import count_interrupted_stage
 from pytest_vpstest.loop.stage_context import (
     CHILD_MARKER,
     StageContext,
@@ -356,6 +357,7 @@ class Runner:
                 self.extra.setdefault("logs", [])
                 self.extra.setdefault("runner", {})
                 self.log(f"resuming {self.project} in {previous.state} (pid {os.getpid()})")
+                self.state = count_interrupted_stage(previous)
                 effects = m.resume_effects(previous, self.clock())
                 if not effects and m.wait_is_over(previous, self.clock()):
                     pending.extend(self._apply(m.WaitElapsed()))
@@ -502,7 +504,9 @@ class Runner:
         if not outcome.passed and self.keeper is not None:
             # Was it the nodes? Look again: a node that went bad during TEST shows now.
             self._health_round(stop_allowed=False)
-            bad = set(ctx.runner.get("unhealthy") or {}) | set((outcome.results or {}).get("unhealthy") or {})
+            # Unhealthy now, found bad by that round (even if it respawned them), or skipped as such.
+            bad = self.keeper.found_bad | set(ctx.runner.get("unhealthy") or {})
+            bad |= set((outcome.results or {}).get("unhealthy") or {})
             infrastructure = infrastructure_only(outcome.results is not None, outcome.failed_nodes, bad)
         if outcome.results is not None:
             tr = outcome.results.get("test_results")
@@ -572,7 +576,8 @@ class Runner:
         except VpsTestError as exc:
             if self.stop_event.is_set():
                 raise _Interrupted() from exc
-            return self._failure_event(stage, str(exc))
+            self.log(f"{stage}: {exc}")
+            return failure_event(stage, str(exc))
         except Exception as exc:
             if self.stop_event.is_set():
                 raise _Interrupted() from exc
@@ -581,17 +586,6 @@ class Runner:
         if self.stop_event.is_set() and not (isinstance(event, m.FixFinished) and event.commit is not None):
             raise _Interrupted()
         return event
-
-    def _failure_event(self, stage: str, error: str) -> m.Event:
-        """A stage's own error (one line) as the stage's failure event."""
-        self.log(f"{stage}: {error}")
-        if stage == "BUILD":
-            return m.BuildFinished(False, error)
-        if stage == "TEST":
-            return m.TestFinished(False, error)
-        if stage == "FIX":
-            return m.FixFinished(None, error)
-        return m.Fatal(f"{stage}: {error}")
 
     def _guard_none(self, stage: str, call: Callable[[], None]) -> None:
         try:

@@ -177,7 +177,7 @@ EXPECTED: dict[str, list[str]] = {
         "is_error_line", "next_brief_dir", "normalise", "obtain_fix", "run_fix", "run_interruptible",
         "write_brief",
     ],
-    "pytest_vpstest.loop.event_text": ["event_reason"],
+    "pytest_vpstest.loop.event_text": ["event_reason", "failure_event"],
     "pytest_vpstest.loop.health": [
         "OBSERVERS", "NodeCheck", "NodeHealth", "health_label", "infrastructure_only",
     ],
@@ -204,7 +204,9 @@ EXPECTED: dict[str, list[str]] = {
         "finished_marker", "nothing_to_resume", "project_dir", "read_stop_request", "reap_orphans",
         "request_stop", "write_finished_marker",
     ],
-    "pytest_vpstest.loop.run_state": ["TERMINAL", "WAIT_STATES", "Commit", "Counters", "RunState", "State"],
+    "pytest_vpstest.loop.run_state": [
+        "TERMINAL", "WAIT_STATES", "Commit", "Counters", "RunState", "State", "count_interrupted_stage",
+    ],
     "pytest_vpstest.loop.runner": [
         "CHILD_MARKER", "LOG_LIMIT", "NodeChecker", "Runner", "StageContext", "Stages", "TestOutcome",
         "child_env", "machine_config", "nothing_to_resume", "project_dir", "read_stop_request",

@@ -115,3 +115,25 @@ def test_webhook_and_dashboard_credentials_never_reach_a_file(tmp_path: Path) ->
             data = path.read_bytes()
             for secret in secrets:
                 assert secret.encode() not in data, f"{secret} written to {path}"
+
+
+@pytest.mark.parametrize(("crash_in", "counter"), [("build", "build_count"), ("deploy", "deploy_count"),
+                                                   ("test1", "test_count")])
+def test_a_stage_cut_off_by_a_crash_is_counted(tmp_path: Path, crash_in: str, counter: str) -> None:
+    clock = FakeClock()
+    uninterrupted = tmp_path / "plain"
+    _runner(uninterrupted, FakeStages(tests=[True]), FakeClock()).run()
+    expected = _counters(uninterrupted)[counter] + 1  # the same run plus the one the crash cut off
+    with pytest.raises(Crash):
+        _runner(tmp_path, FakeStages(tests=[True], crash_in=crash_in), clock).run()
+    final = _runner(tmp_path, FakeStages(tests=[True]), clock).run(resume_only=True)
+    assert final.state is m.State.COMPLETE
+    assert _counters(tmp_path)[counter] == expected
+
+
+def _counters(tmp_path: Path) -> dict[str, int]:
+    from pytest_vpstest.records.store import StateStore
+
+    doc = StateStore(tmp_path / "state", "demo").load()
+    assert doc is not None
+    return dict(doc["counters"])

@@ -7,6 +7,7 @@ recorded in the state file's ``nodes`` map, as events, and notified."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +224,25 @@ def test_status_shows_each_nodes_health_in_text_and_json(tmp_path: Path, capsys:
     text = capsys.readouterr().out
     assert "nodes: 9/10 live" in text
     assert "n8: Provisioning (provisioning: ssh: connection refused)" in text
+
+
+def test_an_agent_that_died_during_test_is_infrastructure_even_when_the_check_after_it_respawns_it(
+    tmp_path: Path,
+) -> None:
+    """Found by the burn-in: the round after the TEST evicts and respawns the dead agent at once, so the
+    node is Live again when the failure is judged; it was still the node's fault."""
+    clock = FakeClock()
+    checker = FakeChecker(clock)
+    stages = HealthStages(failing={"n5"})
+
+    def n5_dies(name: str, ctx: StageContext) -> None:
+        if name == "test0":
+            checker.dead.add("n5")
+            clock.now += timedelta(seconds=120)  # a long TEST: the round after it evicts n5 at once
+
+    stages.hook = n5_dies
+    final = _runner(tmp_path, stages, checker, clock).run()
+    assert checker.respawns == ["n5"]
+    assert "FIX" not in _path(tmp_path)
+    assert final.state is m.State.STOPPED
+    assert "infrastructure reasons only" in (final.stop_reason or "")
