@@ -34,7 +34,7 @@ from pytest_vpstest.inventory import (
     load_inventory,
     parse_inventory,
 )
-from pytest_vpstest.suite import FOCUSES, Focus, suite_key
+from pytest_vpstest.suite import FOCUSES, SUITES, Focus, find_suite, suite_key
 
 __all__ = [
     "CRITERIA",
@@ -59,6 +59,7 @@ __all__ = [
     "DeployConfig",
     "FixConfig",
     "Focus",
+    "HealthConfig",
     "Inventory",
     "ModuleConfig",
     "NatType",
@@ -170,6 +171,25 @@ class FixConfig:
     command: str | None = None
     verify_command: str | None = None
     commit_wait_seconds: float = 3600.0
+    # Fix attempts in one run before the loop stops (STOPPED, with the reason).
+    max_attempts: int = 5
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """Node liveness during the loop (the ``health`` block; docs/loop.md "Node health").
+
+    Nodes are checked every ``check_seconds`` while the loop waits, and before each TEST. A node
+    without a good check for ``suspect_after_seconds`` is Suspect, ``evict_after_seconds`` later
+    Evicted and respawned (its service restarted; redeployed when the binary is gone), at most
+    ``respawn_attempts`` times; then Failed. Fewer than ``min_live_fraction`` Live nodes stop the run.
+    """
+
+    check_seconds: float = 60.0
+    suspect_after_seconds: float = 60.0
+    evict_after_seconds: float = 60.0
+    respawn_attempts: int = 3
+    min_live_fraction: float = 0.5
 
 
 ChannelKind = Literal["log", "webhook", "command", "voice"]
@@ -227,6 +247,7 @@ class ProjectConfig:
     soak: SoakConfig = field(default_factory=SoakConfig)
     probes: ProbeTemplates = field(default_factory=ProbeTemplates)
     fix: FixConfig = field(default_factory=FixConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     # Inventory file (relative to the config file) or "lab".
@@ -286,6 +307,7 @@ PROJECT_KEYS = (
     "soak",
     "probes",
     "fix",
+    "health",
     "notify",
     "dashboard",
     "inventory",
@@ -357,13 +379,14 @@ def parse_project_config(text: str, path: Path | str | None = None) -> ProjectCo
         soak=_soak(r, m["soak"]) if "soak" in m else SoakConfig(),
         probes=_probes(r, m["probes"]) if "probes" in m else ProbeTemplates(),
         fix=_fix(r, m["fix"]) if "fix" in m else FixConfig(),
+        health=_health(r, m["health"]) if "health" in m else HealthConfig(),
         notify=_notify(r, m["notify"]) if "notify" in m else NotifyConfig(),
         dashboard=_dashboard(r, m["dashboard"]) if "dashboard" in m else DashboardConfig(),
         inventory=r.string(m["inventory"], "inventory") if "inventory" in m else None,
         state_dir=r.path(m["state_dir"], "state_dir", base) if "state_dir" in m else None,
         focus=cast(Focus, r.choice(m["focus"], "focus", FOCUSES)) if "focus" in m else None,
         criteria=cast(Criteria, r.choice(m["criteria"], "criteria", CRITERIA)) if "criteria" in m else None,
-        criteria_expr=r.string(m["criteria_expr"], "criteria_expr") if "criteria_expr" in m else None,
+        criteria_expr=_criteria_expr(r, m["criteria_expr"]) if "criteria_expr" in m else None,
         proof=cast(Proof, r.choice(m["proof"], "proof", PROOFS)) if "proof" in m else None,
     )
 
@@ -447,12 +470,30 @@ def _bootstrap(r: Reader, node: yaml.Node) -> BootstrapConfig:
     )
 
 
+def _criteria_expr(r: Reader, node: yaml.Node) -> str:
+    """A custom criteria expression, checked now: a typo must not wait for the first TEST."""
+    from pytest_vpstest.errors import CriteriaError
+    from pytest_vpstest.expressions import check_expression
+
+    text = r.string(node, "criteria_expr")
+    try:
+        check_expression(text)
+    except CriteriaError as exc:
+        raise r.fail(node, "criteria_expr", str(exc)) from None
+    return text
+
+
 def _suites(r: Reader, node: yaml.Node) -> tuple[tuple[str, SuiteConfig], ...]:
     """The ``tests`` blocks, keyed by suite name: ``tests.nat-traversal`` is read as
-    ``tests.nat_traversal`` (both spellings are accepted; giving both is an error)."""
+    ``tests.nat_traversal`` (both spellings are accepted; giving both is an error). An unknown
+    suite (``tests.conectivity``) is an error naming the suites there are."""
     out: dict[str, SuiteConfig] = {}
     for k, v in r.entries(node, "tests"):
-        key = suite_key(r.safe_name(k, f"tests.{k.value}", is_key=True))
+        name = r.safe_name(k, f"tests.{k.value}", is_key=True)
+        if find_suite(name) is None:
+            allowed = [s.name for s in SUITES]
+            raise r.fail(k, f"tests.{k.value}", f"unknown suite {name!r}", allowed)
+        key = suite_key(name)
         if key in out:
             where = f"tests.{k.value}"
             raise r.fail(k, where, f"the {key} suite is configured twice (as {key} and {k.value})")
@@ -517,7 +558,7 @@ def _probes(r: Reader, node: yaml.Node) -> ProbeTemplates:
 
 
 def _fix(r: Reader, node: yaml.Node) -> FixConfig:
-    m = r.mapping(node, "fix", ("command", "verify_command", "commit_wait_seconds"))
+    m = r.mapping(node, "fix", ("command", "verify_command", "commit_wait_seconds", "max_attempts"))
     d = FixConfig()
     return FixConfig(
         command=r.opt_string(m["command"], "fix.command") if "command" in m else None,
@@ -527,6 +568,35 @@ def _fix(r: Reader, node: yaml.Node) -> FixConfig:
         commit_wait_seconds=r.number(m["commit_wait_seconds"], "fix.commit_wait_seconds", positive=True)
         if "commit_wait_seconds" in m
         else d.commit_wait_seconds,
+        max_attempts=r.integer(m["max_attempts"], "fix.max_attempts", 1)
+        if "max_attempts" in m
+        else d.max_attempts,
+    )
+
+
+def _health(r: Reader, node: yaml.Node) -> HealthConfig:
+    names = tuple(f.name for f in dataclass_fields(HealthConfig))
+    m = r.mapping(node, "health", names)
+    d = HealthConfig()
+
+    def seconds(key: str) -> float:
+        value: float = getattr(d, key)
+        return r.number(m[key], f"health.{key}", positive=True) if key in m else value
+
+    live = d.min_live_fraction
+    if "min_live_fraction" in m:
+        live = r.number(m["min_live_fraction"], "health.min_live_fraction", non_negative=True)
+        if live > 1:
+            key = "health.min_live_fraction"
+            raise r.fail(m["min_live_fraction"], key, f"must be between 0 and 1, got {live:g}")
+    return HealthConfig(
+        check_seconds=seconds("check_seconds"),
+        suspect_after_seconds=seconds("suspect_after_seconds"),
+        evict_after_seconds=seconds("evict_after_seconds"),
+        respawn_attempts=r.integer(m["respawn_attempts"], "health.respawn_attempts", 0)
+        if "respawn_attempts" in m
+        else d.respawn_attempts,
+        min_live_fraction=live,
     )
 
 

@@ -11,7 +11,13 @@ from __future__ import annotations
 import pytest
 
 from pytest_vpstest.fleet.probes import ProbeRunner
-from pytest_vpstest.plugin.fixtures import Recorder, RunContext, parametrize, skip_if_not_deployed
+from pytest_vpstest.plugin.fixtures import (
+    Recorder,
+    RunContext,
+    parametrize,
+    skip_if_not_deployed,
+    skip_if_unreachable,
+)
 from pytest_vpstest.plugin.pairs import Pair, connectivity_pairs
 from pytest_vpstest.suite import ConnectivityMeasurement
 
@@ -38,6 +44,7 @@ def test_connect(pair: Pair, probe: ProbeRunner, vps_run: RunContext, vps_record
     results = [
         probe.connect(pair.src, pair.dst, pair.method, settings.timeout_seconds) for _ in range(attempts)
     ]
+    skip_if_unreachable(vps_run, results)
     success = sum(connected(r, pair.method) for r in results)
     vps_record(
         ConnectivityMeasurement(

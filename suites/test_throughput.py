@@ -15,7 +15,13 @@ import pytest
 
 from pytest_vpstest.fleet.probes import ProbeRunner, Transport
 from pytest_vpstest.fleet.remote import quote_command
-from pytest_vpstest.plugin.fixtures import Recorder, RunContext, parametrize, skip_if_not_deployed
+from pytest_vpstest.plugin.fixtures import (
+    Recorder,
+    RunContext,
+    parametrize,
+    skip_if_not_deployed,
+    skip_if_unreachable,
+)
 from pytest_vpstest.plugin.pairs import Pair, throughput_pairs
 from pytest_vpstest.suite import ThroughputMeasurement
 
@@ -88,6 +94,7 @@ def test_throughput(pair: Pair, probe: ProbeRunner, vps_run: RunContext, vps_rec
         probe.throughput(pair.src, pair.dst, seconds, seconds + settings.timeout_seconds)
         for _ in range(attempts)
     ]
+    skip_if_unreachable(vps_run, results)
     mbps = [
         round(float(r.get("mbps")), 3) for r in results if r.ok and isinstance(r.get("mbps"), int | float)
     ]

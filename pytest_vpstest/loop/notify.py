@@ -37,6 +37,7 @@ import requests
 
 from pytest_vpstest._files import write_text_atomic
 from pytest_vpstest.config import ChannelConfig, NotifyConfig
+from pytest_vpstest.redact import redact_url
 
 __all__ = [
     "EVENT_KINDS",
@@ -264,9 +265,9 @@ class WebhookChannel:
                 headers=self._headers(event),
             )
         except requests.RequestException as exc:
-            raise DeliveryError(f"{self.url}: {type(exc).__name__}") from exc
+            raise DeliveryError(f"{redact_url(self.url)}: {type(exc).__name__}") from exc
         if not 200 <= resp.status_code < 300:
-            raise DeliveryError(f"{self.url}: HTTP {resp.status_code}")
+            raise DeliveryError(f"{redact_url(self.url)}: HTTP {resp.status_code}")
 
     def _headers(self, event: OutboxEvent) -> dict[str, str]:
         headers = {"Idempotency-Key": event.id}

@@ -33,15 +33,15 @@ EXPECTED: dict[str, list[str]] = {
         "add_fleet_options", "add_state_dir_option", "config_path", "default_state_dir", "iso_now",
         "load_config", "load_inventory", "resolve_inventory_path", "state_dir_of",
     ],
-    "pytest_vpstest.commands.loops": ["project_status", "register"],
+    "pytest_vpstest.commands.loops": ["node_health", "project_status", "register"],
     "pytest_vpstest.commands.nodes": ["check_reachability", "register"],
     "pytest_vpstest.config": [
         "CRITERIA", "FOCUSES", "INVENTORY_KEYS", "NAT_TYPES", "NODE_KEYS", "NODE_TESTS",
         "PROBE_PLACEHOLDERS", "PROJECT_KEYS", "PROOFS", "ROLES", "SAFE_NAME_PATTERN", "SERVICE_MANAGERS",
         "START_COMMAND_PLACEHOLDERS", "BootstrapConfig", "BuildConfig", "ChannelConfig", "ChannelKind",
-        "Criteria", "DashboardConfig", "DeployConfig", "FixConfig", "Focus", "Inventory", "ModuleConfig",
-        "NatType", "Node", "NodeTests", "NotifyConfig", "ProbeTemplates", "ProjectConfig", "Proof",
-        "RegistryAccess", "Role",
+        "Criteria", "DashboardConfig", "DeployConfig", "FixConfig", "Focus", "HealthConfig", "Inventory",
+        "ModuleConfig", "NatType", "Node", "NodeTests", "NotifyConfig", "ProbeTemplates", "ProjectConfig",
+        "Proof", "RegistryAccess", "Role",
         "ServiceManagerKind", "SoakConfig", "SuiteConfig", "is_safe_name", "load_inventory",
         "load_project_config", "parse_inventory", "parse_project_config",
     ],
@@ -84,8 +84,8 @@ EXPECTED: dict[str, list[str]] = {
         "resolve_artifact", "run_build",
     ],
     "pytest_vpstest.fleet.deploy": [
-        "DeployReport", "NodeDeploy", "Stage", "deploy", "registered_names", "rollback", "start_command",
-        "target_nodes",
+        "DeployReport", "NodeDeploy", "Stage", "deploy", "owner_of", "registered_names", "rollback",
+        "start_command", "target_nodes",
     ],
     "pytest_vpstest.fleet.node": ["NodePlan", "binary_name", "install_path", "plan_node", "service_name"],
     "pytest_vpstest.fleet.probes": [
@@ -205,6 +205,11 @@ EXPECTED: dict[str, list[str]] = {
         "is_error_line", "next_brief_dir", "normalise", "obtain_fix", "run_fix", "run_interruptible",
         "write_brief",
     ],
+    "pytest_vpstest.loop.event_text": ["event_reason", "failure_event"],
+    "pytest_vpstest.loop.health": [
+        "OBSERVERS", "NodeCheck", "NodeHealth", "health_label", "infrastructure_only",
+    ],
+    "pytest_vpstest.loop.health_keeper": ["HEALTH_EVENTS_KEPT", "HealthKeeper", "NodeChecker"],
     "pytest_vpstest.loop.liveness": [
         "BecameLive", "BecameSuspect", "Event", "Evicted", "Failed", "Live", "LivenessMachine", "Never",
         "NodeEvicted", "NodeFailed", "NodeState", "Observation", "OnFailure", "Provisioning",
@@ -214,7 +219,8 @@ EXPECTED: dict[str, list[str]] = {
     "pytest_vpstest.loop.machine": [
         "ALLOWED_TRANSITIONS", "NOTIFY_KINDS", "TERMINAL", "WAIT_STATES", "BuildFinished", "Commit",
         "Counters", "DeployFinished", "Effect", "Event", "Fatal", "Finish", "FixFinished", "InvalidEvent",
-        "MachineConfig", "Notify", "Phase", "Restart", "RestartDone", "RunBuild", "RunDeploy", "RunFix",
+        "MachineConfig", "NodesHealth", "Notify", "Phase", "Restart", "RestartDone", "RunBuild", "RunDeploy",
+        "RunFix",
         "RunSetup", "RunState", "RunTest", "SetupFinished", "Start", "StartWait", "State", "Stop",
         "TestFinished", "UserStop", "WaitElapsed", "initial_state", "resume_effects", "step", "wait_is_over",
     ],
@@ -222,10 +228,17 @@ EXPECTED: dict[str, list[str]] = {
         "EVENT_KINDS", "Channel", "CommandChannel", "DeliveryError", "LogChannel", "Notifier", "Outbox",
         "OutboxEvent", "VoiceChannel", "WebhookChannel", "build_channels",
     ],
-    "pytest_vpstest.loop.run_state": ["TERMINAL", "WAIT_STATES", "Commit", "Counters", "RunState", "State"],
+    "pytest_vpstest.loop.project_files": [
+        "finished_marker", "nothing_to_resume", "project_dir", "read_stop_request", "reap_orphans",
+        "request_stop", "write_finished_marker",
+    ],
+    "pytest_vpstest.loop.run_state": [
+        "TERMINAL", "WAIT_STATES", "Commit", "Counters", "RunState", "State", "count_interrupted_stage",
+    ],
     "pytest_vpstest.loop.runner": [
-        "CHILD_MARKER", "LOG_LIMIT", "Runner", "StageContext", "Stages", "TestOutcome", "child_env",
-        "machine_config", "project_dir", "read_stop_request", "reap_orphans", "request_stop", "utcnow",
+        "CHILD_MARKER", "LOG_LIMIT", "NodeChecker", "Runner", "StageContext", "Stages", "TestOutcome",
+        "child_env", "machine_config", "nothing_to_resume", "project_dir", "read_stop_request",
+        "reap_orphans", "request_stop", "utcnow",
     ],
     "pytest_vpstest.loop.stage_context": [
         "CHILD_MARKER", "StageContext", "Stages", "TestOutcome", "child_env", "iso", "utcnow",
@@ -241,9 +254,10 @@ EXPECTED: dict[str, list[str]] = {
         "vps_config", "vps_record", "vps_run",
     ],
     "pytest_vpstest.plugin.fixtures": [
-        "NOT_CONFIGURED", "RUN_KEY", "Recorder", "RunContext", "build_artifact", "default_build",
-        "default_deploy", "default_fetch_logs", "deployment", "failed_nodes", "fleet", "node", "node_pool",
-        "once", "parametrize", "probe", "run_of", "skip_if_not_deployed", "vps_config", "vps_record",
+        "NOT_CONFIGURED", "RUN_KEY", "UNHEALTHY_PREFIX", "Recorder", "RunContext", "build_artifact",
+        "default_build", "default_deploy", "default_fetch_logs", "deployment", "failed_nodes", "fleet",
+        "mark_unhealthy", "node", "node_pool", "once", "parametrize", "probe", "run_of",
+        "skip_if_not_deployed", "skip_if_unreachable", "unhealthy_nodes", "vps_config", "vps_record",
         "vps_run",
     ],
     "pytest_vpstest.plugin.hookspecs": [
@@ -269,6 +283,7 @@ EXPECTED: dict[str, list[str]] = {
     "pytest_vpstest.records.store": [
         "SCHEMA_VERSION", "Lease", "LeaseInfo", "LoadResult", "StateStore", "is_safe_identifier", "iso_utc",
     ],
+    "pytest_vpstest.redact": ["redact_text", "redact_url"],
     "pytest_vpstest.suite": [
         "CATEGORIES", "CATEGORY_OF", "CONNECTIVITY", "FOCUSES", "FULL_SUITE", "GOSSIP", "MARKER", "METHODS",
         "NAT_TRAVERSAL", "SUITES", "THROUGHPUT", "Category", "ConnectivityMeasurement", "Focus",
