@@ -57,8 +57,10 @@ def serve(
     ports: tuple[int, int] = DEFAULT_PORTS,
     lifetime_s: float = 600.0,
     stop: threading.Event | None = None,
+    ready: threading.Event | None = None,
 ) -> None:
-    """Answer probes on ``bind``:P1 and :P2 for at most ``lifetime_s`` seconds (or until ``stop``)."""
+    """Answer probes on ``bind``:P1 and :P2 for at most ``lifetime_s`` seconds (or until ``stop``);
+    ``ready`` is set once every socket is bound and listening."""
     with contextlib.ExitStack() as stack:
         socks = []
         for port in ports:
@@ -75,6 +77,8 @@ def serve(
         for i, lst in enumerate(listeners):
             sel.register(lst, selectors.EVENT_READ, ("tcp", i))
         print(f"natcheck reflector on {bind} ports {ports[0]},{ports[1]} (udp, tcp)", flush=True)
+        if ready is not None:
+            ready.set()
         deadline = time.monotonic() + min(lifetime_s, MAX_LIFETIME_S)
         done = threading.Event()
         stack.callback(done.set)

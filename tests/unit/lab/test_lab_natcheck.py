@@ -34,9 +34,11 @@ _stop = threading.Event()
 
 
 def _start(bind: str, alt: str | None, ports: tuple[int, int]) -> None:
-    t = threading.Thread(target=natcheck.serve, args=(bind, alt, ports, 10.0, _stop), daemon=True)
+    ready = threading.Event()
+    t = threading.Thread(target=natcheck.serve, args=(bind, alt, ports, 10.0, _stop, ready), daemon=True)
     t.start()
     _threads.append(t)
+    assert ready.wait(timeout=10), f"reflector on {bind} did not start"
 
 
 @pytest.fixture
