@@ -46,6 +46,7 @@ __all__ = [
     "MAPPING_TIMEOUT_S",
     "NAT_TABLE",
     "PROTOCOLS",
+    "ROUTER_SYSCTLS",
     "TCP_MAPPING_TIMEOUT_S",
     "Filtering",
     "Mapping",
@@ -63,6 +64,15 @@ LOSS_TABLE = "vpsloss"
 MAPPING_TIMEOUT_S = 120
 # RFC 5382 REQ-5: an established TCP connection's mapping idles at least 2 h 4 min.
 TCP_MAPPING_TIMEOUT_S = 7440
+# Every NAT router: forwarding on, no IPv6, no ICMP redirects (a hairpinned packet leaves by the link
+# it came in on), and conntrack does not adopt mid-stream TCP, so an expired mapping stays expired.
+ROUTER_SYSCTLS: dict[str, str] = {
+    "net.ipv4.ip_forward": "1",
+    "net.ipv6.conf.all.disable_ipv6": "1",
+    "net.ipv4.conf.all.send_redirects": "0",
+    "net.ipv4.conf.lan.send_redirects": "0",
+    "net.netfilter.nf_conntrack_tcp_loose": "0",
+}
 # The protocols whose mapping and filtering follow the NAT type (others: outbound and replies only).
 PROTOCOLS: tuple[str, ...] = ("udp", "tcp")
 
@@ -143,6 +153,8 @@ def router_ruleset(
     masquerade = "masquerade fully-random" if mapping == "address-and-port-dependent" else "masquerade"
     postrouting = [f'oifname "wan" ip saddr {lan_subnet} {masquerade}']
     forward = [
+        # Mid-stream TCP without a mapping (expired) is invalid here (tcp_loose off), as in RFC 5382.
+        "ct state invalid drop",
         "ct state established,related accept",
         'iifname "lan" oifname "wan" accept',
         'iifname "wan" oifname "lan" ct status dnat accept',
@@ -204,21 +216,20 @@ def _ct_timeout(name: str, proto: str, policy: str) -> str:
     return f"  ct timeout {name} {{\n    protocol {proto}; l3proto ip;\n    policy = {{ {policy} }};\n  }}"
 
 
-def link_loss_ruleset(dev: str, percent: float) -> str:
-    """Drop ``percent`` % of the packets crossing ``dev`` in each direction, at random.
+def link_loss_ruleset(dev: str, percent: float, table: str = LOSS_TABLE) -> str:
+    """Drop ``percent`` % of the IPv4 packets arriving on ``dev``, at random.
 
-    Runs before conntrack (priority raw), so a dropped packet leaves no connection state behind.
+    A netdev ingress hook: the packet is gone before routing and conntrack see it, and no sender
+    gets an error (a drop in ``output`` would make ``sendto`` fail with EPERM, which a lossy wire
+    never does). Loss on both directions of a link is this ruleset at both of its ends.
     """
     if not 0 < percent < 100:
         raise ValueError(f"loss must be between 0 and 100 %, got {percent}")
     # numgen gives 0..9999; drop below percent * 100 (a hundredth of a percent resolution).
-    rule = f"numgen random mod 10000 < {round(percent * 100)} drop"
-    lines = [f"table inet {LOSS_TABLE} {{"]
+    rule = f"meta protocol ip numgen random mod 10000 < {round(percent * 100)} drop"
+    lines = [f"table netdev {table} {{"]
     lines += _chain(
-        "ingress", "type filter hook prerouting priority raw; policy accept;", [f'iifname "{dev}" {rule}']
-    )
-    lines += _chain(
-        "egress", "type filter hook output priority raw; policy accept;", [f'oifname "{dev}" {rule}']
+        "ingress", f'type filter hook ingress device "{dev}" priority filter; policy accept;', [rule]
     )
     lines.append("}")
     return "\n".join(lines) + "\n"

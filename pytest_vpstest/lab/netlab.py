@@ -198,19 +198,32 @@ def _node_ruleset(plan: LabPlan, n: NodePlan | None = None) -> str:
     return ruleset
 
 
+def _far_end_loss_devices(plan: LabPlan) -> list[tuple[str, str, float]]:
+    """Where each lossy node's data link arrives (bridge port or router LAN): (namespace, device, %)."""
+    return [
+        (n.router_ns, "lan", n.node.loss_percent)
+        if n.router_ns
+        else (plan.inet_ns, f"d{n.number}", n.node.loss_percent)
+        for n in plan.nodes
+        if n.node.loss_percent > 0
+    ]
+
+
+def _far_end_loss_jobs(plan: LabPlan) -> list[Callable[[], None]]:
+    """Loss on the way out of a lossy node: drops at the far end of its data link."""
+    return [
+        partial(_ns_setup, ns, {}, nat.link_loss_ruleset(dev, pct, table=f"{nat.LOSS_TABLE}_{dev}"))
+        for ns, dev, pct in _far_end_loss_devices(plan)
+    ]
+
+
 def build_network(plan: LabPlan) -> None:
     """Namespaces, links, addresses, routes, shaping and nftables of ``plan`` (no processes)."""
     netns.ip_batch(f"netns add {ns}" for ns in plan.namespaces)
     netns.ip_batch(_root_link_commands(plan))
     netns.nft_load(nat.host_guard_ruleset(plan.prefix))
     node_forward = {"net.ipv4.ip_forward": "0", "net.ipv6.conf.all.disable_ipv6": "1"}
-    # No ICMP redirects: a hairpinned packet leaves a router by the link it came in on.
-    router_forward = {
-        "net.ipv4.ip_forward": "1",
-        "net.ipv6.conf.all.disable_ipv6": "1",
-        "net.ipv4.conf.all.send_redirects": "0",
-        "net.ipv4.conf.lan.send_redirects": "0",
-    }
+    router_forward = nat.ROUTER_SYSCTLS
     jobs: list[Callable[[], None]] = [
         partial(netns.ip_batch, _inet_commands(plan), netns=plan.inet_ns),
         partial(_ns_setup, plan.inet_ns, node_forward, None),
@@ -222,6 +235,7 @@ def build_network(plan: LabPlan) -> None:
             jobs += _router_jobs(n, router_forward)
     _parallel(jobs)
     _parallel([partial(_tc_batch, ns, cmds) for ns, cmds in _shaping_jobs(plan)])
+    _parallel(_far_end_loss_jobs(plan))
 
 
 def _tc_batch(ns: str, cmds: list[str]) -> None:

@@ -18,6 +18,7 @@ from pytest_vpstest.lab.nat import (
     link_loss_ruleset,
     router_ruleset,
 )
+from pytest_vpstest.lab.netlab import _far_end_loss_devices, _node_ruleset
 from pytest_vpstest.lab.plan import make_plan
 from pytest_vpstest.lab.topology import MappingTimeout, parse_topology
 
@@ -114,14 +115,26 @@ def test_hairpin_rules(nat: str) -> None:
         RouterOptions(hairpin=True)
 
 
-def test_loss_rules_drop_both_directions_before_conntrack() -> None:
+def test_loss_rules_drop_ipv4_at_a_links_ingress_silently() -> None:
     rules = link_loss_ruleset("eth0", 12.5)
-    assert 'iifname "eth0" numgen random mod 10000 < 1250 drop' in rules
-    assert 'oifname "eth0" numgen random mod 10000 < 1250 drop' in rules
-    assert rules.count("priority raw") == 2
+    assert rules.startswith("table netdev vpsloss {")
+    assert 'type filter hook ingress device "eth0" priority filter; policy accept;' in rules
+    assert "meta protocol ip numgen random mod 10000 < 1250 drop" in rules
+    assert "output" not in rules, "no drop on the sender's own output path (it would see EPERM)"
+    assert link_loss_ruleset("d4", 1, table="vpsloss_d4").startswith("table netdev vpsloss_d4 {")
     for bad in (0, 100, -1):
         with pytest.raises(ValueError, match="loss"):
             link_loss_ruleset("eth0", bad)
+
+
+def test_plan_puts_loss_at_both_ends_of_a_lossy_link() -> None:
+    topo = parse_topology(
+        _topo("{name: p, loss_percent: 5}") + "  - {name: n, role: nat, nat: symmetric, loss_percent: 7}\n"
+    )
+    plan = make_plan(topo, "vps", 200)
+    assert 'device "eth0"' in _node_ruleset(plan, plan.node("p"))
+    assert "vpsloss" not in _node_ruleset(plan, plan.node("reg"))
+    assert set(_far_end_loss_devices(plan)) == {("vps-inet", "d2", 5.0), ("vps-r-n", "lan", 7.0)}
 
 
 def test_double_nat_plan() -> None:
