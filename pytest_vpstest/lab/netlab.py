@@ -448,4 +448,27 @@ def _record(
         mgmt_subnet=plan.mgmt_subnet,
         harness_ip=plan.harness_ip,
         build_seconds=round(seconds, 3),
+        # What the NAT labels cover, and each node's field conditions, for status and reports.
+        extra={"nat_protocols": list(nat.PROTOCOLS), "conditions": field_conditions(plan)},
     )
+
+
+def field_conditions(plan: LabPlan) -> dict[str, dict[str, object]]:
+    """The field conditions of every node that has any (topology keys, as data)."""
+    out: dict[str, dict[str, object]] = {}
+    for n in plan.nodes:
+        c: dict[str, object] = {}
+        if n.node.loss_percent > 0:
+            c["loss_percent"] = n.node.loss_percent
+        if n.node.mapping_timeout is not None:
+            t = n.node.mapping_timeout
+            timeouts = (("udp_s", t.udp_s), ("tcp_s", t.tcp_s))
+            c["mapping_timeout"] = {k: v for k, v in timeouts if v is not None}
+        if n.node.hairpin:
+            c["hairpin"] = True
+        if n.node.carrier_nat is not None:
+            c["carrier_nat"] = n.node.carrier_nat
+            c["home_nat"] = n.node.nat
+        if c:
+            out[n.name] = c
+    return out

@@ -366,3 +366,10 @@ def test_double_nat_behaves_as_its_label(
     public = lab.node(node).public_ip
     assert {m.split(":")[0] for m in result["mapped"].values()} == {public}, result
     assert (result["mapping"], result["filtering"]) == BEHAVIOUR[label], result  # type: ignore[index]
+
+
+def test_record_says_what_the_nat_labels_cover(lab: Lab) -> None:
+    record = lab_api.status(lab.record.prefix, lab.dir)[0]
+    assert record.extra["nat_protocols"] == ["udp", "tcp"]
+    assert record.extra["conditions"]["cgn-sym"] == {"carrier_nat": "symmetric", "home_nat": "full-cone"}
+    assert record.extra["conditions"]["lossy"] == {"loss_percent": 30.0}

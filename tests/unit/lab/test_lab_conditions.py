@@ -163,3 +163,17 @@ def test_double_nat_shows_the_stricter_of_each_behaviour(home: str, carrier: str
     assert mapping == max(m1, m2, key=_ORDER.index)
     assert filtering == max(f1, f2, key=_ORDER.index)
     assert combined_nat(home, "none") == home  # type: ignore[arg-type]
+
+
+def test_record_lists_conditions_as_data() -> None:
+    from pytest_vpstest.lab.netlab import field_conditions
+
+    topo = parse_topology(
+        _topo("{name: p, loss_percent: 5}")
+        + "  - {name: n, role: nat, nat: full-cone, carrier_nat: symmetric, mapping_timeout: {udp_s: 9}}\n"
+        + "  - {name: q, role: nat, nat: symmetric}\n"
+    )
+    assert field_conditions(make_plan(topo, "vps", 200)) == {
+        "p": {"loss_percent": 5.0},
+        "n": {"mapping_timeout": {"udp_s": 9}, "carrier_nat": "symmetric", "home_nat": "full-cone"},
+    }
