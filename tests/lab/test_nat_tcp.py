@@ -111,3 +111,87 @@ def test_public_node_tcp_is_neither_translated_nor_filtered(lab: Lab, reflectors
         f"{lab.node('saorsa-9').data_ip}:{result['local'].split(':')[1]}"
     }
     assert result["from_other_address"] and result["from_other_port"]
+
+
+# TCP hole punching by simultaneous open: each side learns its mapping from reflector A (over a
+# connection from port X that stays open), listens on X too, gets the other's mapping on stdin, then
+# connects from X to it while accepting on X. Success: a connection to or from the peer's address.
+_PUNCHER = r"""
+import json, select, socket, sys, time
+host, port = sys.argv[1], int(sys.argv[2])
+def tcp(p):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("", p))
+    return s
+lst = tcp(0); lst.listen(4); lst.setblocking(False)
+x = lst.getsockname()[1]
+c = tcp(x); c.settimeout(5); c.connect((host, port))
+c.sendall(json.dumps({"op": "probe", "id": "p"}).encode() + b"\n")
+print(json.dumps({"mapped": json.loads(c.recv(2048).split(b"\n")[0])["mapped"]}), flush=True)
+peer = sys.stdin.readline().strip()
+phost, pport = peer.rsplit(":", 1)
+deadline = time.monotonic() + 6
+how = None
+while how is None and time.monotonic() < deadline:
+    d = tcp(x); d.setblocking(False)
+    d.connect_ex((phost, int(pport)))
+    end = min(deadline, time.monotonic() + 2)
+    while how is None and time.monotonic() < end:
+        r, w, _ = select.select([lst], [d], [], 0.1)
+        if w and d.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+            how = "connected"
+        elif r:
+            conn, src = lst.accept()
+            if src[0] == phost:
+                how = "accepted"
+    if how is None:
+        d.close()
+print(json.dumps({"result": how}), flush=True)
+"""
+
+PUNCH_PAIRS = [("saorsa-4", "saorsa-5"), ("saorsa-4", "saorsa-6"), ("saorsa-5", "saorsa-6")]
+PUNCH_PAIRS += [("saorsa-10", "saorsa-4"), ("saorsa-10", "saorsa-5"), ("saorsa-10", "saorsa-6")]
+
+
+def punch_expected(a: str, b: str) -> bool:
+    """NAT theory without port prediction: a punch fails when one side's mapping is per destination
+    (symmetric) and the other side only admits the exact endpoint it sent to."""
+    for one, other in ((a, b), (b, a)):
+        if (
+            BEHAVIOUR[one][0] == "address-and-port-dependent"
+            and BEHAVIOUR[other][1] == "address-and-port-dependent"
+        ):  # type: ignore[index]
+            return False
+    return True
+
+
+@pytest.mark.parametrize(("left", "right"), PUNCH_PAIRS)
+def test_tcp_hole_punch_follows_nat_theory(
+    lab: Lab, reflectors: tuple[str, str], left: str, right: str
+) -> None:
+    a, _ = reflectors
+    procs = {
+        n: subprocess.Popen(
+            ["ip", "netns", "exec", str(lab.node(n).ns), sys.executable, "-c", _PUNCHER, a, str(P1)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for n in (left, right)
+    }
+    try:
+        mapped = {n: json.loads(p.stdout.readline())["mapped"] for n, p in procs.items()}  # type: ignore[union-attr]
+        for n, other in ((left, right), (right, left)):
+            procs[n].stdin.write(mapped[other] + "\n")  # type: ignore[union-attr]
+            procs[n].stdin.flush()  # type: ignore[union-attr]
+        results = {n: json.loads(p.communicate(timeout=30)[0])["result"] for n, p in procs.items()}
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait(timeout=5)
+    nats = (lab.node(left).nat, lab.node(right).nat)
+    expected = punch_expected(*nats)
+    punched = all(r is not None for r in results.values())
+    assert punched == expected, f"{left} ({nats[0]}) <-> {right} ({nats[1]}) over tcp: {results}"
