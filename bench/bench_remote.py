@@ -2,7 +2,7 @@
 
 Starts its own loopback OpenSSH server (tests/support/sshd.py), runs ``true`` N times through
 ``SessionPool`` (one connection, one channel per command) and N times as ``ssh host true`` (a new
-process, TCP connection, key exchange and authentication per command, as the seeds' scripts do),
+process, TCP connection, key exchange and authentication per command, as shell scripts looping over nodes do),
 and prints both wall times and the ratio. Target: the cached session at least 10x faster.
 
     .venv/bin/python bench/bench_remote.py [--commands 100] [--parallel 8]
@@ -36,7 +36,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="vpstest-bench-") as tmp:
         sshd = start_sshd(Path(tmp))
         try:
-            # Baseline: one ssh process per command (the seeds' `ssh root@node '...'`).
+            # Baseline: one ssh process per command (a script's `ssh root@node '...'`).
             started = time.perf_counter()
             for _ in range(n):
                 subprocess.run(sshd.ssh_command("true"), check=True, stdout=subprocess.DEVNULL)

@@ -40,7 +40,8 @@ def pytest_argv(args: argparse.Namespace, state: Path, *extra: str) -> list[str]
 def serial_probes(args: argparse.Namespace) -> tuple[float, int]:
     """Every probe of the suite, one after another, through one cached session per node."""
     from pytest_vpstest.cli import load_config, load_inventory
-    from pytest_vpstest.fleet.probes import NodeSlots, ProbeRunner, binary_path
+    from pytest_vpstest.fleet.node import plan_node
+    from pytest_vpstest.fleet.probes import NodeSlots, ProbeRunner
     from pytest_vpstest.fleet.remote import SessionPool
     from pytest_vpstest.plugin.pairs import connectivity_pairs
 
@@ -49,11 +50,8 @@ def serial_probes(args: argparse.Namespace) -> tuple[float, int]:
     timeout = next((s.timeout_seconds for k, s in cfg.tests if k == "connectivity"), 10.0)
     with SessionPool(inv) as pool:
 
-        def values(name: str) -> dict[str, object]:
-            n = inv.node(name)
-            return {"bin": binary_path(cfg, n.install_path or cfg.deploy.install_path)}
-
-        runner = ProbeRunner(pool, inv, cfg.probes, values_for=values, slots=NodeSlots(1))
+        plans = {n.name: plan_node(n, cfg) for n in inv.nodes}
+        runner = ProbeRunner(pool, inv, cfg.probes, plan_for=plans.__getitem__, slots=NodeSlots(1))
         pairs = connectivity_pairs(inv)
         for p in {p.src for p in pairs}:
             runner.status(p)  # open every session before timing, as the pytest run's fixtures do

@@ -2,7 +2,7 @@
 
 A real Runner (instant stand-in stages, a real state store) enters WAIT_1HR for WAIT seconds.
 Measured: the process's CPU seconds during the wait, beside a baseline measured in the same run —
-a naive wait that polls a stop file every 10 ms for the same time (the seed's "sleep/poll" done
+a naive wait that polls a stop file every 10 ms for the same time (a "sleep/poll" loop done
 eagerly). Then a stop request arrives mid-wait: how long until the runner is STOPPED.
 
     .venv/bin/python bench/bench_wait.py [--wait 10]

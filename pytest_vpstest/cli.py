@@ -9,7 +9,9 @@
     vpstest demo [--keep-lab] [--workspace DIR]          the whole loop against the embedded lab
     vpstest lab up|down|status                           the embedded lab
 
-Errors are one line on stderr with exit status 2; Ctrl-C exits 130 without touching the state file
+``start`` and the detached runner live here; the other subcommands in ``pytest_vpstest.commands``
+(status/stop/logs, nodes/diagnose), ``demo`` and ``lab.cli``. Errors are one line on stderr with exit
+status 2; Ctrl-C exits 130 without touching the state file
 (the runner itself turns Ctrl-C into a graceful stop).
 """
 
@@ -17,98 +19,36 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
-import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_vpstest import __version__
-from pytest_vpstest.errors import ConfigError, NodeError, StateError, VpsTestError
+from pytest_vpstest.commands import loops, nodes
+from pytest_vpstest.commands.loading import (
+    add_fleet_options,
+    add_state_dir_option,
+    config_path,
+    default_state_dir,
+    load_config,
+    load_inventory,
+    resolve_inventory_path,
+    state_dir_of,
+)
+from pytest_vpstest.commands.loops import project_status
+from pytest_vpstest.config import ProjectConfig
+from pytest_vpstest.errors import ConfigError, VpsTestError
+from pytest_vpstest.inventory import Inventory
+from pytest_vpstest.suite import FOCUSES
 
-__all__ = ["build_parser", "default_state_dir", "main"]
+if TYPE_CHECKING:
+    from pytest_vpstest.interview import Plan
 
-
-def default_state_dir() -> Path:
-    """``$VPSTEST_STATE_DIR``, else ``$XDG_STATE_HOME/vpstest``, else ``~/.local/state/vpstest``."""
-    if os.environ.get("VPSTEST_STATE_DIR"):
-        return Path(os.environ["VPSTEST_STATE_DIR"])
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "vpstest"
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-def _config_path(arg: str | None) -> Path:
-    spec = arg or os.environ.get("VPSTEST_CONFIG") or "vpstest.yaml"
-    path = Path(spec).expanduser()
-    if not path.is_absolute():
-        path = Path.cwd() / path
-    if not path.exists():
-        raise ConfigError("config file not found; pass --config FILE (or set VPSTEST_CONFIG)", path=path)
-    return path
-
-
-def _loaders() -> Any:
-    mod = importlib.import_module("pytest_vpstest.config")
-    if not hasattr(mod, "load_project_config"):
-        raise ConfigError("this installation cannot load config files (config.load_project_config missing)")
-    return mod
-
-
-def load_config(arg: str | None) -> Any:
-    path = _config_path(arg)
-    return _loaders().load_project_config(path)
-
-
-def resolve_inventory_path(spec: str, base: Path) -> Path:
-    """``lab`` / ``lab:<prefix>`` → the lab's inventory; otherwise a path relative to ``base``."""
-    if spec == "lab" or spec.startswith("lab:"):
-        from pytest_vpstest import lab
-
-        prefix = spec[4:] if ":" in spec else "vps"
-        path = Path(lab.inventory_path(prefix))
-        if not path.exists():
-            raise ConfigError(f"no lab inventory at {path}: start the lab with 'vpstest lab up'")
-        return path
-    path = Path(spec).expanduser()
-    return path if path.is_absolute() else base / path
-
-
-def load_inventory(nodes: str | None, config: Any | None) -> Any:
-    if nodes:
-        path = resolve_inventory_path(nodes, Path.cwd())
-    elif config is not None and config.inventory:
-        base = config.path.parent if config.path is not None else Path.cwd()
-        path = resolve_inventory_path(config.inventory, base)
-    else:
-        raise ConfigError("no inventory: pass --nodes FILE|lab or set 'inventory' in the config")
-    return _loaders().load_inventory(path)
-
-
-def state_dir_of(args: argparse.Namespace, config: Any | None = None) -> Path:
-    if getattr(args, "state_dir", None):
-        return Path(args.state_dir).expanduser().resolve()
-    if config is not None and config.state_dir is not None:
-        return Path(config.state_dir)
-    if getattr(args, "config", None):
-        with contextlib.suppress(VpsTestError):
-            cfg = load_config(args.config)
-            if cfg.state_dir is not None:
-                return Path(cfg.state_dir)
-    return default_state_dir()
-
-
-def _iso_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+__all__ = ["build_parser", "default_state_dir", "load_config", "load_inventory", "main"]
 
 
 # ----------------------------------------------------------------------------- start
@@ -141,7 +81,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
     return launch(plan, args=args, state_dir=state_dir, config=config, inventory=inventory)
 
 
-def _check_plan(plan: Any) -> None:
+def _check_plan(plan: Plan) -> None:
     from pytest_vpstest.config import CRITERIA, FOCUSES, PROOFS
     from pytest_vpstest.records.store import is_safe_identifier
 
@@ -153,11 +93,13 @@ def _check_plan(plan: Any) -> None:
             raise ConfigError(f"unknown {key} {value!r}", key=key, allowed=allowed)
 
 
-def launch(plan: Any, *, args: argparse.Namespace, state_dir: Path, config: Any, inventory: Any) -> int:
+def launch(
+    plan: Plan, *, args: argparse.Namespace, state_dir: Path, config: ProjectConfig, inventory: Inventory
+) -> int:
     """Run the loop in the foreground, or start it detached and return once it holds the lease."""
     if args.foreground:
         return run_foreground(plan.apply(config), inventory, state_dir, resume=args.resume)
-    cfg_path = _config_path(args.config)
+    cfg_path = config_path(args.config)
     argv = [sys.executable, "-m", "pytest_vpstest.cli", "_runner", "--config", str(cfg_path),
             "--state-dir", str(state_dir), "--project", plan.project, "--focus", plan.focus,
             "--criteria", plan.criteria, "--proof", plan.proof]
@@ -211,7 +153,7 @@ def start_background(
     return 0
 
 
-def run_foreground(config: Any, inventory: Any, state_dir: Path, *, resume: bool,
+def run_foreground(config: ProjectConfig, inventory: Inventory, state_dir: Path, *, resume: bool,
                    out: Callable[[str], None] | None = None, **runner_kw: Any) -> int:
     from pytest_vpstest.loop import machine as m
     from pytest_vpstest.loop.runner import Runner
@@ -242,312 +184,7 @@ def _cmd_runner(args: argparse.Namespace) -> int:
     return 0 if str(final.state) == "COMPLETE" else 1
 
 
-# ----------------------------------------------------------------------------- status / stop / logs
-
-
-def _projects(state_dir: Path) -> list[str]:
-    if not state_dir.is_dir():
-        return []
-    return sorted(p.name for p in state_dir.iterdir()
-                  if p.is_dir() and ((p / "state.json").exists() or (p / "transitions.jsonl").exists()))
-
-
-def project_status(state_dir: Path, project: str) -> dict[str, Any]:
-    from pytest_vpstest.records.store import StateStore
-
-    store = StateStore(state_dir, project)
-    doc = store.load() or {}
-    holder = store.holder()
-    ts = doc.get("timestamps") or {}
-    tr = doc.get("test_results") or {}
-    machine = doc.get("machine") or {}
-    return {
-        "project": project,
-        "state": doc.get("state"),
-        "phase": doc.get("phase"),
-        "since": ts.get("last_state_change"),
-        "wait_until": ts.get("wait_until"),
-        "counters": doc.get("counters") or {},
-        "last_result": None if not tr else {"passed": tr.get("passed"), "time": tr.get("last_run")},
-        "stop_reason": machine.get("stop_reason"),
-        "commits": len(doc.get("commits") or []),
-        "runner_alive": holder is not None,
-        "runner_pid": holder.pid if holder is not None else None,
-    }
-
-
-def _cmd_status(args: argparse.Namespace) -> int:
-    state_dir = state_dir_of(args)
-    rows = [project_status(state_dir, p) for p in _projects(state_dir)]
-    if args.json:
-        print(json.dumps({"state_dir": str(state_dir), "projects": rows}, indent=2))
-        return 0
-    if not rows:
-        print(f"no loops in {state_dir}")
-        return 0
-    header = f"{'PROJECT':<16} {'STATE':<9} {'PHASE':<8} {'SINCE':<21} {'WAIT UNTIL':<21} " \
-             f"{'FIX/BLD/DEP/TST':<16} {'LAST RESULT':<12} RUNNER"
-    print(header)
-    for r in rows:
-        c = r["counters"]
-        counters = "/".join(str(c.get(k, 0)) for k in ("fix_attempts", "build_count", "deploy_count",
-                                                         "test_count"))
-        lr = r["last_result"]
-        last = "-" if lr is None else ("passed" if lr.get("passed") else "failed")
-        alive = f"alive (pid {r['runner_pid']})" if r["runner_alive"] else "not running"
-        since, until = _short_time(r["since"]), _short_time(r["wait_until"])
-        print(f"{r['project']:<16} {r['state'] or '-':<9} {r['phase'] or '-':<8} {since:<21} "
-              f"{until:<21} {counters:<16} {last:<12} {alive}")
-        if r["stop_reason"]:
-            print(f"{'':<16} stop reason: {r['stop_reason']}")
-    return 0
-
-
-def _short_time(value: str | None) -> str:
-    """An ISO time to the second (``2026-01-10T10:00:00Z``), for tables."""
-    if not value:
-        return "-"
-    return value[:19] + "Z" if len(value) > 19 else value
-
-
-def _cmd_stop(args: argparse.Namespace) -> int:
-    from pytest_vpstest.loop import machine as m
-    from pytest_vpstest.loop.runner import request_stop
-    from pytest_vpstest.records.store import StateStore
-
-    state_dir = state_dir_of(args)
-    store = StateStore(state_dir, args.project)
-    doc = store.load()
-    if doc is None:
-        raise StateError(f"no project '{args.project}' in {state_dir}")
-    holder = store.holder()
-    if holder is None:
-        state = m.RunState.from_document(doc)
-        if state.state in m.TERMINAL:
-            print(f"vpstest: {args.project} is already {state.state}")
-            return 0
-        # No runner: record the stop ourselves, through the lease like any writer.
-        lease = store.acquire()
-        try:
-            new, _ = m.step(state, m.UserStop("user stop"), datetime.now(UTC))
-            document = {**doc, **new.to_document()}
-            store.commit(lease, document, {"from": str(state.state), "to": str(new.state),
-                                           "event": "UserStop", "reason": "user stop"})
-        finally:
-            store.release(lease)
-        print(f"vpstest: {args.project}: no runner was running; state set to STOPPED (user stop)")
-        return 0
-    request_stop(state_dir, args.project)
-    if holder.host == socket.gethostname():
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(holder.pid, signal.SIGTERM)
-    print(f"vpstest: {args.project}: stop requested (runner pid {holder.pid} on {holder.host})")
-    if args.no_wait:
-        return 0
-    deadline = time.monotonic() + args.timeout
-    while time.monotonic() < deadline:
-        current = store.load() or {}
-        if current.get("state") in ("STOPPED", "COMPLETE") and store.holder() is None:
-            print(f"vpstest: {args.project}: {current.get('state')}")
-            return 0
-        time.sleep(0.2)
-    raise StateError(f"project '{args.project}': runner pid {holder.pid} did not stop within "
-                     f"{args.timeout:g}s; it will stop at the end of its current step")
-
-
-def _tail_lines(path: Path, n: int) -> list[str]:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 256 * 1024))
-            return fh.read().decode("utf-8", "replace").splitlines()[-n:]
-    except FileNotFoundError:
-        return []
-
-
-def _cmd_logs(args: argparse.Namespace) -> int:
-    from pytest_vpstest.records.store import StateStore
-
-    state_dir = state_dir_of(args)
-    store = StateStore(state_dir, args.project)
-    if not store.directory.is_dir():
-        raise StateError(f"no project '{args.project}' in {state_dir}")
-    entries = store.transitions()[-args.lines:]
-    print(f"== transitions ({store.log_path})")
-    for e in entries:
-        print(f"{e.get('time')}  #{e.get('seq'):<4} {e.get('from', '?'):>8} -> {e.get('to', '?'):<9} "
-              f"{e.get('reason', '')}")
-    log = store.directory / "runner.log"
-    print(f"== runner log ({log})")
-    lines = _tail_lines(log, args.lines)
-    for line in lines:
-        print(line)
-    if not args.follow:
-        return 0
-    with contextlib.suppress(FileNotFoundError):
-        pos = log.stat().st_size
-    if not log.exists():
-        pos = 0
-    try:
-        idle = 0.0
-        while True:
-            time.sleep(0.5)
-            if log.exists() and log.stat().st_size > pos:
-                with log.open("rb") as fh:
-                    fh.seek(pos)
-                    chunk = fh.read()
-                pos += len(chunk)
-                sys.stdout.write(chunk.decode("utf-8", "replace"))
-                sys.stdout.flush()
-                idle = 0.0
-            else:
-                idle += 0.5
-            if idle >= 2.0 and store.holder() is None:
-                doc = store.load() or {}
-                if doc.get("state") in ("COMPLETE", "STOPPED"):
-                    print(f"== {args.project} is {doc.get('state')}; runner not running")
-                    return 0
-    except KeyboardInterrupt:
-        return 0
-
-
-# ----------------------------------------------------------------------------- nodes / diagnose
-
-_ROLE_LABEL = {"registry": "Registry", "bootstrap": "Bootstrap", "test": "Test"}
-_NAT_SHORT = {"full-cone": "Full Cone", "address-restricted": "Addr Restr", "port-restricted": "Port Restr",
-              "symmetric": "Symmetric"}
-_NAT_SUMMARY = {
-    "full-cone": ("Full Cone NAT", "Easy - 95% success"),
-    "address-restricted": ("Address Restricted", "Medium - 85% success"),
-    "port-restricted": ("Port Restricted", "Medium - 85% success"),
-    "symmetric": ("Symmetric NAT", "Hard - 70% success"),
-}
-
-
-def _inventory_for(args: argparse.Namespace) -> Any:
-    config = None
-    default_config = os.environ.get("VPSTEST_CONFIG") or Path("vpstest.yaml").exists()
-    if args.config or (not args.nodes and default_config):
-        config = load_config(args.config)
-    return load_inventory(args.nodes, config), config
-
-
-def check_reachability(inventory: Any, timeout: float = 10.0) -> dict[str, str | None]:
-    """``{node: None}`` when SSH answered, else ``{node: one-line cause}``; checked in parallel."""
-    from pytest_vpstest.fleet.remote import SessionPool
-
-    with SessionPool(inventory) as pool:
-        results = pool.fan_out(inventory.names, lambda s: s.run("true", timeout=timeout),
-                               parallelism=max(1, len(inventory.names)))
-    out: dict[str, str | None] = {}
-    for name, res in results.items():
-        if isinstance(res, NodeError):
-            out[name] = str(res)
-        elif not res.ok:
-            out[name] = f"{name}: {res.summary()}"
-        else:
-            out[name] = None
-    return out
-
-
-def _cmd_nodes(args: argparse.Namespace) -> int:
-    inventory, _ = _inventory_for(args)
-    reach = check_reachability(inventory, timeout=args.timeout)
-    rows = []
-    for n in inventory.nodes:
-        rows.append({"name": n.name, "host": n.host, "fallback_ip": n.fallback_ip, "role": n.role,
-                     "nat": n.nat, "provider": n.provider, "region": n.region, "notes": n.notes,
-                     "status": "ONLINE" if reach.get(n.name) is None else "UNREACHABLE",
-                     "error": reach.get(n.name)})
-    if args.json:
-        print(json.dumps({"checked_at": _iso_now(), "nodes": rows}, indent=2))
-        return 0 if all(r["status"] == "ONLINE" for r in rows) else 1
-    title = f"VPS Nodes Status (verified {_iso_now()})"
-    print(title)
-    print("=" * len(title))
-    print()
-    width = max([len(r["name"]) for r in rows] + [8])
-    for r in rows:
-        role = f"NAT: {_NAT_SHORT[r['nat']]}" if r["nat"] != "none" else _ROLE_LABEL.get(r["role"], r["role"])
-        where = "/".join(x for x in (r["provider"], r["region"]) if x) or "-"
-        notes = f"  [{r['notes']}]" if r["notes"] else ""
-        line = (f"{r['name']:<{width}}  ({role}){'':<{max(0, 16 - len(role))}} {r['host']:<17} {where:<19} "
-                f"{r['status']:<11}{notes}")
-        print(line.rstrip())
-        if r["error"]:
-            print(f"{'':<{width}}  -> {r['error']}")
-    nat_rows = [r for r in rows if r["nat"] != "none"]
-    if nat_rows:
-        print()
-        print("NAT Emulation Summary:")
-        for r in nat_rows:
-            label, difficulty = _NAT_SUMMARY.get(r["nat"], (r["nat"], ""))
-            print(f"  {r['name'] + ':':<{width + 1}}  {label:<20} ({difficulty})")
-    return 0 if all(r["status"] == "ONLINE" for r in rows) else 1
-
-
-def _cmd_diagnose(args: argparse.Namespace) -> int:
-    from pytest_vpstest.fleet.remote import SessionPool, quote_command, service_manager
-
-    inventory, config = _inventory_for(args)
-    try:
-        node = inventory.node(args.node)
-    except KeyError:
-        raise NodeError(args.node, f"not in the inventory (nodes: {', '.join(inventory.names)})") from None
-    install_path = node.install_path or (config.deploy.install_path if config else "/opt/vpstest/")
-    log_dir = node.log_dir or "/var/log/vpstest"
-    with SessionPool(inventory) as pool:
-        session = pool.session(node.name)
-        first = session.run("uname -a; uptime", timeout=args.timeout)  # raises UnreachableNodeError
-        sections: list[tuple[str, str]] = [("System", first.stdout.strip() or first.summary())]
-        services = _service_names(config)
-        mgr = service_manager(session, install_path=install_path, log_dir=log_dir)
-        for svc in services:
-            try:
-                st = mgr.status(svc)
-                state = f"running (pid {st.pid})" if st.running else "not running"
-                sections.append((f"Service {svc}", f"{state}{' - ' + st.detail if st.detail else ''}"))
-                sections.append((f"Recent logs of {svc}", mgr.logs(svc, args.lines).rstrip() or "(empty)"))
-            except VpsTestError as exc:
-                sections.append((f"Service {svc}", f"could not inspect: {exc}"))
-        checks = (
-            ("Disk", "df -h " + quote_command("{p}", p=install_path.rstrip("/") or "/") + " / 2>/dev/null"),
-            ("Memory", "free -m 2>/dev/null || head -5 /proc/meminfo"),
-            ("Listening sockets", "ss -tulpn 2>/dev/null || netstat -tulpn 2>/dev/null || cat /proc/net/udp"),
-        )
-        for title, cmd in checks:
-            res = session.run(cmd, timeout=args.timeout)
-            sections.append((title, res.stdout.rstrip() or res.summary()))
-    header = f"Diagnosis of {node.name} ({node.host}, role {node.role}, NAT {node.nat}) at {_iso_now()}"
-    print(header)
-    print("=" * len(header))
-    for title, body in sections:
-        print()
-        print(f"## {title}")
-        print(body)
-    return 0
-
-
-def _service_names(config: Any) -> list[str]:
-    if config is None:
-        return []
-    prefix = config.deploy.service_prefix
-    names = [f"{prefix}-{name}" for name, _ in config.modules]
-    return names or [f"{prefix}-{config.project}"]
-
-
 # ----------------------------------------------------------------------------- parser
-
-
-def _add_state_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--state-dir", metavar="DIR",
-                   help="state directory (default: $VPSTEST_STATE_DIR, else ~/.local/state/vpstest)")
-
-
-def _add_fleet(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="project config (default: ./vpstest.yaml)")
-    p.add_argument("--nodes", metavar="FILE|lab", help="node inventory, or 'lab' for the embedded lab")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -562,55 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Ask for what is missing (project, focus, criteria, proof), show the test "
                                    "plan, then run the loop in the background (or --foreground).")
     p.add_argument("project", nargs="?", help="project name")
-    p.add_argument("focus", nargs="?", help="connectivity | nat-traversal | gossip | throughput | full-suite")
+    p.add_argument("focus", nargs="?", help=" | ".join(FOCUSES))
     p.add_argument("criteria", nargs="?", help="all-pass | threshold | improvement | custom")
     p.add_argument("proof", nargs="?", help="logs | metrics | manual-verify | all-evidence")
-    _add_fleet(p)
-    _add_state_dir(p)
+    add_fleet_options(p)
+    add_state_dir_option(p)
     p.add_argument("--yes", "-y", action="store_true", help="no questions: use the parameters and config")
     p.add_argument("--foreground", action="store_true", help="run in this terminal instead of detached")
     p.add_argument("--resume", action="store_true", help="only continue an unfinished run")
     p.set_defaults(handler=_cmd_start)
 
-    p = sub.add_parser("status", help="show every project's loop", description="Show every project's loop.")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--config", metavar="FILE", help="take the state directory from this config")
-    _add_state_dir(p)
-    p.set_defaults(handler=_cmd_status)
-
-    p = sub.add_parser("stop", help="gracefully stop a project's loop",
-                       description="Ask the runner to stop; it saves the state as STOPPED ('user stop').")
-    p.add_argument("project")
-    p.add_argument("--config", metavar="FILE", help="take the state directory from this config")
-    _add_state_dir(p)
-    p.add_argument("--no-wait", action="store_true", help="return once the request is written")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the runner (default 60)")
-    p.set_defaults(handler=_cmd_stop)
-
-    p = sub.add_parser("logs", help="recent transitions and runner log lines of a project",
-                       description="Recent transitions and runner log lines of a project.")
-    p.add_argument("project")
-    p.add_argument("--config", metavar="FILE", help="take the state directory from this config")
-    _add_state_dir(p)
-    p.add_argument("-n", "--lines", type=int, default=30, help="how many of each (default 30)")
-    p.add_argument("--follow", "-f", action="store_true", help="keep printing new runner log lines")
-    p.set_defaults(handler=_cmd_logs)
-
-    p = sub.add_parser("diagnose", help="inspect one node over SSH",
-                       description="Service status, recent logs, disk, memory and listening sockets "
-                                   "of a node.")
-    p.add_argument("node")
-    _add_fleet(p)
-    p.add_argument("-n", "--lines", type=int, default=40, help="log lines per service (default 40)")
-    p.add_argument("--timeout", type=float, default=15.0, help="seconds per remote command (default 15)")
-    p.set_defaults(handler=_cmd_diagnose)
-
-    p = sub.add_parser("nodes", help="list the fleet with live SSH reachability",
-                       description="The 'VPS Nodes Status' listing, reachability checked in parallel.")
-    _add_fleet(p)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds per node (default 10)")
-    p.set_defaults(handler=_cmd_nodes)
+    loops.register(sub)
+    nodes.register(sub)
 
     from pytest_vpstest import demo
 

@@ -1,6 +1,6 @@
 """Success criteria: verdicts over a run's metrics, and the confidence interval of a rate.
 
-Four modes (seeds/001): ``all-pass``, ``threshold`` (per-category targets from config),
+Four modes: ``all-pass``, ``threshold`` (per-category targets from config),
 ``improvement`` (not worse than the previous run of the same project and focus) and ``custom``
 (a small expression language parsed here: no ``eval``). Everything is pure: metrics in, a
 :class:`Verdict` out, each check with its target, what was measured and the gap.
@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from pytest_vpstest.errors import CriteriaError
+from pytest_vpstest.suite import SUITES
 
 Op = Literal[">=", ">", "<=", "<", "==", "!="]
 
@@ -44,7 +45,7 @@ def wilson_interval(success: int, attempts: int, z: float = 1.959963984540054) -
 
 
 def rate(success: int, attempts: int) -> float:
-    """Success rate in percent, one decimal (the seed's 98.6); 0.0 without attempts."""
+    """Success rate in percent, one decimal (71 of 72 is 98.6); 0.0 without attempts."""
     return round(100.0 * success / attempts, 1) if attempts else 0.0
 
 
@@ -92,6 +93,18 @@ class Check:
             return None
         return round(self.measured - self.target, 3)
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> Check:
+        """A check as :meth:`Verdict.to_json` wrote it (``gap`` is derived, so not read)."""
+        return cls(
+            metric=str(data.get("metric", "")),
+            op=str(data.get("op", ">=")),
+            target=_opt_float(data.get("target"), "target"),
+            measured=_opt_float(data.get("measured"), "measured"),
+            passed=bool(data.get("passed", False)),
+            note=str(data.get("note") or ""),
+        )
+
     def describe(self) -> str:
         mark = "ok  " if self.passed else "FAIL"
         measured = "n/a" if self.measured is None else _fmt(self.measured)
@@ -105,6 +118,14 @@ class Check:
 
 def _fmt(x: float) -> str:
     return f"{x:g}"
+
+
+def _opt_float(value: object, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"verdict check: {name} must be a number or null, got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -132,6 +153,25 @@ class Verdict:
             "failures": self.failures,
             "notes": list(self.notes),
         }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> Verdict:
+        """The verdict :meth:`to_json` wrote (results.json ``verdict``); ``failures`` and each
+        check's ``gap`` are derived, so they are not read. Missing keys take their defaults."""
+        checks = data.get("checks") or ()
+        notes = data.get("notes") or ()
+        if not isinstance(checks, list | tuple) or not all(isinstance(c, Mapping) for c in checks):
+            raise ValueError(f"verdict: 'checks' must be a list of objects, got {checks!r}")
+        if not isinstance(notes, list | tuple):
+            raise ValueError(f"verdict: 'notes' must be a list, got {notes!r}")
+        expression = data.get("expression")
+        return cls(
+            passed=bool(data.get("passed", False)),
+            criteria=str(data.get("criteria", "")),
+            checks=tuple(Check.from_json(c) for c in checks),
+            notes=tuple(str(n) for n in notes),
+            expression=None if expression is None else str(expression),
+        )
 
     def summary_lines(self) -> list[str]:
         head = f"vpstest verdict ({self.criteria}): {'PASSED' if self.passed else 'FAILED'}"
@@ -163,14 +203,16 @@ def _tests_check(metrics: Mapping[str, float]) -> Check:
 # Metrics where smaller is better; a configured threshold is a ceiling for them.
 _LOWER_IS_BETTER = re.compile(r"(latency|_ms$|duplicates|failed)")
 
+# Per suite name, the thresholds used when the config sets none (from the suite registry).
 DEFAULT_TARGETS: dict[str, dict[str, float]] = {
-    "connectivity": {"direct": 99.0, "nat_traversed": 85.0, "relay": 100.0},
+    s.name: dict(s.default_targets) for s in SUITES if s.default_targets
 }
+_CATEGORY_KEYS = frozenset(c for s in SUITES for c in s.categories)
 
 
 def _target_metric(suite: str, key: str, metrics: Mapping[str, float]) -> str:
     base = ".".join(metric_key(part) for part in (suite, *key.split(".")))
-    is_category = key in ("direct", "nat_traversed", "relay") or "~" in key
+    is_category = key in _CATEGORY_KEYS or "~" in key
     return f"{base}.rate" if is_category or f"{base}.rate" in metrics else base
 
 
@@ -195,7 +237,7 @@ def threshold(
 
     A key names a category (its ``rate`` is compared) or a metric of the suite. Rates and
     throughput are floors (``>=``); latencies, duplicates and failures are ceilings (``<=``).
-    Suites with no configured target use :data:`DEFAULT_TARGETS` (the seed's 99/85/100).
+    Suites with no configured target use :data:`DEFAULT_TARGETS` (direct 99, nat_traversed 85, relay 100).
     """
     checks = [_tests_check(metrics)]
     notes: list[str] = []

@@ -15,7 +15,7 @@
 
 The default topology is ``small`` (registry, bootstrap, one port-restricted NAT node, one public
 node): all three connection methods occur and four full test runs fit well within five minutes on
-two cores; ``--topology full`` runs the ten-node replica of the seed fleet (slower: the connectivity
+two cores; ``--topology full`` runs the ten-node lab (slower: the connectivity
 matrix grows with the square of the nodes).
 """
 
@@ -229,13 +229,12 @@ def _lab_is_up(prefix: str) -> bool:
 
 def _stop_services(config: Any, inventory: Any, say: Callable[[str], None]) -> None:
     """Stop the agent the demo deployed on every node (best effort; the lab's teardown follows)."""
-    from pytest_vpstest.fleet.deploy import plan_node
-    from pytest_vpstest.fleet.remote import SessionPool, service_manager
+    from pytest_vpstest.fleet.node import plan_node
+    from pytest_vpstest.fleet.remote import Session, SessionPool
+    from pytest_vpstest.fleet.services import service_manager
 
-    artifact = config.workspace / "dist" / "agent.pyz"
-
-    def stop(session: Any) -> None:
-        plan = plan_node(session.node, config, artifact)
+    def stop(session: Session) -> None:
+        plan = plan_node(session.node, config)
         service_manager(session, install_path=plan.install_path, log_dir=plan.log_dir).stop(plan.service)
 
     with SessionPool(inventory) as pool:

@@ -22,6 +22,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+__all__ = [
+    "BuildError",
+    "ConfigError",
+    "CriteriaError",
+    "DeployError",
+    "InvalidEvent",
+    "LabError",
+    "LeaseHeldError",
+    "NodeError",
+    "ProbeError",
+    "StaleLeaseError",
+    "StateError",
+    "UnreachableNodeError",
+    "VpsTestError",
+]
+
 
 class VpsTestError(Exception):
     """Base class: a problem the user can act on, described in one line."""

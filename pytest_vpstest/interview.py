@@ -1,6 +1,6 @@
-"""The ``vpstest start`` interview (seeds/001 "Interview Process") and the test plan summary.
+"""The ``vpstest start`` interview and the test plan summary (docs/cli.md).
 
-Every missing parameter is asked with the seed's options and descriptions; parameters given on
+Every missing parameter is asked with its options and their descriptions; parameters given on
 the command line are pre-filled (shown in the summary as "from parameter"); then the Test Plan
 Summary is shown with a proceed / modify / cancel choice. All I/O goes through ``InterviewIO``
 (``ask(prompt) -> answer``, ``say(text)``) so tests drive it without a terminal.
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from pytest_vpstest.config import CRITERIA, FOCUSES, PROOFS, Inventory, ProjectConfig
+from pytest_vpstest.suite import FULL_SUITE, SUITES
 
 __all__ = [
     "QUESTIONS",
@@ -48,20 +49,14 @@ class Question:
     options: tuple[Option, ...]
 
 
-SEED_PROJECTS: tuple[Option, ...] = (
+KNOWN_PROJECTS: tuple[Option, ...] = (
     Option("ant-quic", "QUIC transport with NAT traversal"),
     Option("saorsa-gossip", "Gossip protocol layer"),
     Option("communitas-mcp", "MCP server for Communitas"),
     Option("saorsa-node", "Full Saorsa network node"),
     Option("saorsa-core", "Core library (integration tests)"),
 )
-_FOCUS = (
-    Option("connectivity", "Connection matrix (direct, NAT, relay)"),
-    Option("nat-traversal", "NAT hole-punching across different NAT types"),
-    Option("gossip", "Message broadcast and CRDT sync"),
-    Option("throughput", "Data transfer performance"),
-    Option("full-suite", "All tests in sequence"),
-)
+_FOCUS = (*(Option(s.focus, s.summary) for s in SUITES), Option(FULL_SUITE, "All tests in sequence"))
 _CRITERIA = (
     Option("all-pass", "100% of tests must pass"),
     Option("threshold", "Meet configured success thresholds (e.g., 85% NAT)"),
@@ -79,7 +74,7 @@ assert tuple(o.value for o in _CRITERIA) == CRITERIA
 assert tuple(o.value for o in _PROOF) == PROOFS
 
 QUESTIONS: tuple[Question, ...] = (
-    Question("project", "Project", "Which project are you testing?", SEED_PROJECTS),
+    Question("project", "Project", "Which project are you testing?", KNOWN_PROJECTS),
     Question("focus", "Test focus", "What specific functionality are you testing?", _FOCUS),
     Question("criteria", "Success criteria", "What result indicates success?", _CRITERIA),
     Question("proof", "Proof method", "How should success be proven/verified?", _PROOF),
@@ -133,7 +128,7 @@ def console_io() -> InterviewIO:
 
 
 def _project_question(config_project: str | None) -> Question:
-    options = list(SEED_PROJECTS)
+    options = list(KNOWN_PROJECTS)
     if config_project and config_project not in {o.value for o in options}:
         options.insert(0, Option(config_project, "The project of this config file"))
     return replace(QUESTIONS[0], options=tuple(options))
@@ -256,7 +251,7 @@ def _nodes_by_role(inventory: Inventory) -> list[str]:
 
 
 def plan_summary(plan: Plan, *, config: ProjectConfig, inventory: Inventory | None) -> str:
-    """The seed's "Test Plan Summary" block."""
+    """The "Test Plan Summary" block."""
     qs = {q.key: q for q in QUESTIONS}
     qs["project"] = _project_question(config.project)
     s = plan.sources

@@ -1,7 +1,7 @@
 """Connectivity: every ordered pair of peer nodes × {direct, holepunch, relay}, K attempts each
 (direct dials into NATed nodes only with ``direct_to_nat: true``; see pairs.connectivity_pairs).
 
-Per-category attempts/success/rate go to the seed's ``test_results.suites.connectivity``. A pair's
+Per-category attempts/success/rate go to the state file's ``test_results.suites.connectivity``. A pair's
 test fails only on a hard error: a relay that never connects, a hole punch reported as relayed,
 or a probe that never gave a valid answer. Success rates are judged by the criteria.
 """
@@ -14,6 +14,7 @@ import pytest
 
 from pytest_vpstest.plugin.fixtures import RunContext, parametrize, skip_if_not_deployed
 from pytest_vpstest.plugin.pairs import Pair, connectivity_pairs
+from pytest_vpstest.suite import ConnectivityMeasurement
 
 from ._support import connected, describe, failure_evidence, rtts
 
@@ -40,18 +41,18 @@ def test_connect(pair: Pair, probe: Any, vps_run: RunContext, vps_record: Any) -
     ]
     success = sum(connected(r, pair.method) for r in results)
     vps_record(
-        {
-            "suite": "connectivity",
-            "src": pair.src,
-            "dst": pair.dst,
-            "method": pair.method,
-            "category": pair.category,
-            "attempts": attempts,
-            "success": success,
-            "paths": [r.get("path") for r in results],
-            "rtt_ms": rtts(results),
-            "failures": failure_evidence(results, pair.method),
-        },
+        ConnectivityMeasurement(
+            suite="connectivity",
+            src=pair.src,
+            dst=pair.dst,
+            method=pair.method,
+            category=pair.category,
+            attempts=attempts,
+            success=success,
+            paths=[r.get("path") for r in results],
+            rtt_ms=rtts(results),
+            failures=failure_evidence(results, pair.method),
+        ),
         nodes=(pair.src, pair.dst),
         success=f"{success}/{attempts}",
     )

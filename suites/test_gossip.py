@@ -15,6 +15,7 @@ import pytest
 
 from pytest_vpstest.plugin.fixtures import RunContext, parametrize, skip_if_not_deployed
 from pytest_vpstest.plugin.pairs import gossip_publishers, peer_nodes
+from pytest_vpstest.suite import GossipCrdtMeasurement, GossipDeliveryMeasurement
 
 from ._support import describe
 
@@ -39,17 +40,17 @@ def test_broadcast(publisher: str, probe: Any, vps_run: RunContext, vps_record: 
     published = probe.publish(publisher, topic, settings.timeout_seconds)
     if not published.ok:
         vps_record(
-            {
-                "suite": "gossip",
-                "kind": "delivery",
-                "publisher": publisher,
-                "expected": len(receivers),
-                "delivered": 0,
-                "latencies_ms": [],
-                "duplicates": 0,
-                "missing": receivers,
-                "failures": [published.evidence()],
-            },
+            GossipDeliveryMeasurement(
+                suite="gossip",
+                kind="delivery",
+                publisher=publisher,
+                expected=len(receivers),
+                delivered=0,
+                latencies_ms=[],
+                duplicates=0,
+                missing=receivers,
+                failures=[published.evidence()],
+            ),
             nodes=(publisher,),
         )
         pytest.fail(f"{publisher}: publish failed\n{describe([published])}", pytrace=False)
@@ -73,18 +74,18 @@ def test_broadcast(publisher: str, probe: Any, vps_run: RunContext, vps_record: 
             time.sleep(POLL_SECONDS)
     delivered = len(receivers) - len(pending)
     vps_record(
-        {
-            "suite": "gossip",
-            "kind": "delivery",
-            "publisher": publisher,
-            "message_id": message_id,
-            "expected": len(receivers),
-            "delivered": delivered,
-            "latencies_ms": [latencies[n] for n in sorted(latencies)],
-            "duplicates": duplicates,
-            "missing": sorted(pending),
-            "failures": [last[n].evidence() for n in sorted(pending) if n in last][:3],
-        },
+        GossipDeliveryMeasurement(
+            suite="gossip",
+            kind="delivery",
+            publisher=publisher,
+            message_id=message_id,
+            expected=len(receivers),
+            delivered=delivered,
+            latencies_ms=[latencies[n] for n in sorted(latencies)],
+            duplicates=duplicates,
+            missing=sorted(pending),
+            failures=[last[n].evidence() for n in sorted(pending) if n in last][:3],
+        ),
         nodes=(publisher, *receivers),
         delivered=f"{delivered}/{len(receivers)}",
     )
@@ -121,14 +122,14 @@ def test_crdt_convergence(probe: Any, vps_run: RunContext, vps_record: Any) -> N
             break
         time.sleep(POLL_SECONDS)
     vps_record(
-        {
-            "suite": "gossip",
-            "kind": "crdt",
-            "expected": expected,
-            "values": values,
-            "digests": digests,
-            "converged": converged,
-        },
+        GossipCrdtMeasurement(
+            suite="gossip",
+            kind="crdt",
+            expected=expected,
+            values=values,
+            digests=digests,
+            converged=converged,
+        ),
         nodes=tuple(nodes),
         converged=str(converged),
     )

@@ -15,6 +15,7 @@ import pytest
 
 from pytest_vpstest.plugin.fixtures import RunContext, parametrize, skip_if_not_deployed
 from pytest_vpstest.plugin.pairs import Pair, nat_traversal_pairs
+from pytest_vpstest.suite import NatTraversalMeasurement
 
 from ._support import connected, describe, failure_evidence, rtts
 
@@ -36,18 +37,18 @@ def test_hole_punch(pair: Pair, probe: Any, vps_run: RunContext, vps_record: Any
         results.append(probe.connect(pair.src, pair.dst, "holepunch", settings.timeout_seconds))
     success = sum(connected(r, "holepunch") for r in results)
     vps_record(
-        {
-            "suite": "nat_traversal",
-            "src": pair.src,
-            "dst": pair.dst,
-            "method": "holepunch",
-            "group": pair.nat_group,
-            "attempts": attempts,
-            "success": success,
-            "paths": [r.get("path") for r in results],
-            "rtt_ms": rtts(results),
-            "failures": failure_evidence(results, "holepunch"),
-        },
+        NatTraversalMeasurement(
+            suite="nat_traversal",
+            src=pair.src,
+            dst=pair.dst,
+            method="holepunch",
+            group=pair.nat_group,
+            attempts=attempts,
+            success=success,
+            paths=[r.get("path") for r in results],
+            rtt_ms=rtts(results),
+            failures=failure_evidence(results, "holepunch"),
+        ),
         nodes=(pair.src, pair.dst),
         nat_group=pair.nat_group,
         success=f"{success}/{attempts}",

@@ -17,6 +17,7 @@ import pytest
 from pytest_vpstest.fleet.remote import quote_command
 from pytest_vpstest.plugin.fixtures import RunContext, parametrize, skip_if_not_deployed
 from pytest_vpstest.plugin.pairs import Pair, throughput_pairs
+from pytest_vpstest.suite import ThroughputMeasurement
 
 from ._support import describe
 
@@ -90,18 +91,18 @@ def test_throughput(pair: Pair, probe: Any, vps_run: RunContext, vps_record: Any
     ]
     ceiling, note = iperf3_ceiling(probe, vps_run, pair, seconds)
     vps_record(
-        {
-            "suite": "throughput",
-            "src": pair.src,
-            "dst": pair.dst,
-            "method": "direct",
-            "attempts": attempts,
-            "success": len(mbps),
-            "mbps": mbps,
-            "iperf3_mbps": ceiling,
-            "iperf3_note": note,
-            "failures": [r.evidence() for r in results if not r.ok][:3],
-        },
+        ThroughputMeasurement(
+            suite="throughput",
+            src=pair.src,
+            dst=pair.dst,
+            method="direct",
+            attempts=attempts,
+            success=len(mbps),
+            mbps=mbps,
+            iperf3_mbps=ceiling,
+            iperf3_note=note,
+            failures=[r.evidence() for r in results if not r.ok][:3],
+        ),
         nodes=(pair.src, pair.dst),
         avg_mbps=round(sum(mbps) / len(mbps), 1) if mbps else None,
         iperf3_mbps=ceiling,

@@ -1,1 +1,3 @@
 """How the harness reaches nodes: SSH sessions, service managers, build, deploy and the probe contract."""
+
+__all__: list[str] = []

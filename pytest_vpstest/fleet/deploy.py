@@ -1,8 +1,8 @@
 """Deploy a locally built artifact to the fleet, per node in parallel, and roll it back.
 
-Per node (the seeds' deployment flow, made safe):
+Per node (stop, upload, restart, verify, made safe):
 
-1. **stop** the running service first — overwriting a running binary fails ("dest open: Failure");
+1. **stop** the running service first — overwriting a running binary in place fails ("text file busy");
 2. **upload** to a temporary file in the install directory and check its SHA-256;
 3. **install**: keep the current binary as ``<binary>.prev`` (for rollback), ``chmod +x`` the new one
    and ``mv`` it into place (atomic: the path always names a whole binary);
@@ -29,34 +29,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pytest_vpstest.config import Inventory, Node, ProjectConfig, RegistryAccess
+from pytest_vpstest.config import Inventory, ProjectConfig, RegistryAccess
 from pytest_vpstest.errors import ConfigError, DeployError, NodeError, UnreachableNodeError
-from pytest_vpstest.fleet.remote import (
-    ServiceManager,
-    Session,
-    SessionPool,
-    query_registry,
-    quote_command,
-    service_manager,
-)
+from pytest_vpstest.fleet.node import NodePlan, plan_node
+from pytest_vpstest.fleet.remote import Pool, Session, query_registry, quote_command
+from pytest_vpstest.fleet.services import ServiceManager, service_manager
 
 __all__ = [
     "DeployReport",
     "NodeDeploy",
-    "NodePlan",
     "Stage",
     "deploy",
-    "plan_node",
     "registered_names",
     "rollback",
-    "service_name",
     "start_command",
     "target_nodes",
 ]
 
 Stage = Literal["connect", "stop", "upload", "install", "start", "verify", "register", "rollback"]
 Log = Callable[[str], None]
-RegistryQuery = Callable[[SessionPool, RegistryAccess], list[dict[str, Any]]]
+RegistryQuery = Callable[[Pool, RegistryAccess], list[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -92,44 +84,6 @@ class DeployReport:
         return [f"{n}: {d.stage_failed}: {d.error}" for n, d in self.per_node.items() if not d.ok]
 
 
-@dataclass(frozen=True)
-class NodePlan:
-    """Where things go on one node."""
-
-    node: str
-    service: str
-    install_path: str
-    log_dir: str
-    binary: str  # the installed artifact's absolute path ({bin})
-
-    @property
-    def previous(self) -> str:
-        return self.binary + ".prev"
-
-
-def service_name(config: ProjectConfig) -> str:
-    """``<service_prefix>-<module>`` (first module), or ``<service_prefix>-<project>``."""
-    module = config.modules[0][0] if config.modules else config.project
-    return f"{config.deploy.service_prefix}-{module}"
-
-
-def _binary_name(config: ProjectConfig, artifact: Path) -> str:
-    return config.modules[0][1].binary if config.modules else artifact.name
-
-
-def plan_node(node: Node, config: ProjectConfig, artifact: Path) -> NodePlan:
-    """The install path, log directory, service name and binary path for ``node``."""
-    install = node.install_path or config.deploy.install_path
-    log_dir = node.log_dir or posixpath.join(install, "logs")
-    return NodePlan(
-        node=node.name,
-        service=service_name(config),
-        install_path=install,
-        log_dir=log_dir,
-        binary=posixpath.join(install, _binary_name(config, artifact)),
-    )
-
-
 def target_nodes(
     inventory: Inventory, config: ProjectConfig, nodes: Sequence[str] | None = None
 ) -> list[str]:
@@ -155,17 +109,13 @@ def _registry(inventory: Inventory, config: ProjectConfig) -> RegistryAccess | N
     return None
 
 
-def start_command(node: Node, plan: NodePlan, inventory: Inventory, config: ProjectConfig) -> str:
-    """``deploy.start_command`` filled for ``node`` (every value shell-quoted)."""
+def start_command(plan: NodePlan, inventory: Inventory, config: ProjectConfig) -> str:
+    """``deploy.start_command`` filled for the planned node (every value shell-quoted)."""
     registry = _registry(inventory, config)
     bootstrap = inventory.bootstrap or config.bootstrap.nodes
     return quote_command(
         config.deploy.start_command,
-        bin=plan.binary,
-        node=node.name,
-        install_path=plan.install_path,
-        log_dir=plan.log_dir,
-        p2p_address=node.p2p_address or node.host,
+        **plan.placeholders(),
         registry=registry.url if registry else "",
         bootstrap=",".join(bootstrap),
     )
@@ -247,7 +197,7 @@ def _deploy_one(
         upload = None  # moved into place
 
         stage = "start"
-        status = manager.start(plan.service, start_command(node, plan, inventory, config))
+        status = manager.start(plan.service, start_command(plan, inventory, config))
         started_at = time.monotonic()
         log(f"{node.name}: started {plan.service} (pid {status.pid})")
 
@@ -306,7 +256,7 @@ def _fresh(peer: Mapping[str, Any], started_ago: float) -> bool:
 
 
 def _wait_registration(
-    pool: SessionPool,
+    pool: Pool,
     registry: RegistryAccess,
     started: Mapping[str, float],
     timeout: float,
@@ -339,7 +289,7 @@ def _wait_registration(
 
 
 def deploy(
-    pool: SessionPool,
+    pool: Pool,
     inventory: Inventory,
     project_config: ProjectConfig,
     artifact: Path,
@@ -365,7 +315,7 @@ def deploy(
     # A bad start_command template is the config's fault, not the nodes': refuse before touching any.
     for name in targets:
         node = inventory.node(name)
-        start_command(node, plan_node(node, project_config, artifact), inventory, project_config)
+        start_command(plan_node(node, project_config, artifact), inventory, project_config)
     digest = _sha256(artifact)
     say(f"deploying {artifact.name} to {len(targets)} node(s): {', '.join(targets)}")
     outcomes = pool.fan_out(
@@ -418,9 +368,9 @@ def _rollback_one(
     log: Log,
 ) -> NodeDeploy:
     node = session.node
-    # The artifact name only matters when no module names the binary; the installed path is
-    # what the plan derives from the project config, so use a placeholder with that name.
-    plan = plan_node(node, config, Path(_installed_name(config)))
+    # No artifact here: the plan names the binary after the first module or build.artifact
+    # (rollback() has checked that one of them is set).
+    plan = plan_node(node, config)
     began = time.monotonic()
     stage: Stage = "connect"
     try:
@@ -434,7 +384,7 @@ def _rollback_one(
             raise _StageFailed("rollback", f"no previous binary {plan.previous} to restore")
         log(f"{node.name}: restored {plan.previous}")
         stage = "start"
-        manager.start(plan.service, start_command(node, plan, inventory, config))
+        manager.start(plan.service, start_command(plan, inventory, config))
         stage = "verify"
         _verify_running(manager, plan.service, verify_seconds)
         log(f"{node.name}: {plan.service} running the previous binary")
@@ -458,7 +408,7 @@ def _installed_name(config: ProjectConfig) -> str:
 
 
 def rollback(
-    pool: SessionPool,
+    pool: Pool,
     inventory: Inventory,
     project_config: ProjectConfig,
     nodes: Sequence[str],

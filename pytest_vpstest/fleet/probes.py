@@ -5,7 +5,8 @@ exactly one JSON object, or a JSON object missing the action's required keys is 
 attempt* that keeps the exact command, exit code and raw stdout/stderr as evidence.
 
 Seams: the node transport is anything with ``run(node, command, timeout)`` returning an object
-with the attributes of ``remote.CommandResult``; per-node concurrency goes through a
+with the attributes of ``remote.CommandResult``; each node's placeholder values come from its
+:class:`~pytest_vpstest.fleet.node.NodePlan`; per-node concurrency goes through a
 :class:`NodeSlots` (threads in one process, or lock files shared by xdist workers).
 """
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -22,9 +22,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from pytest_vpstest.config import Inventory, ProbeTemplates, ProjectConfig
+from pytest_vpstest.config import Inventory, ProbeTemplates
 from pytest_vpstest.errors import ConfigError
+from pytest_vpstest.fleet.node import NodePlan
 from pytest_vpstest.fleet.remote import quote_command
+
+__all__ = [
+    "ACTIONS",
+    "REQUIRED_KEYS",
+    "CommandOutcome",
+    "NodeSlots",
+    "ProbeResult",
+    "ProbeRunner",
+    "Transport",
+    "parse_output",
+]
 
 REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "status": ("ok", "node", "addresses"),
@@ -211,19 +223,6 @@ class NodeSlots:
 # --------------------------------------------------------------------------------------------
 
 
-def binary_path(config: ProjectConfig, install_path: str | None = None) -> str:
-    """Where the deployed artifact lives on a node (as ``deploy.plan_node`` puts it): install path +
-    the first module's binary name, else the artifact's file name."""
-    base = install_path or config.deploy.install_path
-    if config.modules:
-        name = config.modules[0][1].binary
-    elif config.build is not None and config.build.artifact:
-        name = os.path.basename(config.build.artifact.rstrip("/"))
-    else:
-        name = config.project
-    return base.rstrip("/") + "/" + name
-
-
 @dataclass
 class ProbeRunner:
     """Runs probe actions on nodes through a transport, with per-node concurrency bounded."""
@@ -231,7 +230,8 @@ class ProbeRunner:
     transport: Transport
     inventory: Inventory
     templates: ProbeTemplates
-    values_for: Callable[[str], dict[str, object]] = field(default=lambda node: {})
+    # The node's plan (fleet.node.plan_node): {bin}, {install_path}, {log_dir}, {p2p_address}.
+    plan_for: Callable[[str], NodePlan]
     slots: NodeSlots = field(default_factory=NodeSlots)
     default_timeout: float = 10.0
     # Extra seconds allowed to the transport beyond the probe's own --timeout.
@@ -244,15 +244,11 @@ class ProbeRunner:
         return value
 
     def node_values(self, node: str) -> dict[str, object]:
-        n = self.inventory.node(node)
-        base: dict[str, object] = {
-            "node": n.name,
-            "p2p_address": n.p2p_address or n.host,
+        return {
+            **self.plan_for(node).placeholders(),
             "registry": self.inventory.registry.url if self.inventory.registry else "",
             "bootstrap": ",".join(self.inventory.bootstrap),
         }
-        base.update(self.values_for(node))
-        return base
 
     def run(
         self,
@@ -310,7 +306,6 @@ class ProbeRunner:
         return self.run("status", node, timeout=timeout)
 
     def connect(self, node: str, peer: str, method: str, timeout: float | None = None) -> ProbeResult:
-        p = self.inventory.node(peer)
         return self.run(
             "connect",
             node,
@@ -318,7 +313,7 @@ class ProbeRunner:
             hold=(peer,),
             peer=peer,
             method=method,
-            peer_address=p.p2p_address or p.host,
+            peer_address=self.plan_for(peer).p2p_address,
         )
 
     def publish(self, node: str, topic: str, timeout: float | None = None) -> ProbeResult:
@@ -328,7 +323,6 @@ class ProbeRunner:
         return self.run("gossip_received", node, timeout=timeout, message_id=message_id)
 
     def throughput(self, node: str, peer: str, seconds: float, timeout: float | None = None) -> ProbeResult:
-        p = self.inventory.node(peer)
         limit = timeout if timeout is not None else seconds + self.default_timeout
         return self.run(
             "throughput",
@@ -336,7 +330,7 @@ class ProbeRunner:
             timeout=limit,
             hold=(peer,),
             peer=peer,
-            peer_address=p.p2p_address or p.host,
+            peer_address=self.plan_for(peer).p2p_address,
             seconds=_num_text(seconds),
         )
 

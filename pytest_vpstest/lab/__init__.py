@@ -1,4 +1,4 @@
-"""The embedded lab: a replica of the seed fleet in network namespaces (or on loopback).
+"""The embedded lab: a ten-node test fleet in network namespaces (or on loopback).
 
 Public surface::
 

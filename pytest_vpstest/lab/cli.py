@@ -9,6 +9,8 @@ from typing import Any
 
 from pytest_vpstest.lab.plan import DEFAULT_PREFIX, check_prefix
 
+__all__ = ["register"]
+
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("lab", help="build, inspect or remove the embedded lab")

@@ -14,11 +14,20 @@ from typing import Any, cast
 
 import yaml
 
+from pytest_vpstest._files import write_text_atomic
 from pytest_vpstest.config import NatType, Role
 from pytest_vpstest.lab.plan import DEFAULT_PREFIX, check_prefix
-from pytest_vpstest.lab.record import LabRecord
+from pytest_vpstest.lab.record import INVENTORY_NAME, LabRecord
 
-INVENTORY_NAME = "inventory.yaml"
+__all__ = [
+    "INVENTORY_NAME",
+    "InventoryNode",
+    "inventory_document",
+    "inventory_path",
+    "lab_dir",
+    "render_inventory",
+    "write_yaml_atomic",
+]
 
 
 def lab_dir(prefix: str = DEFAULT_PREFIX) -> Path:
@@ -89,12 +98,7 @@ def render_inventory(
 
 
 def write_yaml_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        yaml.safe_dump(data, fh, sort_keys=False, default_flow_style=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
 
 
 def inventory_document(record: LabRecord) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from pytest_vpstest.lab.plan import BOOTSTRAP_PORT, REGISTRY_PORT, check_prefix
 from pytest_vpstest.lab.record import LabRecord, NodeRecord, ServiceRecord, prepare_lab_dir, tcp_open
 from pytest_vpstest.lab.topology import Topology
 
+__all__ = ["SSH_PORT_BASE", "START_TIMEOUT_S", "loopback_octet", "node_address", "teardown", "up"]
+
 SSH_PORT_BASE = 22000
 START_TIMEOUT_S = 15.0
 

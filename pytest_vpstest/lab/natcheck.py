@@ -36,7 +36,17 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-__all__ = ["DEFAULT_PORTS", "Classification", "Protocol", "classify", "main", "serve"]
+__all__ = [
+    "ANSWER_TIMEOUT_S",
+    "ATTEMPTS",
+    "DEFAULT_PORTS",
+    "MAX_LIFETIME_S",
+    "Classification",
+    "Protocol",
+    "classify",
+    "main",
+    "serve",
+]
 
 Protocol = Literal["udp", "tcp"]
 DEFAULT_PORTS = (3479, 3480)

@@ -31,6 +31,21 @@ from pytest_vpstest.lab.plan import (
 from pytest_vpstest.lab.record import LabRecord, NodeRecord, ServiceRecord, prepare_lab_dir, tcp_open
 from pytest_vpstest.lab.topology import Shaping, Topology
 
+__all__ = [
+    "SERVICE_START_TIMEOUT_S",
+    "SSHD_START_TIMEOUT_S",
+    "TBF_LATENCY",
+    "WORKERS",
+    "build_network",
+    "ensure_mount_points",
+    "pick_mgmt_octet",
+    "prepare_node_fs",
+    "taken_networks",
+    "teardown",
+    "up",
+    "wait_for",
+]
+
 TBF_LATENCY = "50ms"
 WORKERS = 4
 

@@ -19,6 +19,25 @@ from pathlib import Path
 from pytest_vpstest._proc import pid_alive as pid_alive
 from pytest_vpstest.errors import LabError
 
+__all__ = [
+    "NETNS_DIR",
+    "cmdline",
+    "ip_batch",
+    "is_lab_process",
+    "kill_all",
+    "lab_processes",
+    "listening",
+    "namespaces",
+    "netns_available",
+    "netns_inode",
+    "nft_load",
+    "pids_in",
+    "processes_matching",
+    "read_pid",
+    "root_links",
+    "run",
+]
+
 NETNS_DIR = Path("/run/netns")
 
 

@@ -29,6 +29,25 @@ from dataclasses import dataclass
 from pytest_vpstest.errors import ConfigError
 from pytest_vpstest.lab.topology import LabNode, Topology
 
+__all__ = [
+    "AGENT_PORT",
+    "BOOTSTRAP_PORT",
+    "DATA_PREFIXLEN",
+    "DATA_SUBNET",
+    "DEFAULT_PREFIX",
+    "HARNESS_HOST",
+    "MGMT_OCTETS",
+    "PREFIX_RE",
+    "REGISTRY_PORT",
+    "SSH_PORT",
+    "LabPlan",
+    "NodePlan",
+    "check_prefix",
+    "choose_mgmt_octet",
+    "make_plan",
+    "preferred_mgmt_octet",
+]
+
 DATA_SUBNET = "198.18.0.0/24"
 DATA_PREFIXLEN = 24
 HARNESS_HOST = 254

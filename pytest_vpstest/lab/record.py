@@ -7,24 +7,39 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_vpstest._files import write_text_atomic
 from pytest_vpstest.errors import LabError
 from pytest_vpstest.lab import netns
 from pytest_vpstest.lab.plan import AGENT_PORT
 
+__all__ = [
+    "INVENTORY_NAME",
+    "RECORD_NAME",
+    "LabRecord",
+    "NodeRecord",
+    "NodeStatus",
+    "ServiceRecord",
+    "load_record",
+    "node_status",
+    "prepare_lab_dir",
+    "tcp_open",
+    "udp_bound_on",
+]
+
+# The lab directory's two documents: the record `lab status` reads, and the fleet inventory the
+# harness reads (written by lab/inventory.py, last, once the lab is up).
 RECORD_NAME = "lab.json"
+INVENTORY_NAME = "inventory.yaml"
 
 
 def prepare_lab_dir(lab_dir: Path) -> None:
     """Create the lab directory's working folders and drop the files a previous lab left, so a
     half-built lab is never mistaken for a running one."""
-    from pytest_vpstest.lab.inventory import INVENTORY_NAME
-
     for sub in ("run", "log", "nodes"):
         (lab_dir / sub).mkdir(parents=True, exist_ok=True)
     for stale in (INVENTORY_NAME, RECORD_NAME):
@@ -70,9 +85,7 @@ class LabRecord:
 
     def save(self) -> None:
         path = Path(self.lab_dir) / RECORD_NAME
-        tmp = path.with_name(f".{RECORD_NAME}.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(asdict(self), indent=2) + "\n")
 
 
 def load_record(lab_dir: Path) -> LabRecord | None:

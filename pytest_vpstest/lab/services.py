@@ -14,6 +14,8 @@ from typing import Literal
 
 from pytest_vpstest.lab import sshd
 
+__all__ = ["AGENT_MODULE", "Service", "ServiceKind", "service_argv", "start_service"]
+
 AGENT_MODULE = "pytest_vpstest.lab.agent"
 ServiceKind = Literal["registry", "bootstrap"]
 

@@ -16,6 +16,19 @@ from pathlib import Path
 from pytest_vpstest.errors import LabError
 from pytest_vpstest.lab import netns
 
+__all__ = [
+    "NODE_MOUNTS",
+    "SSHD",
+    "SshdNode",
+    "keygen",
+    "loopback_sshd_argv",
+    "netns_sshd_argv",
+    "prepare_keys",
+    "render_config",
+    "spawn_detached",
+    "write_config",
+]
+
 SSHD = "/usr/sbin/sshd"
 # Mount points of a netns node's own filesystem view (bind mounts from the lab directory).
 NODE_MOUNTS: tuple[tuple[str, str], ...] = (

@@ -26,6 +26,17 @@ import yaml
 from pytest_vpstest.config import NAT_TYPES, ROLES, NatType, Role
 from pytest_vpstest.errors import ConfigError
 
+__all__ = [
+    "BUILTIN_TOPOLOGIES",
+    "MAX_NODES",
+    "LabNode",
+    "Shaping",
+    "Topology",
+    "load_topology",
+    "parse_topology",
+    "topology_source",
+]
+
 BUILTIN_TOPOLOGIES: tuple[str, ...] = ("full", "small")
 # NAT LANs are 198.19.N.0/24 and management subnets live at 198.19.128.0 and above.
 MAX_NODES = 120

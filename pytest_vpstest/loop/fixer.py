@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pytest_vpstest._files import write_text_atomic
 from pytest_vpstest.config import FixConfig, Node
 
 __all__ = [
@@ -160,9 +161,7 @@ def collect_logs(
         except Exception as exc:  # one node's failure must not stop collection from the others
             text = f"# could not collect logs from {node.name}: {exc}\n"
         path = logs_dir / f"{node.name}.log"
-        tmp = path.with_suffix(".log.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, text)
         return node.name, text.splitlines()
 
     if not nodes:

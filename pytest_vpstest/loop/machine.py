@@ -1,4 +1,4 @@
-"""The loop's state machine (seeds/000), as a pure function.
+"""The loop's state machine (docs/how-it-works.md), as a pure function.
 
 ``step(state, event, now, cfg) -> (new_state, effects)``: given the current :class:`RunState`,
 something that happened (an *event*, e.g. :class:`BuildFinished`) and the current time, return
@@ -12,7 +12,7 @@ step and feeds the outcome back as the next event.
                        └─ FIX ◄───────────┘               RESTART ─► SETUP ◄─────┘
     any non-terminal state ─► STOPPED (user stop, fatal error, or a rule below)
 
-Rules (all from the seeds):
+Rules:
 - SETUP: fewer than ``min_reachable_fraction`` (50%) of nodes reachable → STOPPED.
 - BUILD: failure → FIX; the ``max_build_failures``-th (3rd) consecutive failure → STOPPED.
 - DEPLOY: fewer than ``min_deployed_fraction`` (50%) of nodes deployed → STOPPED, else TEST.
@@ -32,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeAlias
 
 from pytest_vpstest.errors import InvalidEvent, StateError
+from pytest_vpstest.records.state_doc import PHASES, Phase, iso_time, new_state_document
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
@@ -75,7 +76,7 @@ __all__ = [
 
 
 class State(enum.StrEnum):
-    """The states of seeds/000, spelled as in the state file."""
+    """The states of the loop, spelled as in the state file."""
 
     IDLE = "IDLE"
     SETUP = "SETUP"
@@ -94,7 +95,7 @@ TERMINAL: frozenset[State] = frozenset({State.COMPLETE, State.STOPPED})
 WAIT_STATES: frozenset[State] = frozenset({State.WAIT_1HR, State.WAIT_6HR})
 
 _S = State
-# The edges of the seed's diagram ...
+# The edges of the diagram in docs/how-it-works.md ...
 _DIAGRAM_EDGES = {
     (_S.IDLE, _S.SETUP),
     (_S.SETUP, _S.BUILD),
@@ -116,11 +117,10 @@ ALLOWED_TRANSITIONS: frozenset[tuple[State, State]] = frozenset(
     _DIAGRAM_EDGES | {(s, _S.STOPPED) for s in State if s not in TERMINAL}
 )
 
-Phase: TypeAlias = Literal["initial", "soak"]
 NotifyKind: TypeAlias = Literal[
     "loop_start", "first_failure", "fix_committed", "wait_1hr", "wait_6hr", "complete", "critical"
 ]
-# The seed's "Voice Notifications" triggers.
+# The moments someone watching the loop is told about (docs/loop.md "Notifications").
 NOTIFY_KINDS: tuple[NotifyKind, ...] = (
     "loop_start",
     "first_failure",
@@ -137,7 +137,7 @@ NOTIFY_KINDS: tuple[NotifyKind, ...] = (
 
 @dataclass(frozen=True)
 class Counters:
-    """The seed's ``counters``; they only ever grow during a run."""
+    """The state file's ``counters``; they only ever grow during a run."""
 
     fix_attempts: int = 0
     build_count: int = 0
@@ -180,7 +180,7 @@ class RunState:
     test_failures: int = 0
 
     def to_document(self) -> dict[str, Any]:
-        """The seed state-file fields this machine owns, plus ``machine`` for the rest.
+        """The state-file fields this machine owns, plus ``machine`` for the rest.
 
         The store adds ``schema_version``, ``test_results``, ``nodes`` and ``logs`` around it.
         """
@@ -212,7 +212,7 @@ class RunState:
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> RunState:
-        """Read a state document (ours or the seed's example, verbatim); keys we do not own are ignored.
+        """Read a state document (ours or a base-format one, verbatim); keys we do not own are ignored.
 
         Missing ``machine`` fields get defaults inferred from the state (WAIT_1HR → checkpoint 1,
         WAIT_6HR and COMPLETE → 2, TEST in the soak phase → 1). Raises :class:`StateError` naming
@@ -230,7 +230,7 @@ class MachineConfig:
     wait_1hr: bool = True
     wait_6hr: bool = True
     max_build_failures: int = 3
-    # None: unlimited fix attempts (the seed's "full autonomy").
+    # None: unlimited fix attempts (the loop keeps fixing until a fix works or it is stopped).
     max_fix_attempts: int | None = None
     min_reachable_fraction: float = 0.5
     min_deployed_fraction: float = 0.5
@@ -410,9 +410,8 @@ Step: TypeAlias = tuple[RunState, tuple[Effect, ...]]
 
 
 def initial_state(project: str, now: datetime) -> RunState:
-    """A fresh run in IDLE."""
-    now = _utc(now)
-    return RunState(project=project, state=State.IDLE, phase="initial", started_at=now, last_state_change=now)
+    """A fresh run in IDLE: the state document every new project starts from (``records.state_doc``)."""
+    return RunState.from_document(new_state_document(project, _utc(now)))
 
 
 def step(state: RunState, event: Event, now: datetime, cfg: MachineConfig | None = None) -> Step:
@@ -462,7 +461,7 @@ def wait_is_over(state: RunState, now: datetime) -> bool:
 
 
 def resume_effects(state: RunState, now: datetime) -> tuple[Effect, ...]:
-    """What a restarted runner does for a state read back from the state file (seeds/000).
+    """What a restarted runner does for a state read back from the state file.
 
     - BUILD/DEPLOY/TEST/SETUP/RESTART: run that stage again; FIX: continue fixing.
     - WAIT_* not yet over: ``StartWait`` until the saved ``wait_until``.
@@ -590,7 +589,7 @@ def _stop(state: RunState, now: datetime, reason: str, *, critical: bool = True)
 
 
 def _enter(state: RunState, target: State, now: datetime, before: tuple[Effect, ...] = ()) -> Step:
-    """Move to ``target``: keep the bookkeeping of the seed's state file and emit its entry effects."""
+    """Move to ``target``: keep the state file's bookkeeping and emit its entry effects."""
     if (state.state, target) not in ALLOWED_TRANSITIONS:
         raise AssertionError(f"machine bug: {state.state} -> {target} is not an allowed transition")
     c = state.counters
@@ -641,9 +640,7 @@ def _utc(dt: datetime) -> datetime:
 
 
 def _iso(dt: datetime | None) -> str | None:
-    if dt is None:
-        return None
-    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return None if dt is None else iso_time(dt)
 
 
 def _pct(fraction: float) -> str:
@@ -666,7 +663,7 @@ def _parse_time(value: Any, where: str, *, optional: bool = True) -> datetime | 
     except ValueError:
         raise StateError(f"state document: '{where}' is not an ISO 8601 timestamp: {value!r}") from None
     if dt.tzinfo is None:
-        # The seed writes "...Z"; a bare time is taken as UTC rather than refused.
+        # Times are written "...Z"; a bare time is taken as UTC rather than refused.
         dt = dt.replace(tzinfo=UTC)
     return dt.astimezone(UTC)
 
@@ -696,7 +693,7 @@ def _from_document(cls: type[RunState], doc: Mapping[str, Any]) -> RunState:
         allowed = ", ".join(s.value for s in State)
         raise StateError(f"state document: unknown state {raw_state!r} (allowed: {allowed})") from None
     phase = doc.get("phase", "initial")
-    if phase not in ("initial", "soak"):
+    if phase not in PHASES:
         raise StateError(f"state document: unknown phase {phase!r} (allowed: initial, soak)")
 
     ts = doc.get("timestamps") or {}

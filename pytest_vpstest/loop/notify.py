@@ -14,20 +14,17 @@ Channels: ``log`` (always; the runner's logger), ``webhook`` (HTTP POST of the e
 (``notify.dashboard_url``: every state transition and notification, as JSON).
 
 Transition events (kind ``transition``) go to the log and the dashboard only; the other kinds
-(the seed's voice-notification moments) go to every channel.
+(the machine's ``NOTIFY_KINDS``) go to every channel.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
 import shlex
 import shutil
 import subprocess
-import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -38,6 +35,7 @@ from typing import Any, Literal, Protocol
 
 import requests
 
+from pytest_vpstest._files import write_text_atomic
 from pytest_vpstest.config import ChannelConfig, NotifyConfig
 
 __all__ = [
@@ -123,26 +121,6 @@ class Channel(Protocol):
     def deliver(self, event: OutboxEvent) -> None: ...
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Temp file in the same directory, fsync, rename, fsync the directory."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def _now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -194,9 +172,9 @@ class Outbox:
                 time=time or _now_iso(),
                 data=dict(data or {}),
             )
-            _atomic_write(self._event_path(seq), json.dumps(event.to_json(), sort_keys=True) + "\n")
+            write_text_atomic(self._event_path(seq), json.dumps(event.to_json(), sort_keys=True) + "\n")
             # The counter survives removal of delivered files, so numbers are never reused.
-            _atomic_write(self.directory / "next_seq", f"{seq + 1}\n")
+            write_text_atomic(self.directory / "next_seq", f"{seq + 1}\n")
             return event
 
     def events_after(self, seq: int) -> list[OutboxEvent]:
@@ -225,7 +203,7 @@ class Outbox:
 
     def set_cursor(self, channel: str, seq: int) -> None:
         with self._lock:
-            _atomic_write(self.directory / f"cursor-{channel}.json", json.dumps({"seq": seq}) + "\n")
+            write_text_atomic(self.directory / f"cursor-{channel}.json", json.dumps({"seq": seq}) + "\n")
 
     def prune(self, channels: Sequence[str]) -> int:
         """Remove event files every listed channel has delivered; return how many."""

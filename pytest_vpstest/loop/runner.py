@@ -35,6 +35,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
+from pytest_vpstest._files import write_text_atomic
 from pytest_vpstest._proc import pid_alive
 from pytest_vpstest.config import Inventory, ProjectConfig
 from pytest_vpstest.errors import StaleLeaseError, StateError, VpsTestError
@@ -79,9 +80,7 @@ def request_stop(state_dir: Path, project: str, reason: str = "user stop") -> Pa
     d = project_dir(state_dir, project)
     d.mkdir(parents=True, exist_ok=True)
     path = d / "stop.request"
-    tmp = d / ".stop.request.tmp"
-    tmp.write_text(json.dumps({"reason": reason, "time": _iso(utcnow()), "pid": os.getpid()}) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps({"reason": reason, "time": _iso(utcnow()), "pid": os.getpid()}) + "\n")
     return path
 
 

@@ -6,9 +6,7 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import importlib.util
-import inspect
 import json
 import os
 import sys
@@ -16,12 +14,17 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pytest_vpstest.config import ProjectConfig
 from pytest_vpstest.errors import VpsTestError
+from pytest_vpstest.fleet.build import run_build
+from pytest_vpstest.fleet.node import plan_node
+from pytest_vpstest.inventory import Node
 from pytest_vpstest.loop import machine as m
 from pytest_vpstest.loop.runner import StageContext, TestOutcome, _iso, child_env, utcnow
+
+if TYPE_CHECKING:  # the SSH stack is imported when the first stage needs a session
+    from pytest_vpstest.fleet.remote import Pool, Session
 
 __all__ = ["FleetStages", "suites_directory"]
 
@@ -44,11 +47,11 @@ class FleetStages:
     """
 
     def __init__(self, *, pytest_args: tuple[str, ...] = ()) -> None:
-        self._pool: Any = None
+        self._pool: Pool | None = None
         self.pytest_args = pytest_args
 
     # -- helpers -----------------------------------------------------------------------------
-    def pool(self, ctx: StageContext) -> Any:
+    def pool(self, ctx: StageContext) -> Pool:
         if self._pool is None:
             from pytest_vpstest.fleet.remote import SessionPool
 
@@ -71,17 +74,14 @@ class FleetStages:
             return ctx.config.workspace / b.artifact
         return None
 
-    def _fetch_log(self, ctx: StageContext) -> Callable[[Any], str]:
-        from pytest_vpstest.fleet.deploy import plan_node
-        from pytest_vpstest.fleet.remote import service_manager
+    def _fetch_log(self, ctx: StageContext) -> Callable[[Node], str]:
+        from pytest_vpstest.fleet.services import service_manager
 
-        artifact = self._artifact(ctx) or Path("artifact")
-
-        def fetch(node: Any) -> str:
-            plan = plan_node(node, ctx.config, artifact)
+        def fetch(node: Node) -> str:
+            plan = plan_node(node, ctx.config)
             mgr = service_manager(self.pool(ctx).session(node.name), install_path=plan.install_path,
                                   log_dir=plan.log_dir)
-            return str(mgr.logs(plan.service, 500))
+            return mgr.logs(plan.service, 500)
 
         return fetch
 
@@ -95,12 +95,12 @@ class FleetStages:
                 f"criteria {cfg.criteria}, {len(inv.nodes)} node(s)")
         ctx.log(f"checking SSH and disk space on {len(inv.nodes)} node(s) in parallel")
 
-        def check(session: Any) -> tuple[int | None, str]:
-            node = session.node
-            install = node.install_path or cfg.deploy.install_path
+        def check(session: Session) -> tuple[int | None, str]:
+            plan = plan_node(session.node, cfg)
             # df on the deepest existing directory of the install path.
             probe = quote_command(
-                'd={p}; while [ ! -d "$d" ]; do d=$(dirname "$d"); done; df -Pk "$d" | tail -1', p=install
+                'd={p}; while [ ! -d "$d" ]; do d=$(dirname "$d"); done; df -Pk "$d" | tail -1',
+                p=plan.install_path,
             )
             res = session.run(probe, timeout=inv.connect_timeout + 20)
             if not res.ok:
@@ -109,12 +109,11 @@ class FleetStages:
             free = int(fields[3]) if len(fields) >= 4 and fields[3].isdigit() else None
             note = ""
             if free is not None and free < _DISK_CRITICAL_KB:
-                log_dir = node.log_dir or posixpath_join(install, "logs")
                 clean = quote_command("find {d} -type f -name '*.log.*' -delete 2>/dev/null; "
                                       "find {d} -type f -name '*.log' -size +10M -exec truncate -s 0 {{}} + "
-                                      "2>/dev/null; true", d=log_dir)
+                                      "2>/dev/null; true", d=plan.log_dir)
                 session.run(clean, timeout=60)
-                note = f"disk critical ({free // 1024} MB free): cleared old logs in {log_dir}"
+                note = f"disk critical ({free // 1024} MB free): cleared old logs in {plan.log_dir}"
             elif free is not None and free < _DISK_WARN_KB:
                 note = f"low disk: {free // 1024} MB free"
             return free, note
@@ -147,20 +146,16 @@ class FleetStages:
             ctx.log("no build configured; deploying the configured artifact as it is")
             return m.BuildFinished(True)
         ctx.log(f"building: {cfg.build.command} (in {cfg.workspace})")
-        result = _run_build(cfg, ctx)
-        ok = bool(getattr(result, "ok", False))
-        duration = getattr(result, "duration", None)
-        artifact = getattr(result, "artifact", None)
-        if ok:
-            if artifact:
-                ctx.runner["artifact"] = str(artifact)
-            took = f" in {duration:.1f}s" if isinstance(duration, int | float) else ""
-            warnings = getattr(result, "warnings", None) or ()
-            ctx.log(f"build complete{took}: {artifact or 'no artifact'}"
+        result = run_build(cfg, log=ctx.log)
+        if result.ok:
+            if result.artifact:
+                ctx.runner["artifact"] = str(result.artifact)
+            warnings = result.warnings
+            ctx.log(f"build complete in {result.duration:.1f}s: {result.artifact or 'no artifact'}"
                     + (f" ({len(warnings)} warning(s))" if warnings else ""))
             return m.BuildFinished(True)
-        errors = [str(e) for e in (getattr(result, "errors", None) or ())]
-        error = getattr(result, "error", None) or (errors[0] if errors else "build failed")
+        errors = [str(e) for e in result.errors]
+        error = result.error or (errors[0] if errors else "build failed")
         for e in errors[:10]:
             ctx.log(f"  build error: {e}")
         return m.BuildFinished(False, str(error)[:500])
@@ -291,14 +286,12 @@ class FleetStages:
 
     # -- RESTART / COMPLETE / STOPPED --------------------------------------------------------
     def restart(self, ctx: StageContext) -> None:
-        from pytest_vpstest.fleet.deploy import plan_node
-        from pytest_vpstest.fleet.remote import service_manager
+        from pytest_vpstest.fleet.services import service_manager
 
-        artifact = self._artifact(ctx) or Path("artifact")
         ctx.log("soak regression: stopping the service on every node before starting over")
 
-        def stop_one(session: Any) -> None:
-            plan = plan_node(session.node, ctx.config, artifact)
+        def stop_one(session: Session) -> None:
+            plan = plan_node(session.node, ctx.config)
             service_manager(session, install_path=plan.install_path, log_dir=plan.log_dir).stop(plan.service)
 
         for name, res in self.pool(ctx).fan_out(ctx.inventory.names, stop_one).items():
@@ -339,22 +332,15 @@ class FleetStages:
 
     @staticmethod
     def _final_proof(ctx: StageContext) -> Path | None:
-        """The loop's proof (seeds/001): the last run's criteria, the whole loop's duration, COMPLETE."""
-        from pytest_vpstest.criteria import Check, Verdict
+        """The loop's proof: the last run's criteria, the whole loop's duration, COMPLETE."""
+        from pytest_vpstest.criteria import Verdict
         from pytest_vpstest.records.proof import ProofInput, write_proof
 
         last = ctx.runner.get("last_results")
         if not last:
             return None
         results = json.loads(Path(last).read_text(encoding="utf-8"))
-        v = results.get("verdict") or {}
-        checks = tuple(
-            Check(str(c.get("metric")), str(c.get("op", ">=")), c.get("target"), c.get("measured"),
-                  bool(c.get("passed")), str(c.get("note", "")))
-            for c in v.get("checks") or []
-        )
-        verdict = Verdict(bool(v.get("passed", results.get("passed"))), str(v.get("criteria", "")), checks,
-                          tuple(str(n) for n in v.get("notes") or ()), v.get("expression"))
+        verdict = Verdict.from_json({"passed": results.get("passed"), **(results.get("verdict") or {})})
         run_evidence = {str(k): str(x) for k, x in (results.get("evidence") or {}).items()}
         evidence = {"Results": str(last), **run_evidence,
                     "Logs": str(ctx.project_dir / "logs"), "State": str(ctx.project_dir / "state.json"),
@@ -383,20 +369,3 @@ class FleetStages:
             reproduce=str(results.get("reproduce", "")),
         ))
         return path
-
-
-def posixpath_join(a: str, b: str) -> str:
-    import posixpath
-
-    return posixpath.join(a, b)
-
-
-def _run_build(cfg: ProjectConfig, ctx: StageContext) -> Any:
-    """The build module's ``run_build``, streaming its progress lines to the run's log."""
-    build_mod = importlib.import_module("pytest_vpstest.fleet.build")
-    run_build = build_mod.run_build
-    params = inspect.signature(run_build).parameters
-    if "log" in params:
-        return run_build(cfg, log=ctx.log) if "workspace" not in params else run_build(
-            cfg.build, cfg.workspace, log=ctx.log)
-    return run_build(cfg)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -31,6 +31,11 @@ from pytest_vpstest.plugin.fixtures import (
     vps_record,
     vps_run,
 )
+from pytest_vpstest.suite import MARKER, SUITES, find_suite, suites_of_focus
+
+if TYPE_CHECKING:
+    from pytest_vpstest.config import Inventory, ProjectConfig
+    from pytest_vpstest.fleet.remote import Pool
 
 __all__ = [
     "build_artifact",
@@ -63,7 +68,7 @@ _FLAGS = (
 )
 
 MARKERS = (
-    "vps_suite(name): a pytest-vpstest suite test (connectivity, nat_traversal, gossip, throughput)",
+    f"{MARKER}(name): a pytest-vpstest suite test ({', '.join(s.name for s in SUITES)})",
     "soak: rerun at soak checkpoints (select with -m soak)",
     "needs_nat: needs nodes behind NATs; skipped on loopback labs and NAT-less fleets",
 )
@@ -228,7 +233,7 @@ class VpsPlugin:
     """Per-run hooks, registered only when the plugin is configured."""
 
     def __init__(self, config: pytest.Config, run: RunContext) -> None:
-        from pytest_vpstest.plugin.results import Collector
+        from pytest_vpstest.plugin.aggregate import Collector
 
         self.config = config
         self.run = run
@@ -248,13 +253,12 @@ class VpsPlugin:
 
     # -- collection -----------------------------------------------------------------------
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
-        from pytest_vpstest.plugin.results import SUITE_OF_FOCUS
-
-        wanted = SUITE_OF_FOCUS[self.run.focus]
+        wanted = suites_of_focus(self.run.focus)
         keep, drop = [], []
         for item in items:
-            marker = item.get_closest_marker("vps_suite")
-            if marker is not None and marker.args and str(marker.args[0]) not in wanted:
+            marker = item.get_closest_marker(MARKER)
+            suite = find_suite(str(marker.args[0])) if marker is not None and marker.args else None
+            if marker is not None and marker.args and (suite is None or suite.name not in wanted):
                 drop.append(item)
             else:
                 keep.append(item)
@@ -319,7 +323,7 @@ class VpsPlugin:
     # -- pytest-html ----------------------------------------------------------------------
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str]) -> None:
-        from pytest_vpstest.plugin.results import html_summary
+        from pytest_vpstest.plugin.report import html_summary
 
         prefix.extend(html_summary(self.collector, self.run))
 
@@ -327,7 +331,7 @@ class VpsPlugin:
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
         report = yield
         if call.when == "call" and self.config.pluginmanager.hasplugin("html"):
-            from pytest_vpstest.plugin.results import html_extras
+            from pytest_vpstest.plugin.report import html_extras
 
             report.extras = [*getattr(report, "extras", []), *html_extras(item.user_properties)]
         return report
@@ -346,7 +350,7 @@ def _junit_suite_properties(config: pytest.Config, metrics: dict[str, float]) ->
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_vpstest_make_pool(inventory: Any, project_config: Any) -> Any:
+def pytest_vpstest_make_pool(inventory: Inventory, project_config: ProjectConfig) -> Pool:
     from pytest_vpstest.fleet.remote import SessionPool
 
     return SessionPool(inventory)
@@ -360,14 +364,14 @@ def pytest_vpstest_build(run: RunContext) -> dict[str, Any] | None:
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_vpstest_deploy(run: RunContext, pool: Any, artifact: str | None) -> dict[str, Any] | None:
+def pytest_vpstest_deploy(run: RunContext, pool: Pool, artifact: str | None) -> dict[str, Any] | None:
     from pytest_vpstest.plugin.fixtures import default_deploy
 
     return default_deploy(run, pool, artifact)
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_vpstest_fetch_logs(run: RunContext, pool: Any, node: str) -> str | None:
+def pytest_vpstest_fetch_logs(run: RunContext, pool: Pool, node: str) -> str | None:
     from pytest_vpstest.plugin.fixtures import default_fetch_logs
 
     return default_fetch_logs(run, pool, node)

@@ -15,13 +15,20 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_vpstest._files import write_json_atomic
 from pytest_vpstest.config import Inventory, ProjectConfig, SuiteConfig
+from pytest_vpstest.fleet.node import NodePlan, plan_node
+from pytest_vpstest.suite import Measurement
+
+if TYPE_CHECKING:  # the SSH stack is imported only when a fixture needs it
+    from pytest_vpstest.fleet.probes import ProbeRunner
+    from pytest_vpstest.fleet.remote import Pool, Session
 
 RUN_KEY = pytest.StashKey["RunContext"]()
 NOT_CONFIGURED = "pytest-vpstest is not configured: pass --vps-config (or set vps_config in the ini file)"
@@ -61,12 +68,8 @@ class RunContext:
         return self.project_dir / "runs" / self.run_id
 
     def suite(self, name: str) -> SuiteConfig:
-        """The ``tests.<name>`` settings (``nat-traversal`` and ``nat_traversal`` both found)."""
-        for key in (name, name.replace("_", "-"), name.replace("-", "_")):
-            for k, v in self.project_config.tests:
-                if k == key:
-                    return v
-        return SuiteConfig()
+        """The ``tests.<name>`` settings (a suite's name or its focus spelling)."""
+        return self.project_config.suite(name)
 
     def suite_extra(self, name: str, key: str, default: Any) -> Any:
         return dict(self.suite(name).extra).get(key, default)
@@ -125,8 +128,6 @@ def once(run_dir: Path, name: str, produce: Callable[[], dict[str, Any]]) -> dic
                     "traceback": traceback.format_exc(limit=5),
                 }
             result.setdefault("pid", os.getpid())
-            from pytest_vpstest.plugin.results import write_json_atomic
-
             write_json_atomic(marker, result)
             return result
         finally:
@@ -156,9 +157,9 @@ def fleet(vps_run: RunContext) -> Inventory:
 
 
 @pytest.fixture(scope="session")
-def node_pool(request: pytest.FixtureRequest, vps_run: RunContext) -> Iterator[Any]:
+def node_pool(request: pytest.FixtureRequest, vps_run: RunContext) -> Iterator[Pool]:
     """One cached SSH session per node for this process; all closed at session end."""
-    pool = request.config.hook.pytest_vpstest_make_pool(
+    pool: Pool = request.config.hook.pytest_vpstest_make_pool(
         inventory=vps_run.inventory, project_config=vps_run.project_config
     )
     try:
@@ -168,7 +169,7 @@ def node_pool(request: pytest.FixtureRequest, vps_run: RunContext) -> Iterator[A
 
 
 @pytest.fixture(scope="session")
-def node(node_pool: Any) -> Callable[[str], Any]:
+def node(node_pool: Pool) -> Callable[[str], Session]:
     """``node("saorsa-4")`` → that node's cached session (``run``, ``put``, ``get``)."""
     return lambda name: node_pool.session(name)
 
@@ -197,7 +198,7 @@ def build_artifact(request: pytest.FixtureRequest, vps_run: RunContext) -> str |
 
 @pytest.fixture(scope="session")
 def deployment(
-    request: pytest.FixtureRequest, vps_run: RunContext, build_artifact: str | None, node_pool: Any
+    request: pytest.FixtureRequest, vps_run: RunContext, build_artifact: str | None, node_pool: Pool
 ) -> dict[str, Any]:
     """Deploy once per run: ``{"deployed": {node: {"bin"}}, "failed": {node: reason}}``.
 
@@ -230,29 +231,35 @@ def failed_nodes(run: RunContext) -> dict[str, str]:
     return {str(k): str(v) for k, v in (info.get("failed") or {}).items()}
 
 
+def _deployed_plan(run: RunContext, name: str, artifact: str | None, reported: Mapping[str, Any]) -> NodePlan:
+    """Node ``name``'s plan, with the paths a deploy hook reported for it (``bin``, ``install_path``,
+    ``log_dir``) taking precedence: a custom ``pytest_vpstest_deploy`` may install elsewhere."""
+    plan = plan_node(run.inventory.node(name), run.project_config, artifact)
+    return replace(
+        plan,
+        binary=str(reported.get("bin") or plan.binary),
+        install_path=str(reported.get("install_path") or plan.install_path),
+        log_dir=str(reported.get("log_dir") or plan.log_dir),
+    )
+
+
 @pytest.fixture(scope="session")
-def probe(vps_run: RunContext, deployment: dict[str, Any], node_pool: Any) -> Any:
+def probe(
+    vps_run: RunContext, build_artifact: str | None, deployment: dict[str, Any], node_pool: Pool
+) -> ProbeRunner:
     """A :class:`pytest_vpstest.fleet.probes.ProbeRunner` for the deployed nodes."""
-    from pytest_vpstest.fleet.probes import NodeSlots, ProbeRunner, binary_path
+    from pytest_vpstest.fleet.probes import NodeSlots, ProbeRunner
 
     deployed = deployment.get("deployed") or {}
-    cfg = vps_run.project_config
-
-    def values_for(name: str) -> dict[str, object]:
-        n = vps_run.inventory.node(name)
-        install = n.install_path or cfg.deploy.install_path
-        info = deployed.get(name) or {}
-        return {
-            "bin": info.get("bin") or binary_path(cfg, install),
-            "install_path": info.get("install_path") or install,
-            "log_dir": info.get("log_dir") or n.log_dir or install.rstrip("/") + "/logs",
-        }
-
+    plans = {
+        n.name: _deployed_plan(vps_run, n.name, build_artifact, deployed.get(n.name) or {})
+        for n in vps_run.inventory.nodes
+    }
     return ProbeRunner(
         transport=node_pool,
         inventory=vps_run.inventory,
-        templates=cfg.probes,
-        values_for=values_for,
+        templates=vps_run.project_config.probes,
+        plan_for=plans.__getitem__,
         slots=NodeSlots(vps_run.node_concurrency, vps_run.run_dir / "locks"),
         default_timeout=vps_run.suite("connectivity").timeout_seconds,
     )
@@ -272,9 +279,9 @@ class Recorder:
     item: pytest.Item
 
     def __call__(
-        self, measurement: Mapping[str, Any], nodes: tuple[str, ...] = (), **flat: float | str | None
+        self, measurement: Measurement, nodes: tuple[str, ...] = (), **flat: float | str | None
     ) -> None:
-        from pytest_vpstest.plugin.results import MEASUREMENT_KEY, NODES_KEY, encode
+        from pytest_vpstest.plugin.aggregate import MEASUREMENT_KEY, NODES_KEY, encode
 
         props = self.item.user_properties
         props.append((MEASUREMENT_KEY, encode(measurement)))
@@ -323,12 +330,6 @@ def parametrize(
 # Default build / deploy / logs (the plugin's trylast hook implementations call these)
 
 
-def service_name(cfg: ProjectConfig) -> str:
-    """The service the software under test runs as: ``<service_prefix>-<module>``."""
-    module = cfg.modules[0][0] if cfg.modules else cfg.project
-    return f"{cfg.deploy.service_prefix}-{module}"
-
-
 def default_build(run: RunContext) -> dict[str, Any]:
     """Run the configured local build (``build.run_build``; never on a node), its output streamed
     to the ``pytest_vpstest.fleet.build`` logger, and summarise it as JSON for every worker."""
@@ -349,7 +350,7 @@ def default_build(run: RunContext) -> dict[str, Any]:
     }
 
 
-def default_deploy(run: RunContext, pool: Any, artifact: str | None) -> dict[str, Any]:
+def default_deploy(run: RunContext, pool: Pool, artifact: str | None) -> dict[str, Any]:
     """Deploy with ``deploy.deploy`` and summarise per node; fewer than half deployed is not ok."""
     from pytest_vpstest.errors import DeployError
     from pytest_vpstest.fleet import deploy as deploy_mod
@@ -377,23 +378,17 @@ def default_deploy(run: RunContext, pool: Any, artifact: str | None) -> dict[str
     failed: dict[str, str] = {}
     for name, d in report.per_node.items():
         if d.ok:
-            plan = deploy_mod.plan_node(run.inventory.node(name), cfg, Path(artifact))
+            plan = plan_node(run.inventory.node(name), cfg, artifact)
             deployed[name] = {"bin": plan.binary, "install_path": plan.install_path, "log_dir": plan.log_dir}
         else:
             failed[name] = f"{d.stage_failed}: {d.error}"
     return {"ok": not error, "error": error, "deployed": deployed, "failed": failed, "log": lines[-50:]}
 
 
-def default_fetch_logs(run: RunContext, pool: Any, node: str) -> str:
-    """The last lines of the node's service log, through its service manager."""
-    from pytest_vpstest.fleet.remote import service_manager
+def default_fetch_logs(run: RunContext, pool: Pool, node: str) -> str:
+    """The last lines of the node's service log, through its service manager (the paths deploy used)."""
+    from pytest_vpstest.fleet.services import service_manager
 
-    n = run.inventory.node(node)
-    cfg = run.project_config
-    manager = service_manager(
-        pool.session(node),
-        install_path=n.install_path or cfg.deploy.install_path,
-        log_dir=n.log_dir or "/var/log/vpstest",
-    )
-    text: str = manager.logs(service_name(cfg), 500)
-    return text
+    plan = plan_node(run.inventory.node(node), run.project_config)
+    manager = service_manager(pool.session(node), install_path=plan.install_path, log_dir=plan.log_dir)
+    return manager.logs(plan.service, 500)

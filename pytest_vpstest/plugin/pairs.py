@@ -7,15 +7,9 @@ so a failing pair can be rerun with ``-k`` or by node id.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from pytest_vpstest.config import Inventory, NatType, Node
-
-Method = Literal["direct", "holepunch", "relay"]
-METHODS: tuple[Method, ...] = ("direct", "holepunch", "relay")
-Category = Literal["direct", "nat_traversed", "relay"]
-CATEGORIES: tuple[Category, ...] = ("direct", "nat_traversed", "relay")
-CATEGORY_OF: dict[Method, Category] = {"direct": "direct", "holepunch": "nat_traversed", "relay": "relay"}
+from pytest_vpstest.suite import CATEGORY_OF, METHODS, Category, Method
 
 # Order used for NAT group keys: easiest first, so "none~symmetric" rather than "symmetric~none".
 _NAT_ORDER: dict[str, int] = {

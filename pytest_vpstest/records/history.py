@@ -1,8 +1,8 @@
-"""SQLite history of test runs: per-host rows (seeds/004), per-run verdicts and metrics.
+"""SQLite history of test runs: per-host rows, per-run verdicts and metrics.
 
 Tables (``PRAGMA user_version`` holds the schema version):
 
-- ``hosts`` and ``test_runs`` exactly as seeds/004 (one ``test_runs`` row per node per run; its
+- ``hosts`` and ``test_runs`` (one ``test_runs`` row per node per run; its
   ``id`` is ``<run id>:<host id>``);
 - ``runs``: one row per pytest run (project, focus, criteria, times, passed, verdict JSON, the
   loop state and soak checkpoint it ran in);
@@ -113,7 +113,7 @@ class RunRecord:
 
 @dataclass(frozen=True)
 class HostRun:
-    """One node's part of a run (a row of seeds/004 ``test_runs``)."""
+    """One node's part of a run (a row of ``test_runs``)."""
 
     host_id: str
     started_at: Timestamp
@@ -126,7 +126,7 @@ class HostRun:
 
 @dataclass(frozen=True)
 class HostStatus:
-    """The latest test run of one host, as the seed's per-host test status shows it."""
+    """The latest test run of one host, as a per-host test status shows it."""
 
     host_id: str
     test_run_id: str

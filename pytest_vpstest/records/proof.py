@@ -1,4 +1,4 @@
-"""Evidence and the proof document (seeds/001 "Proof Summary File").
+"""Evidence and the proof document (``proof-<timestamp>.md``, docs/plugin.md "Outputs").
 
 Rendering is pure (:func:`render_matrix`, :func:`render_proof`, :func:`prometheus_text`);
 the writers put files under the state directory and return their paths.
@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_vpstest._files import write_json_atomic, write_text_atomic
 from pytest_vpstest.config import Inventory, Node
 from pytest_vpstest.criteria import Verdict
-from pytest_vpstest.plugin.pairs import METHODS
-from pytest_vpstest.plugin.results import write_json_atomic
+from pytest_vpstest.suite import CONNECTIVITY, METHODS
 
 _LETTER = {"direct": "d", "holepunch": "h", "relay": "r"}
 
@@ -42,7 +42,7 @@ def matrix_grid(
     cells: dict[tuple[str, str], dict[str, list[int]]] = {}
     seen: list[str] = []
     for r in rows:
-        if r.get("suite") != "connectivity":
+        if r.get("suite") != CONNECTIVITY.name:
             continue
         src, dst = str(r["from"]), str(r["to"])
         for n in (src, dst):
@@ -167,7 +167,7 @@ class ProofInput:
 
 
 def render_proof(p: ProofInput) -> str:
-    """The proof markdown after seeds/001: date, duration, result, criteria, evidence, nodes, matrix."""
+    """The proof markdown: date, duration, result, criteria, evidence, nodes, matrix."""
     label = p.result_label or ("PASSED" if p.verdict.passed else "FAILED")
     date = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(p.finished_at))
     checks = [asdict(c) | {"gap": c.gap} for c in p.verdict.checks]
@@ -209,13 +209,12 @@ def write_proof(state_project_dir: Path, p: ProofInput) -> Path:
     while path.exists():
         n += 1
         path = state_project_dir / f"proof-{stamp}-{n}.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_proof(p), encoding="utf-8")
+    write_text_atomic(path, render_proof(p))
     return path
 
 
 def fix_commits_of(state: Mapping[str, Any] | None) -> list[str]:
-    """Short shas of the fix commits listed in a state document (seeds/000 ``commits``)."""
+    """Short shas of the fix commits listed in a state document (its ``commits``)."""
     commits = (state or {}).get("commits") or []
     return [str(c.get("sha", ""))[:12] for c in commits if isinstance(c, Mapping) and c.get("sha")]
 
@@ -258,7 +257,7 @@ def write_metrics(
             "test_results": dict(test_results),
         },
     )
-    prom_path.write_text(prometheus_text(metrics, labels), encoding="utf-8")
+    write_text_atomic(prom_path, prometheus_text(metrics, labels))
     return {"Metrics": str(json_path), "Prometheus": str(prom_path)}
 
 
@@ -279,7 +278,7 @@ def collect_logs(nodes: Sequence[Node], fetch: Callable[[Node], str], logs_dir: 
             text = fetch(node)
         except Exception as exc:  # one node's failure must not stop collection from the others
             text = f"# could not collect logs from {node.name}: {type(exc).__name__}: {exc}\n"
-        (logs_dir / f"{node.name}.log").write_text(text, encoding="utf-8")
+        write_text_atomic(logs_dir / f"{node.name}.log", text)
     return {"Logs": str(logs_dir) + "/"}
 
 

@@ -3,7 +3,7 @@
 Files, per project, under ``<state_dir>/<project>/`` (see docs/internals.md and docs/state-store.md):
 
 ``state.json``
-    The seed's state document plus ``schema_version``, ``fencing_token`` and ``last_seq``.
+    The state document (docs/how-it-works.md) plus ``schema_version``, ``fencing_token`` and ``last_seq``.
     Always replaced atomically (temp file in the same directory, fsync, rename, directory fsync),
     so a reader sees the old or the new document, never a mix.
 ``transitions.jsonl``
@@ -44,8 +44,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from pytest_vpstest._files import fsync_dir, write_bytes_atomic
 from pytest_vpstest._proc import pid_alive
 from pytest_vpstest.errors import LeaseHeldError, StaleLeaseError, StateError
+from pytest_vpstest.records.state_doc import new_state_document
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -155,39 +157,14 @@ def _process_start(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 else None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(path: Path, data: bytes, pause: str | None = None) -> None:
-    """Replace ``path`` with ``data``: temp file in the same directory, fsync, rename, fsync directory."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    os.close(fd)
-    if pause is not None and _pause_hook is not None:
-        _pause_hook(pause)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
+    """Replace ``path`` with ``data`` through the package's one atomic writer (``_files``)."""
+
+    def before_replace() -> None:
+        if pause is not None and _pause_hook is not None:
+            _pause_hook(pause)
+
+    write_bytes_atomic(path, data, before_replace=before_replace)
 
 
 def _line_start(fd: int, end: int) -> int:
@@ -397,6 +374,21 @@ class StateStore:
         """Replace state.json with ``document`` without a transition (result merges, node status, logs)."""
         self.commit(lease, document, None)
 
+    def merge_test_results(self, lease: Lease, test_results: Mapping[str, Any]) -> dict[str, Any]:
+        """Record a finished test run's ``test_results`` (and ``timestamps.last_test_at``, from its
+        ``last_run``) in the project's document, creating the project's first document with
+        ``state_doc.new_state_document`` when there is none. Returns the document written, without
+        the store's own keys. Refused like any write unless ``lease`` is current.
+        """
+        document = self.load() or new_state_document(self.project, datetime.fromtimestamp(self.clock(), UTC))
+        document = {key: value for key, value in document.items() if key not in _META_KEYS}
+        document["test_results"] = dict(test_results)
+        timestamps = dict(document.get("timestamps") or {})
+        timestamps["last_test_at"] = test_results.get("last_run")
+        document["timestamps"] = timestamps
+        self.update(lease, document)
+        return document
+
     # ----------------------------------------------------------------- reads
 
     def load(self) -> dict[str, Any] | None:
@@ -412,7 +404,7 @@ class StateStore:
         state.json is used when it is readable and not behind the log. A corrupt state.json is moved
         to ``corrupt/`` and the state rebuilt from the log's last snapshot; a missing one is rebuilt
         the same way; when the log holds a later seq than state.json (a crash between the two
-        writes), the log wins. A state file with no ``schema_version`` (the seed's format) is schema 1.
+        writes), the log wins. A state file with no ``schema_version`` (the base format) is schema 1.
         """
         self.recovered = []
         state, problem = self._read_state()
@@ -754,7 +746,7 @@ class StateStore:
             if exc.errno == errno.ENOENT:
                 return target
             raise StateError(f"{path}: cannot move the unreadable file to {target}: {exc}") from exc
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return target
 
     def _state_document(self, document: Mapping[str, Any], token: int, seq: int) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """`vpstest start --yes` with a real config file: detached in the background (the command returns,
 the runner goes on in its own session and records its result) and in the foreground; a fleet with no
-reachable node stops at SETUP with the seed's reason, and `status` shows it."""
+reachable node stops at SETUP with the documented reason, and `status` shows it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`vpstest start` on a real terminal (a pseudo-terminal): the interview asks the seed's questions,
+"""`vpstest start` on a real terminal (a pseudo-terminal): the interview asks its four questions,
 shows the Test Plan Summary and honours "cancel" without starting anything."""
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ import pytest
 
 from pytest_vpstest import lab as lab_api
 from pytest_vpstest.config import load_inventory
-from pytest_vpstest.fleet.remote import SessionPool, service_manager
+from pytest_vpstest.fleet.remote import SessionPool
+from pytest_vpstest.fleet.services import service_manager
 from pytest_vpstest.lab.agent import build as agent_build
 from pytest_vpstest.lab.topology import parse_topology
 from tests.lab.conftest import Lab, netns_skip_reason, requires_netns

@@ -19,8 +19,10 @@ import pytest
 
 from pytest_vpstest.config import DeployConfig, Inventory, ModuleConfig, ProjectConfig, RegistryAccess
 from pytest_vpstest.errors import DeployError
-from pytest_vpstest.fleet.deploy import deploy, plan_node, rollback
-from pytest_vpstest.fleet.remote import ProcessManager, SessionPool
+from pytest_vpstest.fleet.deploy import deploy, rollback
+from pytest_vpstest.fleet.node import plan_node
+from pytest_vpstest.fleet.remote import SessionPool
+from pytest_vpstest.fleet.services import ProcessManager
 from pytest_vpstest.lab.agent.registry import make_server
 from tests.support.sshd import SshdHandle, free_port, sshd_factory  # noqa: F401
 

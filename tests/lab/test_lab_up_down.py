@@ -1,4 +1,4 @@
-"""``lab up`` builds the seed fleet (names carry the prefix, shaping where the topology says, the
+"""``lab up`` builds the ten-node fleet (names carry the prefix, shaping where the topology says, the
 inventory in the documented format, infrastructure services listening) and ``lab status`` reports
 each node; ``lab down`` removes everything and is idempotent; ``lab up`` over a leftover lab, also
 one from a ``lab up`` killed with SIGKILL midway, cleans up and succeeds."""
@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.lab, requires_netns]
 
 lab = lab_fixture("vta", "full")
 
-SEED = {
+FULL_FLEET = {
     "saorsa-1": ("registry", "none"),
     "saorsa-2": ("bootstrap", "none"),
     "saorsa-3": ("bootstrap", "none"),
@@ -57,15 +57,16 @@ def _leftovers(prefix: str, lab_dir: Path) -> list[str]:
     return found
 
 
-def test_full_topology_is_the_seed_fleet(lab: Lab) -> None:
-    assert {n.name: (n.role, n.nat) for n in lab.record.nodes} == SEED
+def test_full_topology_is_the_ten_node_fleet(lab: Lab) -> None:
+    assert {n.name: (n.role, n.nat) for n in lab.record.nodes} == FULL_FLEET
 
 
 def test_everything_carries_the_prefix(lab: Lab) -> None:
     prefix = lab.record.prefix
     names = netns.namespaces(prefix)
     natted = [n.name for n in lab.record.nodes if n.nat != "none"]
-    expected = {f"{prefix}-inet"} | {f"{prefix}-{n}" for n in SEED} | {f"{prefix}-r-{n}" for n in natted}
+    nodes = {f"{prefix}-{n}" for n in FULL_FLEET}
+    expected = {f"{prefix}-inet"} | nodes | {f"{prefix}-r-{n}" for n in natted}
     assert set(names) == expected
     assert netns.root_links(prefix) == sorted(f"{prefix}-m{i}" for i in range(1, 11))
 
@@ -89,7 +90,7 @@ def test_inventory_has_the_documented_shape(lab: Lab) -> None:
     known = (lab.dir / "known_hosts").read_text()
     for n in doc["nodes"]:
         record = lab.node(n["name"])
-        assert (n["role"], n["nat"]) == SEED[n["name"]]
+        assert (n["role"], n["nat"]) == FULL_FLEET[n["name"]]
         assert n["host"] == record.host and n["host"].startswith("198.19.") and n["port"] == 22
         assert n["p2p_address"] == record.data_ip
         assert n["service_manager"] == "process" and n["user"] == "root"
@@ -116,7 +117,7 @@ def test_status_reports_sshd_and_agent(lab: Lab) -> None:
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "bound"
         up = {n.name: n.agent_up for n in lab_api.status(lab.record.prefix, lab.dir)[1]}
-        assert up == {n: n == "saorsa-7" for n in SEED}
+        assert up == {n: n == "saorsa-7" for n in FULL_FLEET}
     finally:
         proc.kill()
         proc.wait(timeout=5)
@@ -145,7 +146,7 @@ def test_status_cli_json(lab: Lab) -> None:
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["flavour"] == "netns" and len(doc["nodes"]) == 10
-    assert {n["name"]: n["sshd_up"] for n in doc["nodes"]} == dict.fromkeys(SEED, True)
+    assert {n["name"]: n["sshd_up"] for n in doc["nodes"]} == dict.fromkeys(FULL_FLEET, True)
 
 
 def test_infrastructure_services_listen_in_their_namespaces(lab: Lab) -> None:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_vpstest.fleet.remote import ProcessManager, SessionPool, service_manager
+from pytest_vpstest.fleet.remote import SessionPool
+from pytest_vpstest.fleet.services import ProcessManager, service_manager
 from tests.support.sshd import SshdHandle, sshd  # noqa: F401
 
 pytestmark = pytest.mark.lab

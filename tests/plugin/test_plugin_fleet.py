@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from pytest_vpstest.loop.machine import RunState
 from tests.plugin.conftest import FakeFleet
 
 MakeFleet = Callable[..., FakeFleet]
@@ -70,6 +71,9 @@ def test_full_suite_serial_records_everything(fake_fleet: MakeFleet) -> None:
     assert state["test_results"]["suites"] == EXPECTED_SUITES
     assert state["test_results"]["passed"] is True
     assert state["project"] == "demo"
+    # A fresh project's state written by the plugin is the loop's initial document (one author).
+    assert (state["state"], state["phase"]) == ("IDLE", "initial")
+    assert RunState.from_document(state).last_test_at is not None
 
     proofs = list((fleet.state_dir / "demo").glob("proof-*.md"))
     assert len(proofs) == 1

@@ -75,7 +75,9 @@ def test_fixtures_skip_with_a_reason_when_not_configured(pytester: pytest.Pytest
 
 
 def test_suites_skip_when_not_configured(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest("--pyargs", "pytest_vpstest.suites", "-p", "no:cacheprovider", "--strict-markers")
+    result = pytester.runpytest(
+        "--pyargs", "pytest_vpstest.suites", "-p", "no:cacheprovider", "--strict-markers"
+    )
     outcomes = result.parseoutcomes()
     assert outcomes.get("skipped", 0) >= 4 and "failed" not in outcomes and "error" not in outcomes
     assert not (pytester.path / "state").exists()

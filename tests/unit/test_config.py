@@ -1,4 +1,4 @@
-"""Config and inventory loading: the seed examples load unchanged, and every kind of mistake is one
+"""Config and inventory loading: the shipped examples load unchanged, and every kind of mistake is one
 ConfigError line naming the file, the line, the key and (for closed sets) the allowed values."""
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ def assert_error(err: ConfigError, path: str, line: int | None, key: str | None,
 # ----------------------------------------------------------------- the examples
 
 
-def test_the_seed_main_config_loads_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_base_schema_example_config_loads_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", "/home/dev")
-    cfg = load_project_config(EXAMPLES / "seed-config.yaml")
+    cfg = load_project_config(EXAMPLES / "example-config.yaml")
     assert isinstance(cfg, ProjectConfig)
     assert cfg.workspace == Path("/home/dev/Desktop/Devel/projects/saorsa-testnet")
     assert cfg.project == "examples"  # the config file's directory name
@@ -67,8 +67,8 @@ def test_the_seed_main_config_loads_unchanged(monkeypatch: pytest.MonkeyPatch) -
     assert cfg.soak.wait_1hr_seconds == 3600 and cfg.soak.wait_6hr_seconds == 21600
 
 
-def test_the_seed_fleet_is_expressible_as_an_inventory() -> None:
-    inv = load_inventory(EXAMPLES / "seed-fleet.yaml")
+def test_the_ten_node_example_fleet_is_expressible_as_an_inventory() -> None:
+    inv = load_inventory(EXAMPLES / "example-fleet.yaml")
     assert isinstance(inv, Inventory)
     assert inv.names == tuple(f"saorsa-{i}" for i in range(1, 11))
     assert {n.name: n.nat for n in inv.nodes if n.role == "nat"} == {
@@ -85,7 +85,7 @@ def test_the_seed_fleet_is_expressible_as_an_inventory() -> None:
     assert {n.service_manager for n in inv.nodes} == {"systemd"}
     assert inv.known_hosts == EXAMPLES / "known_hosts"
     assert inv.registry is not None and inv.registry.url == "https://saorsa-1.saorsalabs.com"
-    assert "EXAMPLE DATA ONLY" in (EXAMPLES / "seed-fleet.yaml").read_text()
+    assert "EXAMPLE DATA ONLY" in (EXAMPLES / "example-fleet.yaml").read_text()
 
 
 def test_the_lab_config_example_loads() -> None:

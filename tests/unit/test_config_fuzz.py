@@ -2,7 +2,7 @@
 with a one-line message naming the file — never any other exception.
 
 Inputs: arbitrary text, YAML-ish text built from YAML's own punctuation and our keys, arbitrary
-nested data dumped to YAML, and the seed examples with one value somewhere replaced by junk.
+nested data dumped to YAML, and the shipped examples with one value somewhere replaced by junk.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from pytest_vpstest.config import (
 from pytest_vpstest.errors import ConfigError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
-SEED_CONFIG = yaml.safe_load((EXAMPLES / "seed-config.yaml").read_text())
-SEED_FLEET = yaml.safe_load((EXAMPLES / "seed-fleet.yaml").read_text())
+EXAMPLE_CONFIG = yaml.safe_load((EXAMPLES / "example-config.yaml").read_text())
+EXAMPLE_FLEET = yaml.safe_load((EXAMPLES / "example-fleet.yaml").read_text())
 CONFIG_PATH = "/fuzz/project/config.yaml"
 INVENTORY_PATH = "/fuzz/project/nodes.yaml"
 
@@ -164,12 +164,12 @@ def replaced(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
 
 @FUZZ
 @given(st.data())
-def test_seed_examples_with_one_value_replaced_load_or_raise_config_error(data: st.DataObject) -> None:
-    for seed in (SEED_CONFIG, SEED_FLEET):
-        path = data.draw(st.sampled_from(paths_of(seed)))
-        check_both(yaml.safe_dump(replaced(seed, path, data.draw(nested)), allow_unicode=True))
+def test_examples_with_one_value_replaced_load_or_raise_config_error(data: st.DataObject) -> None:
+    for example in (EXAMPLE_CONFIG, EXAMPLE_FLEET):
+        path = data.draw(st.sampled_from(paths_of(example)))
+        check_both(yaml.safe_dump(replaced(example, path, data.draw(nested)), allow_unicode=True))
 
 
-def test_the_unmodified_seeds_pass_the_same_check() -> None:
-    assert isinstance(parse_project_config(yaml.safe_dump(SEED_CONFIG), CONFIG_PATH), ProjectConfig)
-    assert isinstance(parse_inventory(yaml.safe_dump(SEED_FLEET), INVENTORY_PATH), Inventory)
+def test_the_unmodified_examples_pass_the_same_check() -> None:
+    assert isinstance(parse_project_config(yaml.safe_dump(EXAMPLE_CONFIG), CONFIG_PATH), ProjectConfig)
+    assert isinstance(parse_inventory(yaml.safe_dump(EXAMPLE_FLEET), INVENTORY_PATH), Inventory)

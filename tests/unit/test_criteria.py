@@ -3,12 +3,16 @@ CriteriaErrors that point at the column of a bad expression."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_vpstest.criteria import (
+    Check,
     CriteriaSpec,
+    Verdict,
     custom,
     flatten_metrics,
     improvement,
@@ -36,7 +40,7 @@ def test_wilson_interval_known_values() -> None:
         wilson_interval(5, 4)
 
 
-def test_threshold_uses_seed_defaults_and_reports_gap() -> None:
+def test_threshold_uses_default_targets_and_reports_gap() -> None:
     v = threshold(METRICS, {}, ("connectivity",))
     assert not v.passed
     failed = v.failures
@@ -146,3 +150,46 @@ def test_wilson_interval_brackets_the_observed_rate(case: tuple[int, int]) -> No
     observed = 100.0 * success / attempts
     assert 0.0 <= lo <= hi <= 100.0
     assert lo - 0.01 <= observed <= hi + 0.01
+
+
+# --------------------------------------------------------------------------------------------
+# Verdict.from_json beside to_json
+
+_finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+_checks = st.builds(
+    Check,
+    metric=st.text(max_size=20),
+    op=st.sampled_from([">=", ">", "<=", "<", "==", "!=", "is"]),
+    target=st.none() | _finite,
+    measured=st.none() | _finite,
+    passed=st.booleans(),
+    note=st.text(max_size=20),
+)
+_verdicts = st.builds(
+    Verdict,
+    passed=st.booleans(),
+    criteria=st.sampled_from(["all-pass", "threshold", "improvement", "custom"]),
+    checks=st.lists(_checks, max_size=5).map(tuple),
+    notes=st.lists(st.text(max_size=20), max_size=3).map(tuple),
+    expression=st.none() | st.text(max_size=30),
+)
+
+
+@given(_verdicts)
+def test_verdict_round_trips_through_results_json(verdict: Verdict) -> None:
+    on_disk = json.loads(json.dumps(verdict.to_json()))
+    assert Verdict.from_json(on_disk) == verdict
+
+
+def test_verdict_from_json_reads_integers_as_floats_and_defaults_missing_keys() -> None:
+    check = {"metric": "tests.failed", "target": 0, "measured": 0}
+    v = Verdict.from_json({"passed": True, "checks": [check]})
+    assert v == Verdict(True, "", (Check("tests.failed", ">=", 0.0, 0.0, False),))
+    assert isinstance(v.checks[0].target, float)
+
+
+def test_verdict_from_json_names_a_malformed_field() -> None:
+    with pytest.raises(ValueError, match="measured must be a number"):
+        Verdict.from_json({"checks": [{"metric": "m", "measured": [1]}]})
+    with pytest.raises(ValueError, match="'checks' must be a list of objects"):
+        Verdict.from_json({"checks": ["m >= 1"]})

@@ -1,6 +1,6 @@
 """The start interview through its I/O seam: no parameters (all asked), some (the rest asked), all
 (summary only); proceed, modify and cancel; invalid answers are asked again; the summary lists the
-seed's fields, nodes by role and NAT type, and the binary source."""
+plan's fields, nodes by role and NAT type, and the binary source."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def _run(prefill: dict[str, str | None], answers: list[str]) -> tuple[Plan, Scri
     return plan, s
 
 
-def test_no_parameters_asks_everything_with_the_seed_options() -> None:
+def test_no_parameters_asks_everything_with_its_options() -> None:
     plan, s = _run(prefill_from([]), ["", "2", "threshold", "4", "1"])
     assert (plan.project, plan.focus, plan.criteria, plan.proof) == ("demo", "nat-traversal", "threshold",
                                                                      "all-evidence")

@@ -28,6 +28,8 @@ from types import FrameType
 from . import wire
 from .wire import Addr
 
+__all__ = ["NODE_TTL_SECONDS", "BootstrapState", "Outbox", "serve"]
+
 log = logging.getLogger("bootstrap")
 
 Outbox = list[tuple[bytes, Addr]]

@@ -15,6 +15,8 @@ import tempfile
 import zipapp
 from pathlib import Path
 
+__all__ = ["INTERPRETER", "PACKAGE_NAME", "build_zipapp", "main"]
+
 PACKAGE_NAME = "vpstest_agent"
 INTERPRETER = "/usr/bin/env python3"
 _ENTRY = f"""# Entry point of the agent zipapp.

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from . import __version__, wire
 
+__all__ = ["build_parser", "main"]
+
 
 def _addr(default_port: int | None) -> Callable[[str], wire.Addr]:
     def parse(text: str) -> wire.Addr:

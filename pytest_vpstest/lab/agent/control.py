@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 from .paths import MAX_SOCKET_PATH
 
+__all__ = ["MAX_REQUEST", "AgentNotRunning", "AlreadyRunning", "Handler", "request", "start_server"]
+
 log = logging.getLogger("control")
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]

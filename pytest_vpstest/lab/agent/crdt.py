@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 from .wire import valid_name
 
+__all__ = ["GCounter"]
+
 
 @dataclass
 class GCounter:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+__all__ = ["GossipLog", "Receipt"]
+
 
 @dataclass
 class Receipt:

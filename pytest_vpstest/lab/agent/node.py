@@ -39,6 +39,30 @@ from .paths import control_socket, default_home
 from .udp import UdpEndpoint
 from .wire import Addr, Message
 
+__all__ = [
+    "ACK_EVERY",
+    "ANTI_ENTROPY_INTERVAL",
+    "GSO_BATCH",
+    "HELLO_INTERVAL",
+    "LINK_FRESH_SECONDS",
+    "PEER_STALE_SECONDS",
+    "PING_INTERVAL",
+    "PUNCH_INTERVAL",
+    "REGISTER_INTERVAL",
+    "SOL_UDP",
+    "TX_WINDOW",
+    "UDP_SEGMENT",
+    "ConnectFailed",
+    "Link",
+    "Node",
+    "Punch",
+    "Route",
+    "RouteKind",
+    "RxSession",
+    "TxSession",
+    "run_node",
+]
+
 log = logging.getLogger("node")
 
 HELLO_INTERVAL = 5.0

@@ -7,6 +7,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+__all__ = ["HOME_ENV", "MAX_SOCKET_PATH", "control_socket", "default_home"]
+
 HOME_ENV = "VPSTEST_AGENT_HOME"
 # sun_path in struct sockaddr_un holds 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107

@@ -16,6 +16,8 @@ from typing import Any
 from . import control, wire
 from .paths import control_socket, default_home
 
+__all__ = ["CONTRACT_KEYS", "METHODS", "add_probe_parser", "build_request", "failure", "run_probe"]
+
 METHODS = ("direct", "holepunch", "relay")
 
 # The keys each action's answer always carries (besides "ok" and, on failure, "error").

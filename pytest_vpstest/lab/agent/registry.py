@@ -35,6 +35,19 @@ from urllib.parse import urlsplit
 from . import wire
 from .wire import Addr
 
+__all__ = [
+    "MAX_ADDRESSES",
+    "MAX_BODY",
+    "MAX_EVENTS",
+    "NAT_LABELS",
+    "SCHEMA_VERSION",
+    "BadRequest",
+    "RegistryState",
+    "make_server",
+    "serve",
+    "validate_registration",
+]
+
 log = logging.getLogger("registry")
 
 MAX_BODY = 64 * 1024

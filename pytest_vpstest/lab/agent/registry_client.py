@@ -11,6 +11,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+__all__ = ["RegistryError", "call", "deregister", "peers", "register"]
+
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 

@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 from .wire import Addr, format_addr
 
+__all__ = ["BUFFER_BYTES", "DRAIN_BATCH", "SOL_UDP", "UDP_GRO", "UdpEndpoint"]
+
 log = logging.getLogger("udp")
 
 BUFFER_BYTES = 8 * 1024 * 1024

@@ -19,6 +19,33 @@ import re
 import struct
 from typing import Any
 
+__all__ = [
+    "DATA_HEADER",
+    "KIND_ACK",
+    "KIND_DATA",
+    "KIND_FORWARD",
+    "KIND_JSON",
+    "KIND_RELAY",
+    "MAX_UNFRAGMENTED",
+    "NAME_RE",
+    "Addr",
+    "Message",
+    "data_ack",
+    "data_header",
+    "decode",
+    "encode",
+    "format_addr",
+    "forward",
+    "parse_ack",
+    "parse_addr",
+    "parse_data",
+    "parse_forward",
+    "parse_relay",
+    "relay",
+    "relay_overhead",
+    "valid_name",
+]
+
 Addr = tuple[str, int]
 Message = dict[str, Any]
 

@@ -19,8 +19,10 @@ import pytest
 
 from pytest_vpstest.config import DeployConfig, Inventory, ModuleConfig, Node, ProjectConfig, RegistryAccess
 from pytest_vpstest.errors import ConfigError, DeployError, NodeError
-from pytest_vpstest.fleet.deploy import deploy, plan_node, registered_names, rollback, target_nodes
-from pytest_vpstest.fleet.remote import ProcessManager, SessionPool
+from pytest_vpstest.fleet.deploy import deploy, registered_names, rollback, target_nodes
+from pytest_vpstest.fleet.node import plan_node
+from pytest_vpstest.fleet.remote import SessionPool
+from pytest_vpstest.fleet.services import ProcessManager
 from tests.support.fake_session import LocalSession, local_session_factory, unreachable
 
 # The stand-in service: logs its version and arguments, registers by touching a file in the

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_vpstest.config import Inventory, Node, ProbeTemplates, ProjectConfig
-from pytest_vpstest.fleet.probes import NodeSlots, ProbeRunner, binary_path, parse_output
+from pytest_vpstest.config import DeployConfig, Inventory, ModuleConfig, Node, ProbeTemplates, ProjectConfig
+from pytest_vpstest.fleet.node import plan_node
+from pytest_vpstest.fleet.probes import NodeSlots, ProbeRunner, parse_output
 from pytest_vpstest.fleet.remote import CommandResult
 
 INV = Inventory(
@@ -21,6 +22,14 @@ INV = Inventory(
         Node("b c", "10.0.0.2", p2p_address="198.18.0.11"),
     )
 )
+CONFIG = ProjectConfig(
+    path=None,
+    project="p",
+    workspace=Path("."),
+    modules=(("agent", ModuleConfig("agent")),),
+    deploy=DeployConfig(install_path="/opt/x/"),
+)
+PLANS = {n.name: plan_node(n, CONFIG) for n in INV.nodes}
 
 
 @dataclass
@@ -46,7 +55,7 @@ def answer(
 
 def runner(*outcomes: CommandResult | Exception) -> tuple[ProbeRunner, ScriptedTransport]:
     t = ScriptedTransport(list(outcomes))
-    return ProbeRunner(t, INV, ProbeTemplates(), values_for=lambda n: {"bin": "/opt/x/agent"}), t
+    return ProbeRunner(t, INV, ProbeTemplates(), plan_for=PLANS.__getitem__), t
 
 
 def test_connect_fills_template_with_quoted_values_and_parses_answer() -> None:
@@ -117,7 +126,7 @@ def test_pretty_printed_json_is_accepted() -> None:
 
 def test_unknown_placeholder_in_a_custom_template_is_a_failed_attempt() -> None:
     t = ScriptedTransport([])
-    r = ProbeRunner(t, INV, ProbeTemplates(status="{bin} status {nope}"), values_for=lambda n: {"bin": "x"})
+    r = ProbeRunner(t, INV, ProbeTemplates(status="{bin} status {nope}"), plan_for=PLANS.__getitem__)
     result = r.status("a")
     assert not result.ok and "nope" in result.reason and t.commands == []
 
@@ -187,16 +196,3 @@ def test_node_slots_bound_concurrency_with_lock_files(tmp_path: Path) -> None:
     done.wait(5)
     t.join()
     assert order == ["first-still-holding", "second"]
-
-
-def test_binary_path_follows_deploy_naming() -> None:
-    from pytest_vpstest.config import BuildConfig, ModuleConfig
-
-    cfg = ProjectConfig(
-        path=None, project="p", workspace=Path("."), build=BuildConfig("make", artifact="dist/agent.pyz")
-    )
-    assert binary_path(cfg) == "/opt/vpstest/agent.pyz"
-    cfg2 = ProjectConfig(
-        path=None, project="p", workspace=Path("."), modules=(("m", ModuleConfig("quic-test")),)
-    )
-    assert binary_path(cfg2, "/srv/") == "/srv/quic-test"

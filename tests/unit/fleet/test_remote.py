@@ -22,15 +22,8 @@ from hypothesis import strategies as st
 
 from pytest_vpstest.config import Inventory, Node, RegistryAccess
 from pytest_vpstest.errors import ConfigError, NodeError
-from pytest_vpstest.fleet.remote import (
-    CommandResult,
-    ProcessManager,
-    SessionPool,
-    SystemdManager,
-    query_registry,
-    quote_command,
-    service_manager,
-)
+from pytest_vpstest.fleet.remote import CommandResult, SessionPool, query_registry, quote_command
+from pytest_vpstest.fleet.services import ProcessManager, SystemdManager, service_manager
 from tests.support.fake_session import LocalSession, ScriptedSession, local_session_factory
 
 NODES = tuple(Node(name=f"n{i}", host="127.0.0.1") for i in range(6))

@@ -1,4 +1,4 @@
-"""Lab topologies load from YAML into validated data: the builtin ``full`` is the seed fleet,
+"""Lab topologies load from YAML into validated data: the builtin ``full`` is the ten-node fleet,
 ``small`` still covers direct, hole-punched and relayed connections, and every mistake in a user's
 file is one line naming the file, line and key."""
 
@@ -12,7 +12,7 @@ from pytest_vpstest.errors import ConfigError
 from pytest_vpstest.lab.topology import Shaping, load_topology, parse_topology
 
 
-def test_full_is_the_seed_fleet() -> None:
+def test_full_is_the_ten_node_fleet() -> None:
     topo = load_topology("full")
     assert [(n.name, n.role, n.nat) for n in topo.nodes] == [
         ("saorsa-1", "registry", "none"),

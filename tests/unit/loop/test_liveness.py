@@ -1,5 +1,5 @@
-"""The liveness quorum machine, one deterministic test per transition: a counterpart for every test of
-the seed's durable-workload suite (same numbers: m=2 of n=3, T1=120 s, T2=300 s, stale=180 s), then the
+"""The liveness quorum machine, one deterministic test per transition: first the basic transitions
+(with the numbers of a typical deployment: m=2 of n=3, T1=120 s, T2=300 s, stale=180 s), then the
 generalisations — distinct observers, stale and future stamps, exact times, restart policies, respawn,
 and warm-standby roles where a standby becomes Live only after the primary's revocation."""
 
@@ -53,7 +53,7 @@ def seen(node: str, when: float, observers: tuple[str, ...] = OBSERVERS) -> list
     return [Observation(node, observer, seen_at=when, event_timestamp=when) for observer in observers]
 
 
-# ------------------------------------------------ counterparts of the seed's tests
+# ------------------------------------------------ the basic transitions
 
 
 def test_initial_state_is_provisioning() -> None:
@@ -153,12 +153,14 @@ def test_quorum_can_be_assembled_across_ticks() -> None:
 
 
 def test_observation_exactly_stale_secs_old_still_counts_one_more_does_not() -> None:
-    sm = machine()
-    sm.tick(200, seen(PRIMARY, 20))  # 180 s old: fresh
-    assert isinstance(sm.state_of(PRIMARY), Provisioning)  # fresh, but older than T1: not recent enough
-    sm2 = machine()
-    sm2.tick(181, [Observation(PRIMARY, o, 181, 0) for o in OBSERVERS])
-    assert isinstance(sm2.state_of(PRIMARY), Provisioning)
+    # Live from a quorum at 10; the next quorum is stamped 131 and arrives late. If it counts, the
+    # node was last seen at 131 and turns Suspect T1 later (251); if not, T1 after 10 (130).
+    exactly_stale = machine()
+    exactly_stale.tick(10, seen(PRIMARY, 10))
+    assert exactly_stale.tick(131 + 180, seen(PRIMARY, 131)) == [BecameSuspect(PRIMARY, 251)]
+    one_second_more = machine()
+    one_second_more.tick(10, seen(PRIMARY, 10))
+    assert one_second_more.tick(131 + 181, seen(PRIMARY, 131)) == [BecameSuspect(PRIMARY, 130)]
 
 
 def test_far_future_stamps_do_not_count() -> None:

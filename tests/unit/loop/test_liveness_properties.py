@@ -1,8 +1,8 @@
 """Single-writer properties of the liveness machine under Hypothesis, over random observation sequences
 (fresh, stale and future stamps from three observers), clock advances, respawns and untracking:
 a lease revocation is emitted only once the holder's local state has left Live; a standby is promoted
-only after that revocation; at most one node per role is Live at every instant. The first test is the
-seed's seeded random walk; the second a rule-based machine checking every event against a model."""
+only after that revocation; at most one node per role is Live at every instant. The first test is a
+seeded random walk; the second a rule-based machine checking every event against a model."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def live_per_role(sm: LivenessMachine) -> dict[str, list[str]]:
 
 @given(seed=st.integers(min_value=0, max_value=2**64 - 1))
 def test_warm_standby_revocation_only_after_local_eviction(seed: int) -> None:
-    """The seed's proptest, with the standbys tracked too: 100 ticks 10..119 s apart, each observer
+    """A seeded random walk, with the standbys tracked too: 100 ticks 10..119 s apart, each observer
     reporting each node with a per-node probability; respawned nodes come back as standbys."""
     rng = random.Random(seed)
     sm = LivenessMachine(quorum())
@@ -168,7 +168,7 @@ class RoleMachine(RuleBasedStateMachine):
             elif isinstance(ev, PublishLeaseRevocation):
                 event("revocation")
                 assert ev.role == ROLE and ev.node == self.owed_revocation, (ev, self.owed_revocation)
-                # The seed's property: the revoked holder's own state has already left Live. (A node
+                # The property: the revoked holder's own state has already left Live. (A node
                 # untracked and tracked again may be promoted anew, but only after the revocation.)
                 promoted_after = BecameLive(ev.node, ROLE, self.now) in events[index + 1 :]
                 if not promoted_after:

@@ -1,6 +1,6 @@
-"""The loop's state machine follows each rule of seeds/000, one plain test per rule.
+"""The loop's state machine follows each rule of docs/how-it-works.md, one plain test per rule.
 
-Also: the state document mapping (the seed's example state file loads verbatim) and what a
+Also: the state document mapping (the shipped base-format example state file loads verbatim) and what a
 restarted runner does for each saved state.
 """
 
@@ -50,7 +50,7 @@ from pytest_vpstest.loop.machine import (
 )
 
 DOCS = Path(__file__).resolve().parents[3] / "docs"
-SEED_STATE = DOCS / "examples" / "seed-state.json"
+EXAMPLE_STATE = DOCS / "examples" / "example-state.json"
 T0 = datetime(2025, 1, 10, 10, 0, tzinfo=UTC)
 CFG = MachineConfig(wait_1hr_seconds=60, wait_6hr_seconds=360)
 
@@ -82,7 +82,7 @@ PASS = TestFinished(True, "all green")
 FAIL = TestFinished(False, "nat_traversed 70% < 85%")
 
 
-def test_allowed_transitions_are_the_seed_diagram_plus_stop() -> None:
+def test_allowed_transitions_are_the_documented_diagram_plus_stop() -> None:
     s = State
     diagram = {
         (s.IDLE, s.SETUP),
@@ -388,8 +388,8 @@ def test_event_payloads_are_checked() -> None:
 # ----------------------------------------------------------------- documents
 
 
-def test_the_seed_state_file_loads_verbatim() -> None:
-    doc = json.loads(SEED_STATE.read_text())
+def test_the_example_state_file_loads_verbatim() -> None:
+    doc = json.loads(EXAMPLE_STATE.read_text())
     state = RunState.from_document(doc)
     assert state.project == "ant-quic" and state.state is State.WAIT_1HR and state.phase == "soak"
     assert state.started_at == datetime(2025, 1, 10, 10, 0, tzinfo=UTC)
@@ -453,7 +453,7 @@ def test_a_stopped_document_without_reason_still_has_one() -> None:
     ],
 )
 def test_bad_documents_raise_state_error_naming_the_field(mutate: object, message: str) -> None:
-    doc = json.loads(SEED_STATE.read_text())
+    doc = json.loads(EXAMPLE_STATE.read_text())
     mutate(doc)  # type: ignore[operator]
     with pytest.raises(StateError, match=message):
         RunState.from_document(doc)

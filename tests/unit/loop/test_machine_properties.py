@@ -3,7 +3,7 @@
 A Hypothesis rule-based test offers any event at any time (most of them invalid in the current
 state) and also drives the loop forward with the event the runner would send. It checks: invalid
 events raise InvalidEvent exactly when an independent model says they do not apply, and change
-nothing; the state reached is the one the seed's rules prescribe (a small oracle in this file);
+nothing; the state reached is the one the documented rules prescribe (a small oracle in this file);
 terminal states stay terminal; every transition taken is in ALLOWED_TRANSITIONS;
 counters never decrease; STOPPED always carries a reason; COMPLETE is reached only through
 consecutive passing TESTs separated by the enabled waits, each wait lasting its full duration;
@@ -146,7 +146,7 @@ class LoopMachine(RuleBasedStateMachine):
         self.passes_in_a_row = 0
 
     @initialize(
-        # Mostly both waits on: that is the seed's path, and the one with most to get wrong.
+        # Mostly both waits on: that is the default path, and the one with most to get wrong.
         wait_1hr=st.sampled_from([True, True, True, False]),
         wait_6hr=st.sampled_from([True, True, True, False]),
         seconds_1=st.sampled_from([60, 0, 1, 3600]),
@@ -206,7 +206,7 @@ class LoopMachine(RuleBasedStateMachine):
         self._offer(WaitElapsed())
 
     def expected_target(self, ev: Event) -> State:
-        """Where the rules of seeds/000 say ``ev`` leads from the current state (an independent oracle)."""
+        """Where the documented rules say ``ev`` leads from the current state (an independent oracle)."""
         cfg, s = self.cfg, self.state
         fix_limit_hit = cfg.max_fix_attempts is not None and s.counters.fix_attempts >= cfg.max_fix_attempts
         if isinstance(ev, UserStop | Fatal):

@@ -13,7 +13,7 @@ from pytest_vpstest.plugin.pairs import (
     throughput_pairs,
 )
 
-SEED = Inventory(
+TEN_NODES = Inventory(
     nodes=(
         Node("saorsa-1", "h1", role="registry"),
         Node("saorsa-2", "h2", role="bootstrap"),
@@ -29,9 +29,9 @@ SEED = Inventory(
 )
 
 
-def test_connectivity_covers_every_ordered_pair_of_the_seed_fleet_three_ways() -> None:
-    pairs = connectivity_pairs(SEED, direct_to_nat=True)
-    # 9 peer nodes (registry excluded) → 72 ordered pairs per method: the seed's 72 attempts.
+def test_connectivity_covers_every_ordered_pair_of_ten_nodes_three_ways() -> None:
+    pairs = connectivity_pairs(TEN_NODES, direct_to_nat=True)
+    # 9 peer nodes (registry excluded) → 72 ordered pairs per method.
     assert len(pairs) == 72 * 3
     for category in ("direct", "nat_traversed", "relay"):
         assert sum(p.category == category for p in pairs) == 72
@@ -41,7 +41,7 @@ def test_connectivity_covers_every_ordered_pair_of_the_seed_fleet_three_ways() -
 
 
 def test_direct_dials_into_a_nat_are_left_out_by_default() -> None:
-    pairs = connectivity_pairs(SEED)
+    pairs = connectivity_pairs(TEN_NODES)
     direct = [p for p in pairs if p.method == "direct"]
     # 5 public peers (saorsa-2, -3, -7, -8, -9), each dialled by the 8 other peers.
     assert len(direct) == 5 * 8
@@ -52,9 +52,9 @@ def test_direct_dials_into_a_nat_are_left_out_by_default() -> None:
 
 
 def test_nat_pairs_have_a_natted_side_and_skip_bootstraps() -> None:
-    pairs = nat_traversal_pairs(SEED)
+    pairs = nat_traversal_pairs(TEN_NODES)
     assert all(p.src_nat != "none" or p.dst_nat != "none" for p in pairs)
-    assert all(SEED.node(n).role not in ("bootstrap", "registry") for p in pairs for n in (p.src, p.dst))
+    assert all(TEN_NODES.node(n).role not in ("bootstrap", "registry") for p in pairs for n in (p.src, p.dst))
     assert all(p.method == "holepunch" and p.category == "nat_traversed" for p in pairs)
     groups = group_by_nat(pairs)
     assert "symmetric~symmetric" not in groups  # only one symmetric node
@@ -76,11 +76,11 @@ def test_nat_group_key_is_unordered_easiest_first() -> None:
 
 
 def test_throughput_ring_sends_and_receives_once_per_node() -> None:
-    pairs = throughput_pairs(SEED)
-    names = [n.name for n in peer_nodes(SEED)]
+    pairs = throughput_pairs(TEN_NODES)
+    names = [n.name for n in peer_nodes(TEN_NODES)]
     assert len(pairs) == len(names)
     assert sorted(p.src for p in pairs) == sorted(names) == sorted(p.dst for p in pairs)
-    assert len(throughput_pairs(SEED, "all")) == 72
+    assert len(throughput_pairs(TEN_NODES, "all")) == 72
 
 
 def test_small_fleets() -> None:
@@ -91,6 +91,6 @@ def test_small_fleets() -> None:
 
 
 def test_gossip_publishers_are_spread_and_bounded() -> None:
-    assert [n.name for n in gossip_publishers(SEED, 3)] == ["saorsa-2", "saorsa-5", "saorsa-8"]
-    assert len(gossip_publishers(SEED, 50)) == 9
+    assert [n.name for n in gossip_publishers(TEN_NODES, 3)] == ["saorsa-2", "saorsa-5", "saorsa-8"]
+    assert len(gossip_publishers(TEN_NODES, 50)) == 9
     assert gossip_publishers(Inventory(nodes=()), 2) == ()

@@ -1,6 +1,6 @@
 """The SQLite history on real database files.
 
-Proves: the file is created on first use with the seeds/004 ``test_runs`` table and index, WAL mode
+Proves: the file is created on first use with the ``hosts`` and ``test_runs`` tables and index, WAL mode
 and ``user_version``; a run, its host rows and metrics are recorded in one transaction (a failure
 leaves nothing) and re-recording replaces; ``previous_run`` finds the latest finished run of the
 same project and focus before a given run; ``metrics_of`` and ``host_status`` read back what was
@@ -43,7 +43,7 @@ def run(run_id: str, minutes: float, *, focus: str | None = "connectivity", pass
     )
 
 
-def test_created_on_first_use_with_the_seed_schema(tmp_path: Path) -> None:
+def test_created_on_first_use_with_the_documented_schema(tmp_path: Path) -> None:
     path = tmp_path / "state" / "history.sqlite"
     history = History(path)
     assert not path.exists()

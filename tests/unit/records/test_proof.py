@@ -1,4 +1,4 @@
-"""Proof rendering: the seed's proof summary sections, criteria with target vs measured, fix
+"""Proof rendering: the proof summary's sections, criteria with target vs measured, fix
 commits from the state file, and the connectivity matrix (rows from, columns to, d/h/r marks);
 Prometheus text format of the metrics."""
 
@@ -51,7 +51,7 @@ def test_html_matrix_colours_cells_by_outcome() -> None:
     assert render_matrix_html([]) == "<p>no connectivity measurements</p>"
 
 
-def test_proof_has_the_seed_sections(tmp_path: Path) -> None:
+def test_proof_has_the_documented_sections(tmp_path: Path) -> None:
     metrics = {
         "connectivity.direct.rate": 100.0,
         "connectivity.nat_traversed.rate": 0.0,

@@ -1,5 +1,5 @@
 """The state store, one behaviour per test: the lease and its fencing tokens, commits and the
-transitions log, atomic state writes, loading the seed's state file as-is, and recovery from a torn
+transitions log, atomic state writes, loading a base-format state file as-is, and recovery from a torn
 log tail, a corrupt or missing state file and a state file left behind the log."""
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import pytest
 from pytest_vpstest.errors import LeaseHeldError, StaleLeaseError, StateError
 from pytest_vpstest.records.store import SCHEMA_VERSION, Lease, StateStore, is_safe_identifier
 
-# The seed's "State File Format" example, verbatim.
-SEED_STATE = """\
+# A state file in the base format (no schema_version, fencing token or machine notes), as the
+# shipped example docs/examples/example-state.json has it.
+BASE_STATE = """\
 {
   "project": "ant-quic",
   "state": "WAIT_1HR",
@@ -448,35 +449,35 @@ def test_load_of_a_new_project_is_none(tmp_path: Path, clock: FakeClock) -> None
     assert (result.document, result.source, result.recovered) == (None, "none", [])
 
 
-def test_seed_state_file_loads_as_is(tmp_path: Path, clock: FakeClock) -> None:
+def test_base_format_state_file_loads_as_is(tmp_path: Path, clock: FakeClock) -> None:
     store = make_store(tmp_path, clock)
     store.directory.mkdir()
-    store.state_path.write_text(SEED_STATE)
+    store.state_path.write_text(BASE_STATE)
     result = store.load_result()
-    assert result.document == json.loads(SEED_STATE)
+    assert result.document == json.loads(BASE_STATE)
     assert (result.source, result.recovered) == ("state", [])
 
 
-def test_shipped_example_is_the_seed_state_file_and_loads(tmp_path: Path, clock: FakeClock) -> None:
-    example = Path(__file__).parents[3] / "docs" / "examples" / "seed-state.json"
-    assert example.read_text() == SEED_STATE
+def test_shipped_example_is_the_base_format_state_file_and_loads(tmp_path: Path, clock: FakeClock) -> None:
+    example = Path(__file__).parents[3] / "docs" / "examples" / "example-state.json"
+    assert example.read_text() == BASE_STATE
     store = make_store(tmp_path, clock)
     store.directory.mkdir()
     store.state_path.write_bytes(example.read_bytes())
-    assert store.load() == json.loads(SEED_STATE)
+    assert store.load() == json.loads(BASE_STATE)
 
 
-def test_seed_state_file_continues_under_a_lease(tmp_path: Path, clock: FakeClock) -> None:
+def test_base_format_state_file_continues_under_a_lease(tmp_path: Path, clock: FakeClock) -> None:
     store = make_store(tmp_path, clock)
     store.directory.mkdir()
-    store.state_path.write_text(SEED_STATE)
+    store.state_path.write_text(BASE_STATE)
     lease = store.acquire()
     loaded = store.load()
     assert loaded is not None
     store.commit(lease, {**loaded, "state": "TEST"}, step("WAIT_1HR", "TEST"))
     state = store.load()
     assert state is not None and state["state"] == "TEST" and state["schema_version"] == SCHEMA_VERSION
-    assert state["counters"] == json.loads(SEED_STATE)["counters"]
+    assert state["counters"] == json.loads(BASE_STATE)["counters"]
 
 
 def test_missing_state_is_rebuilt_from_the_log(tmp_path: Path, clock: FakeClock) -> None:

@@ -1,4 +1,4 @@
-"""Aggregation of recorded measurements into the seed's test_results shape: per-category rates,
+"""Aggregation of recorded measurements into the state file's test_results shape: per-category rates,
 NAT groups with Wilson intervals, gossip delivery/latency/convergence, throughput with iperf3
 beside it; the outcome does not depend on the order reports arrive in (xdist)."""
 
@@ -8,7 +8,7 @@ import json
 import random
 from typing import Any
 
-from pytest_vpstest.plugin.results import (
+from pytest_vpstest.plugin.aggregate import (
     Collector,
     aggregate,
     build_test_results,
@@ -95,7 +95,7 @@ MEASUREMENTS: list[dict[str, Any]] = [
 ]
 
 
-def test_aggregate_matches_the_seed_shape() -> None:
+def test_aggregate_matches_the_state_file_shape() -> None:
     suites = aggregate(MEASUREMENTS)
     assert suites["connectivity"] == {
         "direct": {"attempts": 6, "success": 5, "rate": 83.3},
