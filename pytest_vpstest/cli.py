@@ -48,7 +48,16 @@ from pytest_vpstest.suite import FOCUSES
 if TYPE_CHECKING:
     from pytest_vpstest.interview import Plan
 
-__all__ = ["build_parser", "default_state_dir", "load_config", "load_inventory", "main"]
+__all__ = [
+    "build_parser",
+    "default_state_dir",
+    "launch",
+    "load_config",
+    "load_inventory",
+    "main",
+    "run_foreground",
+    "start_background",
+]
 
 
 # ----------------------------------------------------------------------------- start

@@ -8,11 +8,10 @@ or a probe that never gave a valid answer. Success rates are judged by the crite
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from pytest_vpstest.plugin.fixtures import RunContext, parametrize, skip_if_not_deployed
+from pytest_vpstest.fleet.probes import ProbeRunner
+from pytest_vpstest.plugin.fixtures import Recorder, RunContext, parametrize, skip_if_not_deployed
 from pytest_vpstest.plugin.pairs import Pair, connectivity_pairs
 from pytest_vpstest.suite import ConnectivityMeasurement
 
@@ -32,7 +31,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     )
 
 
-def test_connect(pair: Pair, probe: Any, vps_run: RunContext, vps_record: Any) -> None:
+def test_connect(pair: Pair, probe: ProbeRunner, vps_run: RunContext, vps_record: Recorder) -> None:
     skip_if_not_deployed(vps_run, pair.src, pair.dst)
     settings = vps_run.suite("connectivity")
     attempts = vps_run.attempts_for("connectivity")

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import time
 import zlib
-from typing import Any
 
 import pytest
 
+from pytest_vpstest.fleet.probes import ProbeRunner, Transport
 from pytest_vpstest.fleet.remote import quote_command
-from pytest_vpstest.plugin.fixtures import RunContext, parametrize, skip_if_not_deployed
+from pytest_vpstest.plugin.fixtures import Recorder, RunContext, parametrize, skip_if_not_deployed
 from pytest_vpstest.plugin.pairs import Pair, throughput_pairs
 from pytest_vpstest.suite import ThroughputMeasurement
 
@@ -31,12 +31,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     parametrize(metafunc, "pair", pairs, lambda p: p.id)
 
 
-def _has_iperf3(transport: Any, node: str) -> bool:
+def _has_iperf3(transport: Transport, node: str) -> bool:
     r = transport.run(node, "command -v iperf3 >/dev/null 2>&1 && echo yes", 10.0)
     return r.exit_code == 0 and "yes" in r.stdout
 
 
-def iperf3_ceiling(probe: Any, run: RunContext, pair: Pair, seconds: float) -> tuple[float | None, str]:
+def iperf3_ceiling(
+    probe: ProbeRunner, run: RunContext, pair: Pair, seconds: float
+) -> tuple[float | None, str]:
     """The pair's iperf3 Mbps (sender ``pair.src`` → receiver ``pair.dst``), or None with a reason."""
     inv, transport = run.inventory, probe.transport
     src, dst = inv.node(pair.src), inv.node(pair.dst)
@@ -49,7 +51,7 @@ def iperf3_ceiling(probe: Any, run: RunContext, pair: Pair, seconds: float) -> t
         server, client, reverse = src, dst, True
     else:
         return None, "both nodes are behind NATs: no iperf3 path without traversal"
-    address = server.p2p_address or server.host
+    address = probe.plan_for(server.name).p2p_address
     port = 5300 + zlib.crc32(pair.id.encode()) % 500
     # --idle-timeout: a one-off server whose client never came exits on its own.
     server_cmd = "iperf3 -s -1 -D -B {a} -p {p} --idle-timeout {idle}"
@@ -77,7 +79,7 @@ def iperf3_ceiling(probe: Any, run: RunContext, pair: Pair, seconds: float) -> t
     return round(bps / 1e6, 1), "ok"
 
 
-def test_throughput(pair: Pair, probe: Any, vps_run: RunContext, vps_record: Any) -> None:
+def test_throughput(pair: Pair, probe: ProbeRunner, vps_run: RunContext, vps_record: Recorder) -> None:
     skip_if_not_deployed(vps_run, pair.src, pair.dst)
     settings = vps_run.suite("throughput")
     seconds = float(vps_run.suite_extra("throughput", "seconds", 2))

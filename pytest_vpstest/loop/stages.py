@@ -24,7 +24,9 @@ from pytest_vpstest.loop import machine as m
 from pytest_vpstest.loop.runner import StageContext, TestOutcome, _iso, child_env, utcnow
 
 if TYPE_CHECKING:  # the SSH stack is imported when the first stage needs a session
+    from pytest_vpstest.fleet.deploy import DeployReport
     from pytest_vpstest.fleet.remote import Pool, Session
+    from pytest_vpstest.loop.fixer import FixOutcome
 
 __all__ = ["FleetStages", "suites_directory"]
 
@@ -168,13 +170,14 @@ class FleetStages:
         artifact = self._artifact(ctx)
         if artifact is None:
             raise DeployError("nothing to deploy: configure build.artifact")
-        report: Any
+        report: DeployReport
         try:
             report = deploy(self.pool(ctx), ctx.inventory, ctx.config, artifact, log=ctx.log)
         except DeployError as exc:
-            report = getattr(exc, "report", None)
-            if report is None:
+            partial: DeployReport | None = getattr(exc, "report", None)
+            if partial is None:
                 raise
+            report = partial
             ctx.log(str(exc))
         nodes = ctx.document.setdefault("nodes", {})
         now = _iso(utcnow())
@@ -276,7 +279,7 @@ class FleetStages:
         return self._fix_event(ctx, outcome)
 
     @staticmethod
-    def _fix_event(ctx: StageContext, outcome: Any) -> m.FixFinished:
+    def _fix_event(ctx: StageContext, outcome: FixOutcome) -> m.FixFinished:
         if outcome.commit is None:
             return m.FixFinished(None, outcome.error)
         ctx.runner.pop("fix_base", None)

@@ -38,7 +38,9 @@ if TYPE_CHECKING:
     from pytest_vpstest.fleet.remote import Pool
 
 __all__ = [
+    "VpsPlugin",
     "build_artifact",
+    "current_run",
     "deployment",
     "fleet",
     "node",
@@ -191,7 +193,7 @@ def _make_run(config: pytest.Config, config_path: Path) -> RunContext:
         raise ConfigError(f"unknown focus {focus!r}", key="vps_focus", allowed=FOCUSES)
     expr = _setting(config, "criteria_expr") or project_config.criteria_expr
     if criteria == "custom":
-        from pytest_vpstest.criteria import parse
+        from pytest_vpstest.expressions import parse
 
         if not expr:
             raise ConfigError("--vps-criteria=custom needs --vps-criteria-expr (or config criteria_expr)")

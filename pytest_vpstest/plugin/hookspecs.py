@@ -15,6 +15,14 @@ if TYPE_CHECKING:
     from pytest_vpstest.fleet.remote import Pool
     from pytest_vpstest.plugin.fixtures import RunContext
 
+__all__ = [
+    "pytest_vpstest_build",
+    "pytest_vpstest_deploy",
+    "pytest_vpstest_fetch_logs",
+    "pytest_vpstest_make_pool",
+    "pytest_vpstest_results",
+]
+
 
 @pytest.hookspec(firstresult=True)
 def pytest_vpstest_make_pool(inventory: Inventory, project_config: ProjectConfig) -> Pool | None:
