@@ -172,3 +172,18 @@ def test_reference_agent_failure_answers_conform(action: str, tmp_path: Path) ->
     answer = json.loads(proc.stdout)
     assert answer["ok"] is False and "agent not running" in answer["error"]
     assert contract.validate(action, answer) == []
+
+
+def test_specs_match_the_config_for_the_actions_the_harness_runs() -> None:
+    from dataclasses import fields
+
+    from pytest_vpstest.config import PROBE_PLACEHOLDERS, ProbeTemplates
+
+    templates = {f.name for f in fields(ProbeTemplates)}
+    for spec in contract.ACTIONS:
+        if spec.enforced:
+            assert spec.template in templates, spec
+            assert set(contract.COMMON_PLACEHOLDERS) | set(spec.placeholders) <= set(PROBE_PLACEHOLDERS), spec
+        else:
+            assert spec.requirement == "optional", "an action the harness does not run cannot be required"
+    assert contract.action_spec("subscribe").enforced is False
