@@ -197,7 +197,20 @@ def make_plan(topology: Topology, prefix: str, mgmt_octet: int) -> LabPlan:
                     **mgmt,
                 )
             )
-    return LabPlan(prefix=prefix, topology=topology, mgmt_octet=mgmt_octet, nodes=tuple(nodes))
+    plan = LabPlan(prefix=prefix, topology=topology, mgmt_octet=mgmt_octet, nodes=tuple(nodes))
+    _check_namespaces(plan)
+    return plan
+
+
+def _check_namespaces(plan: LabPlan) -> None:
+    """A node named like another node's router (``r-x``) or carrier (``c-x``) would share its namespace."""
+    seen: set[str] = set()
+    for ns in plan.namespaces:
+        if ns in seen:
+            raise ConfigError(
+                f"namespace {ns} would be both a node's and a router's: rename the node", key="name"
+            )
+        seen.add(ns)
 
 
 def _carrier(prefix: str, node: LabNode, number: int) -> dict[str, str]:

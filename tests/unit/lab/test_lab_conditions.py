@@ -177,3 +177,12 @@ def test_record_lists_conditions_as_data() -> None:
         "p": {"loss_percent": 5.0},
         "n": {"mapping_timeout": {"udp_s": 9}, "carrier_nat": "symmetric", "home_nat": "full-cone"},
     }
+
+
+@pytest.mark.parametrize("router", ["r-n", "c-n"])
+def test_a_node_named_like_a_router_namespace_is_refused(router: str) -> None:
+    topo = parse_topology(
+        _topo("{name: n, role: nat, nat: full-cone, carrier_nat: symmetric}") + f"  - {{name: {router}}}\n"
+    )
+    with pytest.raises(ConfigError, match=f"namespace vps-{router} would be both"):
+        make_plan(topo, "vps", 200)
