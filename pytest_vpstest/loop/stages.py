@@ -1,6 +1,7 @@
 """The real stages of the loop: SSH checks, local build, deploy, pytest on the suites, FIX, proof.
 
-``Runner`` (``loop.runner``) calls these through its ``Stages`` seam; unit tests pass fakes instead.
+``Runner`` (``loop.runner``) calls these through its ``Stages`` seam (``loop.stage_context``); unit
+tests pass fakes instead.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from pytest_vpstest.fleet.build import run_build
 from pytest_vpstest.fleet.node import plan_node
 from pytest_vpstest.inventory import Node
 from pytest_vpstest.loop import machine as m
-from pytest_vpstest.loop.runner import StageContext, TestOutcome, _iso, child_env, utcnow
+from pytest_vpstest.loop.stage_context import StageContext, TestOutcome, child_env, utcnow
+from pytest_vpstest.loop.stage_context import iso as _iso
 
 if TYPE_CHECKING:  # the SSH stack is imported when the first stage needs a session
     from pytest_vpstest.fleet.deploy import DeployReport
