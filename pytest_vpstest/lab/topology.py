@@ -28,8 +28,10 @@ from pytest_vpstest.errors import ConfigError
 
 __all__ = [
     "BUILTIN_TOPOLOGIES",
+    "MAX_MAPPING_TIMEOUT_S",
     "MAX_NODES",
     "LabNode",
+    "MappingTimeout",
     "Shaping",
     "Topology",
     "load_topology",
