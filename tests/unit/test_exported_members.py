@@ -35,6 +35,10 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "pytest_vpstest.commands.loops": ["node_health", "project_status", "register"],
     "pytest_vpstest.commands.nodes": ["check_reachability", "register"],
+    "pytest_vpstest.config_operations": [
+        "NODE_TESTS", "ChannelConfig", "ChannelKind", "DashboardConfig", "FixConfig", "HealthConfig",
+        "NodeTests", "NotifyConfig", "parse_dashboard", "parse_fix", "parse_health", "parse_notify",
+    ],
     "pytest_vpstest.config": [
         "CRITERIA", "FOCUSES", "INVENTORY_KEYS", "NAT_TYPES", "NODE_KEYS", "NODE_TESTS",
         "PROBE_PLACEHOLDERS", "PROJECT_KEYS", "PROOFS", "ROLES", "SAFE_NAME_PATTERN", "SERVICE_MANAGERS",
@@ -246,7 +250,8 @@ EXPECTED: dict[str, list[str]] = {
         "reap_orphans", "request_stop", "utcnow",
     ],
     "pytest_vpstest.loop.stage_context": [
-        "CHILD_MARKER", "StageContext", "Stages", "TestOutcome", "child_env", "iso", "utcnow",
+        "CHILD_MARKER", "StageContext", "Stages", "TestOutcome", "child_env", "iso", "machine_config",
+        "utcnow",
     ],
     "pytest_vpstest.loop.stages": ["FleetStages", "suites_directory"],
     "pytest_vpstest.plugin": [],
