@@ -158,6 +158,9 @@ class ProbeTemplates:
     throughput: str = "{bin} probe throughput --peer {peer} --seconds {seconds} --json"
     # Grow-only counter CRDT: add {amount} (0 reads) and return {"ok", "value", "digest"}.
     crdt: str = "{bin} probe crdt --increment {amount} --json"
+    # Optional: one command per node that reads probe requests as JSON lines on stdin and prints
+    # one JSON result line per request as each finishes (docs/plugin.md). None: single probes.
+    batch: str | None = None
 
 
 @dataclass(frozen=True)
@@ -483,7 +486,9 @@ def _soak(r: Reader, node: yaml.Node) -> SoakConfig:
 def _probes(r: Reader, node: yaml.Node) -> ProbeTemplates:
     names = tuple(f.name for f in dataclass_fields(ProbeTemplates))
     m = r.mapping(node, "probes", names)
-    return ProbeTemplates(**{k: r.template(v, f"probes.{k}", PROBE_PLACEHOLDERS) for k, v in m.items()})
+    # The batch command is per node: a request line carries the peer and the method.
+    allowed = {k: START_COMMAND_PLACEHOLDERS if k == "batch" else PROBE_PLACEHOLDERS for k in names}
+    return ProbeTemplates(**{k: r.template(v, f"probes.{k}", allowed[k]) for k, v in m.items()})
 
 
 def _fix(r: Reader, node: yaml.Node) -> FixConfig:

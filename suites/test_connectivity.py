@@ -8,10 +8,13 @@ or a probe that never gave a valid answer. Success rates are judged by the crite
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from pytest_vpstest.fleet.probes import ProbeResult
+from pytest_vpstest.plugin.engine import ProbeSpec
 from pytest_vpstest.plugin.fixtures import RunContext, parametrize, skip_if_not_deployed
 from pytest_vpstest.plugin.pairs import Pair, connectivity_pairs
 from pytest_vpstest.suite import ConnectivityMeasurement
@@ -32,13 +35,25 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     )
 
 
-def test_connect(pair: Pair, probe: Any, vps_run: RunContext, vps_record: Any) -> None:
+def matrix_cell(pair: Pair, run: RunContext) -> ProbeSpec:
+    """The pair's K connect attempts, measured by the run's matrix engine. No cool-off is asked
+    for here, so the attempts of one pair may run at the same time."""
+    return ProbeSpec(
+        action="connect",
+        node=pair.src,
+        peer=pair.dst,
+        attempts=run.attempts_for("connectivity"),
+        timeout=run.suite("connectivity").timeout_seconds,
+        method=pair.method,
+    )
+
+
+def test_connect(
+    pair: Pair, matrix_cell: Callable[[], list[ProbeResult]], vps_run: RunContext, vps_record: Any
+) -> None:
     skip_if_not_deployed(vps_run, pair.src, pair.dst)
-    settings = vps_run.suite("connectivity")
     attempts = vps_run.attempts_for("connectivity")
-    results = [
-        probe.connect(pair.src, pair.dst, pair.method, settings.timeout_seconds) for _ in range(attempts)
-    ]
+    results = matrix_cell()
     success = sum(connected(r, pair.method) for r in results)
     vps_record(
         ConnectivityMeasurement(

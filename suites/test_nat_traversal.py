@@ -8,11 +8,13 @@ success, rate and a 95% Wilson interval.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from pytest_vpstest.fleet.probes import ProbeResult
+from pytest_vpstest.plugin.engine import ProbeSpec
 from pytest_vpstest.plugin.fixtures import RunContext, parametrize, skip_if_not_deployed
 from pytest_vpstest.plugin.pairs import Pair, nat_traversal_pairs
 from pytest_vpstest.suite import NatTraversalMeasurement
@@ -26,15 +28,27 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     parametrize(metafunc, "pair", lambda run: nat_traversal_pairs(run.inventory), lambda p: p.id)
 
 
-def test_hole_punch(pair: Pair, probe: Any, vps_run: RunContext, vps_record: Any) -> None:
+def matrix_cell(pair: Pair, run: RunContext) -> ProbeSpec:
+    """The pair's K punches, one after another with the cool-off between them; other pairs punch
+    meanwhile."""
+    settings = run.suite("nat_traversal")
+    return ProbeSpec(
+        action="connect",
+        node=pair.src,
+        peer=pair.dst,
+        attempts=run.attempts_for("nat_traversal"),
+        timeout=settings.timeout_seconds,
+        method="holepunch",
+        cooloff=settings.nat_cooloff_seconds,
+    )
+
+
+def test_hole_punch(
+    pair: Pair, matrix_cell: Callable[[], list[ProbeResult]], vps_run: RunContext, vps_record: Any
+) -> None:
     skip_if_not_deployed(vps_run, pair.src, pair.dst)
-    settings = vps_run.suite("nat_traversal")
     attempts = vps_run.attempts_for("nat_traversal")
-    results = []
-    for i in range(attempts):
-        if i:
-            time.sleep(settings.nat_cooloff_seconds)
-        results.append(probe.connect(pair.src, pair.dst, "holepunch", settings.timeout_seconds))
+    results = matrix_cell()
     success = sum(connected(r, "holepunch") for r in results)
     vps_record(
         NatTraversalMeasurement(

@@ -41,6 +41,7 @@ from pytest_vpstest.config import Inventory, Node, RegistryAccess
 from pytest_vpstest.errors import ConfigError, NodeError, UnreachableNodeError
 
 __all__ = [
+    "ChannelStream",
     "CommandResult",
     "NodeSession",
     "Pool",
@@ -266,6 +267,23 @@ class NodeSession:
             )
         return result
 
+    def open_stream(self, command: str) -> ChannelStream:
+        """Start ``command`` (already quoted) on its own channel of the cached connection, with
+        stdin open: lines go in with ``send`` while its output is read line by line (stderr
+        merged into stdout). For commands that answer many requests, such as a probe batch."""
+        conn = self._connection()
+        try:
+            channel = conn.transport.open_session()
+            channel.set_combine_stderr(True)
+            channel.exec_command(command)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            address = self._address
+            self._drop()
+            raise NodeError(
+                self._node.name, f"cannot start {_short(command)}: {_cause(exc)}", address=address
+            ) from None
+        return ChannelStream(channel)
+
     def _kill_marked(self, marker: str) -> None:
         """Best effort: KILL every process on the node whose environment holds ``marker``."""
         sweep = (
@@ -366,6 +384,36 @@ class NodeSession:
         if kh.exists():
             client.load_system_host_keys(str(kh))
         return conn
+
+
+class ChannelStream:
+    """A command running on one SSH channel: ``send`` lines to its stdin, read its output lines."""
+
+    def __init__(self, channel: paramiko.Channel) -> None:
+        self._channel = channel
+        self._out = channel.makefile("rb")
+
+    def send(self, text: str) -> None:
+        self._channel.sendall(text.encode())
+
+    def close_input(self) -> None:
+        with contextlib.suppress(Exception):
+            self._channel.shutdown_write()
+
+    def readline(self) -> str:
+        """The next output line ('' at the end of the output)."""
+        raw: bytes = self._out.readline()
+        return raw.decode(errors="replace")
+
+    def exit_code(self) -> int | None:
+        """The command's exit status once it ended, else None."""
+        if not self._channel.exit_status_ready():
+            return None
+        return int(self._channel.recv_exit_status())
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._channel.close()
 
 
 def _no_delay(conn: fabric.Connection) -> None:

@@ -23,6 +23,7 @@ from pytest_vpstest.plugin.fixtures import (
     build_artifact,
     deployment,
     fleet,
+    nat_skip_reason,
     node,
     node_pool,
     probe,
@@ -31,16 +32,19 @@ from pytest_vpstest.plugin.fixtures import (
     vps_record,
     vps_run,
 )
+from pytest_vpstest.plugin.matrix import matrix_cell, vps_matrix
 from pytest_vpstest.suite import MARKER, SUITES, find_suite, suites_of_focus
 
 __all__ = [
     "build_artifact",
     "deployment",
     "fleet",
+    "matrix_cell",
     "node",
     "node_pool",
     "probe",
     "vps_config",
+    "vps_matrix",
     "vps_record",
     "vps_run",
 ]
@@ -265,11 +269,9 @@ class VpsPlugin:
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         if item.get_closest_marker("needs_nat") is None:
             return
-        inv = self.run.inventory
-        if inv.lab == "loopback":
-            pytest.skip("needs NAT: the loopback lab has no NAT routers (use the netns lab)")
-        if not any(n.nat != "none" for n in inv.nodes):
-            pytest.skip("needs NAT: no node of the inventory is behind a NAT")
+        reason = nat_skip_reason(self.run.inventory)
+        if reason:
+            pytest.skip(reason)
 
     # -- results (controller) -------------------------------------------------------------
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:

@@ -296,6 +296,15 @@ def vps_record(request: pytest.FixtureRequest) -> Recorder:
     return Recorder(request.node)
 
 
+def nat_skip_reason(inventory: Inventory) -> str | None:
+    """Why tests that need NATs cannot run on this inventory, or None when they can."""
+    if inventory.lab == "loopback":
+        return "needs NAT: the loopback lab has no NAT routers (use the netns lab)"
+    if not any(n.nat != "none" for n in inventory.nodes):
+        return "needs NAT: no node of the inventory is behind a NAT"
+    return None
+
+
 def skip_if_not_deployed(run: RunContext, *nodes: str) -> None:
     bad = {n: why for n, why in failed_nodes(run).items() if n in nodes}
     if bad:
