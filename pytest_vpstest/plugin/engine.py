@@ -99,6 +99,7 @@ class Engine:
     clock: Callable[[], float] = time.monotonic
     progress: dict[str, PhaseProgress] = field(default_factory=dict)
     max_running: int = 0  # the most steps seen running at once (for benchmarks and tests)
+    watchdog_slack: float = WATCHDOG_SLACK
 
     def __post_init__(self) -> None:
         for cell in self.cells:
@@ -119,7 +120,7 @@ class Engine:
                     phase = self.progress[task.cell.phase]
                     if phase.started is None:
                         phase.started = now
-                    inflight[task.key] = (task, now, now + self.runner.deadline(task) + WATCHDOG_SLACK)
+                    inflight[task.key] = (task, now, now + self.runner.deadline(task) + self.watchdog_slack)
                     self.runner.start(task, _reporter(arrived, task))
                 self.max_running = max(self.max_running, len(inflight))
                 wake = [d for _, _, d in inflight.values()]
