@@ -161,9 +161,7 @@ class BatchLane:
         action, evidence, sent, done = entry
         data, error = parse_output(action, line)
         done(
-            ProbeResult(
-                action, self.node, evidence, 0, line, "", time.monotonic() - sent, False, data, error
-            )
+            ProbeResult(action, self.node, evidence, 0, line, "", time.monotonic() - sent, False, data, error)
         )
 
 

@@ -413,6 +413,7 @@ class ChannelStream:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
+            self._out.close()
             self._channel.close()
 
 

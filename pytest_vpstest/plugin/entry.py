@@ -240,6 +240,7 @@ class VpsPlugin:
         self.collector = Collector()
         self.outcome: Any = None
         self.failure = ""
+        self.progress: Any = None
 
     # -- reporting ------------------------------------------------------------------------
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
@@ -286,6 +287,20 @@ class VpsPlugin:
         self.collector.add(
             report.nodeid, report.when, report.outcome, report.duration, report.user_properties, message[:300]
         )
+        if report.when == "call":
+            self._show_progress()
+
+    def _show_progress(self) -> None:
+        """The matrix engine's progress per suite (it may run in another process under xdist)."""
+        tr = self.config.pluginmanager.get_plugin("terminalreporter")
+        if tr is None:
+            return
+        if self.progress is None:
+            from pytest_vpstest.plugin.matrix import ProgressPrinter
+
+            self.progress = ProgressPrinter(self.run.run_dir)
+        for line in self.progress.lines():
+            tr.write_line(line)
 
     # tryfirst: before the JUnit XML writer, so the run's metrics become its suite properties.
     @pytest.hookimpl(tryfirst=True)
@@ -307,6 +322,8 @@ class VpsPlugin:
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         tr = terminalreporter
+        if not self.run.is_worker:
+            self._show_progress()  # final lines a suite's last report came too early for
         if self.failure:
             tr.section("pytest-vpstest", sep="=", bold=True)
             tr.write_line(self.failure, red=True)

@@ -37,7 +37,16 @@ if TYPE_CHECKING:
     from pytest_vpstest.plugin.engine import Engine
     from pytest_vpstest.plugin.schedule import Cell
 
-__all__ = ["Matrix", "MatrixError", "matrix_cell", "plan_cells", "vps_matrix"]
+__all__ = [
+    "Matrix",
+    "MatrixError",
+    "ProgressPrinter",
+    "matrix_cell",
+    "plan_cells",
+    "progress_line",
+    "read_progress",
+    "vps_matrix",
+]
 
 PLANNER = "matrix_cell"  # the suite module function that turns a test's pair into a ProbeSpec
 POLL_SECONDS = 0.05
@@ -174,7 +183,10 @@ class Matrix:
             self._append({"key": cell.key, "results": docs})
             self._results[cell.key] = docs
             self._cond.notify_all()
-        self._write_progress()
+        # The last cell of a suite: its final figures are written before its test reports.
+        self._write_progress(
+            force=self._engine is not None and self._engine.progress[cell.phase].ended is not None
+        )
 
     def _append(self, doc: dict[str, Any]) -> None:
         with open(self.cells_file, "a", encoding="utf-8") as fh:
@@ -243,6 +255,36 @@ def read_progress(run_dir: Path) -> list[dict[str, Any]]:
         return []
     phases = doc.get("phases") if isinstance(doc, dict) else None
     return [p for p in phases if isinstance(p, dict)] if isinstance(phases, list) else []
+
+
+class ProgressPrinter:
+    """Progress lines for the terminal, from the engine's progress file: a line per suite at most
+    every ``every`` seconds while it runs, and its final line once."""
+
+    def __init__(
+        self, run_dir: Path, every: float = 2.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.run_dir = run_dir
+        self.every = every
+        self.clock = clock
+        self._shown: dict[str, tuple[int, float]] = {}
+        self._final: set[str] = set()
+
+    def lines(self) -> list[str]:
+        now = self.clock()
+        out = []
+        for phase in read_progress(self.run_dir):
+            name = str(phase.get("phase"))
+            if name in self._final:
+                continue
+            done, (shown_done, shown_at) = int(phase.get("done", 0)), self._shown.get(name, (-1, -1e9))
+            if phase.get("finished"):
+                self._final.add(name)
+            elif done == shown_done or now - shown_at < self.every:
+                continue
+            self._shown[name] = (done, now)
+            out.append(progress_line(phase))
+        return out
 
 
 def progress_line(phase: dict[str, Any]) -> str:
