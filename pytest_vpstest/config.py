@@ -108,7 +108,8 @@ class DeployConfig:
     # Command the service manager runs on the node; placeholders as in ProbeTemplates.
     start_command: str = "{bin} run --node {node}"
     registration_timeout_seconds: float = 30.0
-    parallelism: int = 8
+    # Nodes deployed at once; None: every target at once (the work is remote, the harness waits).
+    parallelism: int | None = None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ Per node (stop, upload, restart, verify, made safe):
    and ``mv`` it into place (atomic: the path always names a whole binary);
 4. **start** it through the node's service manager with ``deploy.start_command`` filled by
    :func:`~pytest_vpstest.fleet.remote.quote_command`;
-5. **verify** it is still running after a few seconds.
+5. **verify** it is still running a few seconds after its start — one window per node, all
+   nodes' windows at once (a node does not hold a fan-out slot while it is being watched).
 
 Then, once for all nodes, wait for each started node to appear in the registry
 (``deploy.registration_timeout_seconds``); nodes that never register fail at stage ``register``.
@@ -200,10 +201,6 @@ def _deploy_one(
         status = manager.start(plan.service, start_command(plan, inventory, config))
         started_at = time.monotonic()
         log(f"{node.name}: started {plan.service} (pid {status.pid})")
-
-        stage = "verify"
-        _verify_running(manager, plan.service, verify_seconds)
-        log(f"{node.name}: {plan.service} running")
     except (_StageFailed, NodeError, ConfigError) as exc:
         if upload is not None:
             _discard(session, upload)
@@ -237,6 +234,22 @@ def _verify_running(manager: ServiceManager, service: str, seconds: float) -> No
         if remaining <= 0:
             return
         time.sleep(min(0.5, remaining))
+
+
+def _verify_started(
+    session: Session, config: ProjectConfig, artifact: Path, started_at: float, seconds: float, log: Log
+) -> str | None:
+    """Watch a started node until ``seconds`` after its start; None if it kept running, else why not."""
+    plan = plan_node(session.node, config, artifact)
+    manager = service_manager(session, install_path=plan.install_path, log_dir=plan.log_dir)
+    try:
+        _verify_running(manager, plan.service, started_at + seconds - time.monotonic())
+    except _StageFailed as exc:
+        return str(exc)
+    except (NodeError, ConfigError) as exc:
+        return _message(exc)
+    log(f"{session.node.name}: {plan.service} running")
+    return None
 
 
 def registered_names(peers: Sequence[Mapping[str, Any]]) -> set[str]:
@@ -321,7 +334,7 @@ def deploy(
     outcomes = pool.fan_out(
         targets,
         lambda s: _deploy_one(s, inventory, project_config, artifact, digest, verify_seconds, say),
-        parallelism=project_config.deploy.parallelism,
+        parallelism=project_config.deploy.parallelism or len(targets),
     )
     per_node: dict[str, NodeDeploy] = {}
     started: dict[str, float] = {}
@@ -333,6 +346,17 @@ def deploy(
             per_node[name] = outcome.ok
             if outcome.ok.ok:
                 started[name] = outcome.started_at
+    verified = pool.fan_out(
+        list(started),
+        lambda s: _verify_started(s, project_config, artifact, started[s.node.name], verify_seconds, say),
+        parallelism=max(1, len(started)),
+    )
+    for name, problem in verified.items():
+        if problem is not None:
+            cause = _message(problem) if isinstance(problem, NodeError) else problem
+            d = per_node[name]
+            per_node[name] = NodeDeploy(name, False, "verify", cause, d.duration, d.previous_kept)
+            del started[name]
     registry = _registry(inventory, project_config)
     if registry is not None and started:
         timeout = project_config.deploy.registration_timeout_seconds
@@ -423,7 +447,7 @@ def rollback(
     outcomes = pool.fan_out(
         list(nodes),
         lambda s: _rollback_one(s, inventory, project_config, verify_seconds, say),
-        parallelism=project_config.deploy.parallelism,
+        parallelism=project_config.deploy.parallelism or max(1, len(nodes)),
     )
     per_node = {
         name: (o if isinstance(o, NodeDeploy) else NodeDeploy(name, False, "connect", _message(o)))

@@ -47,6 +47,12 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _concurrency(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1024:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 1 to 1024")
+    return int(text)
+
+
 def _peer(text: str) -> str:
     if not wire.valid_name(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a valid node name")
@@ -77,6 +83,8 @@ def add_probe_parser(sub: Any) -> None:
     p.add_argument("--seconds", type=_positive, default=5.0)
     p = action("crdt", "increment (0 = read) the replicated counter")
     p.add_argument("--increment", type=_count, default=0)
+    p = action("batch", "JSON request lines on stdin, one result line each as it finishes (docs/agent.md)")
+    p.add_argument("--concurrency", type=_concurrency, default=64, help="requests run at once (default 64)")
 
 
 def build_request(args: argparse.Namespace) -> tuple[dict[str, Any], float]:
@@ -111,6 +119,12 @@ def failure(action: str, error: str, **known: Any) -> dict[str, Any]:
 
 def run_probe(args: argparse.Namespace) -> int:
     home: Path = args.home if args.home is not None else default_home()
+    if args.action == "batch":
+        import sys
+
+        from .batch import run_batch
+
+        return run_batch(control_socket(home), sys.stdin, sys.stdout, args.concurrency)
     payload, timeout = build_request(args)
     known = {"method": args.method} if args.action == "connect" else {}
     try:

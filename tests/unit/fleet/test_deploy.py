@@ -338,3 +338,45 @@ def test_corrupt_upload_fails_and_leaves_no_temp_file(world: World) -> None:
     assert (bad.stage_failed, bad.error) == ("upload", "uploaded file's SHA-256 differs from v1's")
     assert sorted(p.name for p in Path(world.plan("n2").install_path).iterdir()) == ["logs"]
     assert report.succeeded == 2
+
+
+class _CountingPool(SessionPool):
+    """A pool that records the width of every fan-out."""
+
+    widths: list[int]
+
+    def fan_out(self, names: Any, fn: Any, *, parallelism: int = 8) -> Any:
+        self.widths = [*getattr(self, "widths", []), parallelism]
+        return super().fan_out(names, fn, parallelism=parallelism)
+
+
+def test_by_default_every_target_is_deployed_at_once(tmp_path: Path) -> None:
+    assert DeployConfig().parallelism is None
+    world = World(tmp_path, [f"n{i}" for i in range(1, 10)])
+    try:
+        with _CountingPool(world.inventory, session_factory=local_session_factory()) as pool:
+            report = run_deploy(world, pool, write_artifact(tmp_path / "v1", "v1"))
+    finally:
+        world.cleanup()
+    assert report.succeeded == 9
+    assert pool.widths[:2] == [9, 9]  # the deploy itself, then the verify windows
+
+
+def test_verify_windows_overlap_even_one_node_at_a_time(tmp_path: Path) -> None:
+    """With parallelism 1 every node is stopped, uploaded and started in turn, but none is watched
+    until all have started: the verify windows run together instead of one after another."""
+    world = World(tmp_path, ["n1", "n2", "n3"])
+    world.config = replace(world.config, deploy=replace(world.config.deploy, parallelism=1))
+    lines: list[str] = []
+    try:
+        with SessionPool(world.inventory, session_factory=local_session_factory()) as pool:
+            report = run_deploy(
+                world, pool, write_artifact(tmp_path / "v1", "v1"), log=lines.append, verify_seconds=0.3
+            )
+    finally:
+        world.cleanup()
+    assert report.succeeded == 3
+    started = [i for i, line in enumerate(lines) if " started " in line]
+    running = [i for i, line in enumerate(lines) if line.endswith(" running")]
+    assert len(started) == len(running) == 3
+    assert max(started) < min(running), lines
