@@ -43,11 +43,21 @@ from pytest_vpstest.commands.loops import project_status
 from pytest_vpstest.config import ProjectConfig
 from pytest_vpstest.errors import ConfigError, VpsTestError
 from pytest_vpstest.inventory import Inventory
+from pytest_vpstest.suite import FOCUSES
 
 if TYPE_CHECKING:
     from pytest_vpstest.interview import Plan
 
-__all__ = ["build_parser", "default_state_dir", "load_config", "load_inventory", "main"]
+__all__ = [
+    "build_parser",
+    "default_state_dir",
+    "launch",
+    "load_config",
+    "load_inventory",
+    "main",
+    "run_foreground",
+    "start_background",
+]
 
 
 # ----------------------------------------------------------------------------- start
@@ -198,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Ask for what is missing (project, focus, criteria, proof), show the test "
                                    "plan, then run the loop in the background (or --foreground).")
     p.add_argument("project", nargs="?", help="project name")
-    p.add_argument("focus", nargs="?", help="connectivity | nat-traversal | gossip | throughput | full-suite")
+    p.add_argument("focus", nargs="?", help=" | ".join(FOCUSES))
     p.add_argument("criteria", nargs="?", help="all-pass | threshold | improvement | custom")
     p.add_argument("proof", nargs="?", help="logs | metrics | manual-verify | all-evidence")
     add_fleet_options(p)

@@ -25,6 +25,7 @@ __all__ = [
     "Question",
     "console_io",
     "plan_summary",
+    "prefill_from",
     "run_interview",
 ]
 

@@ -74,7 +74,7 @@ class Suite:
     # Fixed result categories (a target key naming one compares its ``rate``).
     categories: tuple[str, ...] = ()
     # Thresholds used when the config sets no ``tests.<name>.success_criteria``.
-    default_targets: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    default_targets: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}), hash=False)
 
 
 CONNECTIVITY = Suite(

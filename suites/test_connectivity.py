@@ -9,13 +9,12 @@ or a probe that never gave a valid answer. Success rates are judged by the crite
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
 from pytest_vpstest.fleet.probes import ProbeResult
 from pytest_vpstest.plugin.engine import ProbeSpec
-from pytest_vpstest.plugin.fixtures import RunContext, parametrize, skip_if_not_deployed
+from pytest_vpstest.plugin.fixtures import Recorder, RunContext, parametrize, skip_if_not_deployed
 from pytest_vpstest.plugin.pairs import Pair, connectivity_pairs
 from pytest_vpstest.suite import ConnectivityMeasurement
 
@@ -49,7 +48,7 @@ def matrix_cell(pair: Pair, run: RunContext) -> ProbeSpec:
 
 
 def test_connect(
-    pair: Pair, matrix_cell: Callable[[], list[ProbeResult]], vps_run: RunContext, vps_record: Any
+    pair: Pair, matrix_cell: Callable[[], list[ProbeResult]], vps_run: RunContext, vps_record: Recorder
 ) -> None:
     skip_if_not_deployed(vps_run, pair.src, pair.dst)
     attempts = vps_run.attempts_for("connectivity")

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from pytest_vpstest.plugin.fixtures import RunContext, parametrize, skip_if_not_deployed
+from pytest_vpstest.fleet.probes import ProbeRunner
+from pytest_vpstest.plugin.fixtures import Recorder, RunContext, parametrize, skip_if_not_deployed
 from pytest_vpstest.plugin.pairs import gossip_publishers, peer_nodes
 from pytest_vpstest.suite import GossipCrdtMeasurement, GossipDeliveryMeasurement
 
@@ -32,7 +33,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     parametrize(metafunc, "publisher", publishers, lambda n: f"{n}[publish]")
 
 
-def test_broadcast(publisher: str, probe: Any, vps_run: RunContext, vps_record: Any) -> None:
+def test_broadcast(publisher: str, probe: ProbeRunner, vps_run: RunContext, vps_record: Recorder) -> None:
     skip_if_not_deployed(vps_run, publisher)
     settings = vps_run.suite("gossip")
     receivers = [n.name for n in peer_nodes(vps_run.inventory) if n.name != publisher]
@@ -91,7 +92,7 @@ def test_broadcast(publisher: str, probe: Any, vps_run: RunContext, vps_record: 
     )
 
 
-def test_crdt_convergence(probe: Any, vps_run: RunContext, vps_record: Any) -> None:
+def test_crdt_convergence(probe: ProbeRunner, vps_run: RunContext, vps_record: Recorder) -> None:
     nodes = [n.name for n in peer_nodes(vps_run.inventory)]
     skip_if_not_deployed(vps_run, *nodes)
     if len(nodes) < 2:

@@ -10,13 +10,12 @@ on disjoint nodes run at the same time.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
 from pytest_vpstest.fleet.probes import ProbeResult
 from pytest_vpstest.plugin.engine import ProbeSpec
-from pytest_vpstest.plugin.fixtures import RunContext, parametrize, skip_if_not_deployed
+from pytest_vpstest.plugin.fixtures import Recorder, RunContext, parametrize, skip_if_not_deployed
 from pytest_vpstest.plugin.pairs import Pair, throughput_pairs
 from pytest_vpstest.suite import ThroughputMeasurement
 
@@ -49,7 +48,7 @@ def matrix_cell(pair: Pair, run: RunContext) -> ProbeSpec:
 
 
 def test_throughput(
-    pair: Pair, matrix_cell: Callable[[], list[ProbeResult]], vps_run: RunContext, vps_record: Any
+    pair: Pair, matrix_cell: Callable[[], list[ProbeResult]], vps_run: RunContext, vps_record: Recorder
 ) -> None:
     skip_if_not_deployed(vps_run, pair.src, pair.dst)
     attempts = vps_run.attempts_for("throughput")

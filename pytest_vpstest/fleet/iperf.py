@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import time
 import zlib
+from collections.abc import Callable
 
 from pytest_vpstest.config import Inventory
+from pytest_vpstest.fleet.node import NodePlan
 from pytest_vpstest.fleet.probes import Transport
 from pytest_vpstest.fleet.remote import quote_command
 
@@ -25,9 +27,15 @@ def _has_iperf3(transport: Transport, node: str) -> bool:
 
 
 def iperf3_ceiling(
-    transport: Transport, inventory: Inventory, src_name: str, dst_name: str, seconds: float
+    transport: Transport,
+    inventory: Inventory,
+    plan_for: Callable[[str], NodePlan],
+    src_name: str,
+    dst_name: str,
+    seconds: float,
 ) -> tuple[float | None, str]:
-    """The pair's iperf3 Mbps (sender ``src_name`` → receiver ``dst_name``), or None with a reason."""
+    """The pair's iperf3 Mbps (sender ``src_name`` → receiver ``dst_name``), or None with a reason.
+    The server binds the reachable node's data address from its plan."""
     src, dst = inventory.node(src_name), inventory.node(dst_name)
     if not (_has_iperf3(transport, src.name) and _has_iperf3(transport, dst.name)):
         return None, "iperf3 not installed on both nodes"
@@ -38,7 +46,7 @@ def iperf3_ceiling(
         server, client, reverse = src, dst, True
     else:
         return None, "both nodes are behind NATs: no iperf3 path without traversal"
-    address = server.p2p_address or server.host
+    address = plan_for(server.name).p2p_address
     # One port per ordered pair: two servers of disjoint links on one host never collide.
     port = 5300 + zlib.crc32(f"{src.name}->{dst.name}".encode()) % 500
     # --idle-timeout: a one-off server whose client never came exits on its own.

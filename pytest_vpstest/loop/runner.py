@@ -29,11 +29,10 @@ import threading
 import traceback
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
 from pytest_vpstest._files import write_text_atomic
 from pytest_vpstest._proc import pid_alive
@@ -41,6 +40,15 @@ from pytest_vpstest.config import Inventory, ProjectConfig
 from pytest_vpstest.errors import StaleLeaseError, StateError, VpsTestError
 from pytest_vpstest.loop import machine as m
 from pytest_vpstest.loop.notify import Notifier, build_channels
+from pytest_vpstest.loop.stage_context import (
+    CHILD_MARKER,
+    StageContext,
+    Stages,
+    TestOutcome,
+    child_env,
+    utcnow,
+)
+from pytest_vpstest.loop.stage_context import iso as _iso
 from pytest_vpstest.records.store import Lease, StateStore
 
 __all__ = [
@@ -61,14 +69,6 @@ __all__ = [
 
 # The state document's ``logs`` list keeps this many recent entries (runner.log keeps everything).
 LOG_LIMIT = 200
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _iso(dt: datetime) -> str:
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def project_dir(state_dir: Path, project: str) -> Path:
@@ -93,15 +93,6 @@ def read_stop_request(state_dir: Path, project: str) -> str | None:
     except (OSError, ValueError):
         return "user stop"
     return str(doc.get("reason") or "user stop")
-
-
-# Set in the environment of every long-running child (pytest, fixer, verification) so a runner
-# resumed after a crash can find and end the children its dead predecessor left behind.
-CHILD_MARKER = "VPSTEST_RUNNER_PROJECT_DIR"
-
-
-def child_env(project_dir: Path) -> dict[str, str]:
-    return {CHILD_MARKER: str(project_dir.resolve())}
 
 
 def reap_orphans(project_dir: Path, *, grace_seconds: float = 5.0) -> list[int]:
@@ -146,58 +137,6 @@ def machine_config(config: ProjectConfig) -> m.MachineConfig:
         wait_6hr=config.soak.wait_6hr,
         max_build_failures=max(1, build_limit),
     )
-
-
-@dataclass
-class TestOutcome:
-    """What the TEST stage returns: the verdict plus the results document to merge."""
-
-    __test__ = False  # not a pytest test class
-
-    passed: bool
-    summary: str = ""
-    results: Mapping[str, Any] | None = None
-    results_path: Path | None = None
-
-
-@dataclass
-class StageContext:
-    """What a stage function gets: the run's configuration, its directories and its services."""
-
-    config: ProjectConfig
-    inventory: Inventory
-    state_dir: Path
-    project_dir: Path
-    stop: threading.Event
-    log: Callable[[str], None]
-    state: m.RunState
-    # The runner's own section of the state document (artifact, fix base, last results, ...).
-    runner: dict[str, Any] = field(default_factory=dict)
-    document: dict[str, Any] = field(default_factory=dict)
-    token: int = 0
-    # Persist the document now (no transition): for stages that must record something before
-    # a long step (the FIX stage's base commit), so a crash cannot lose it.
-    save: Callable[[], None] = lambda: None
-
-
-class Stages(Protocol):
-    """The stage functions the runner calls; each returns the event that answers its effect."""
-
-    def setup(self, ctx: StageContext) -> m.SetupFinished: ...
-
-    def build(self, ctx: StageContext) -> m.BuildFinished: ...
-
-    def deploy(self, ctx: StageContext) -> m.DeployFinished: ...
-
-    def test(self, ctx: StageContext, checkpoint: int) -> TestOutcome: ...
-
-    def fix(self, ctx: StageContext, reason: str) -> m.FixFinished: ...
-
-    def restart(self, ctx: StageContext) -> None: ...
-
-    def finish(self, ctx: StageContext) -> None: ...
-
-    def stopped(self, ctx: StageContext, reason: str) -> None: ...
 
 
 class _Interrupted(Exception):

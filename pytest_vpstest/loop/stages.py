@@ -1,6 +1,7 @@
 """The real stages of the loop: SSH checks, local build, deploy, pytest on the suites, FIX, proof.
 
-``Runner`` (``loop.runner``) calls these through its ``Stages`` seam; unit tests pass fakes instead.
+``Runner`` (``loop.runner``) calls these through its ``Stages`` seam (``loop.stage_context``); unit
+tests pass fakes instead.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from pytest_vpstest.fleet.build import run_build
 from pytest_vpstest.fleet.node import plan_node
 from pytest_vpstest.inventory import Node
 from pytest_vpstest.loop import machine as m
-from pytest_vpstest.loop.runner import StageContext, TestOutcome, _iso, child_env, utcnow
+from pytest_vpstest.loop.stage_context import StageContext, TestOutcome, child_env, utcnow
+from pytest_vpstest.loop.stage_context import iso as _iso
 
 if TYPE_CHECKING:  # the SSH stack is imported when the first stage needs a session
+    from pytest_vpstest.fleet.deploy import DeployReport
     from pytest_vpstest.fleet.remote import Pool, Session
+    from pytest_vpstest.loop.fixer import FixOutcome
 
 __all__ = ["FleetStages", "suites_directory"]
 
@@ -168,13 +172,14 @@ class FleetStages:
         artifact = self._artifact(ctx)
         if artifact is None:
             raise DeployError("nothing to deploy: configure build.artifact")
-        report: Any
+        report: DeployReport
         try:
             report = deploy(self.pool(ctx), ctx.inventory, ctx.config, artifact, log=ctx.log)
         except DeployError as exc:
-            report = getattr(exc, "report", None)
-            if report is None:
+            partial: DeployReport | None = getattr(exc, "report", None)
+            if partial is None:
                 raise
+            report = partial
             ctx.log(str(exc))
         nodes = ctx.document.setdefault("nodes", {})
         now = _iso(utcnow())
@@ -276,7 +281,7 @@ class FleetStages:
         return self._fix_event(ctx, outcome)
 
     @staticmethod
-    def _fix_event(ctx: StageContext, outcome: Any) -> m.FixFinished:
+    def _fix_event(ctx: StageContext, outcome: FixOutcome) -> m.FixFinished:
         if outcome.commit is None:
             return m.FixFinished(None, outcome.error)
         ctx.runner.pop("fix_base", None)

@@ -320,7 +320,12 @@ class FleetSteps:
         start = time.monotonic()
         try:
             mbps, note = iperf3_ceiling(
-                self.runner.transport, self.runner.inventory, spec.node, spec.peer, spec.seconds or 1.0
+                self.runner.transport,
+                self.runner.inventory,
+                self.runner.plan_for,
+                spec.node,
+                spec.peer,
+                spec.seconds or 1.0,
             )
         except Exception as exc:  # the ceiling is context, never a crash
             mbps, note = None, f"iperf3 failed: {type(exc).__name__}: {exc}".splitlines()[0]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -35,8 +35,14 @@ from pytest_vpstest.plugin.fixtures import (
 from pytest_vpstest.plugin.matrix import matrix_cell, vps_matrix
 from pytest_vpstest.suite import MARKER, SUITES, find_suite, suites_of_focus
 
+if TYPE_CHECKING:
+    from pytest_vpstest.config import Inventory, ProjectConfig
+    from pytest_vpstest.fleet.remote import Pool
+
 __all__ = [
+    "VpsPlugin",
     "build_artifact",
+    "current_run",
     "deployment",
     "fleet",
     "matrix_cell",
@@ -191,7 +197,7 @@ def _make_run(config: pytest.Config, config_path: Path) -> RunContext:
         raise ConfigError(f"unknown focus {focus!r}", key="vps_focus", allowed=FOCUSES)
     expr = _setting(config, "criteria_expr") or project_config.criteria_expr
     if criteria == "custom":
-        from pytest_vpstest.criteria import parse
+        from pytest_vpstest.expressions import parse
 
         if not expr:
             raise ConfigError("--vps-criteria=custom needs --vps-criteria-expr (or config criteria_expr)")
@@ -365,7 +371,7 @@ def _junit_suite_properties(config: pytest.Config, metrics: dict[str, float]) ->
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_vpstest_make_pool(inventory: Any, project_config: Any) -> Any:
+def pytest_vpstest_make_pool(inventory: Inventory, project_config: ProjectConfig) -> Pool:
     from pytest_vpstest.fleet.remote import SessionPool
 
     return SessionPool(inventory)
@@ -379,14 +385,14 @@ def pytest_vpstest_build(run: RunContext) -> dict[str, Any] | None:
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_vpstest_deploy(run: RunContext, pool: Any, artifact: str | None) -> dict[str, Any] | None:
+def pytest_vpstest_deploy(run: RunContext, pool: Pool, artifact: str | None) -> dict[str, Any] | None:
     from pytest_vpstest.plugin.fixtures import default_deploy
 
     return default_deploy(run, pool, artifact)
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_vpstest_fetch_logs(run: RunContext, pool: Any, node: str) -> str | None:
+def pytest_vpstest_fetch_logs(run: RunContext, pool: Pool, node: str) -> str | None:
     from pytest_vpstest.plugin.fixtures import default_fetch_logs
 
     return default_fetch_logs(run, pool, node)

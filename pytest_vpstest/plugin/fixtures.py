@@ -30,6 +30,30 @@ if TYPE_CHECKING:  # the SSH stack is imported only when a fixture needs it
     from pytest_vpstest.fleet.probes import ProbeRunner
     from pytest_vpstest.fleet.remote import Pool, Session
 
+__all__ = [
+    "NOT_CONFIGURED",
+    "RUN_KEY",
+    "Recorder",
+    "RunContext",
+    "build_artifact",
+    "default_build",
+    "default_deploy",
+    "default_fetch_logs",
+    "deployment",
+    "failed_nodes",
+    "fleet",
+    "node",
+    "node_pool",
+    "once",
+    "parametrize",
+    "probe",
+    "run_of",
+    "skip_if_not_deployed",
+    "vps_config",
+    "vps_record",
+    "vps_run",
+]
+
 RUN_KEY = pytest.StashKey["RunContext"]()
 NOT_CONFIGURED = "pytest-vpstest is not configured: pass --vps-config (or set vps_config in the ini file)"
 

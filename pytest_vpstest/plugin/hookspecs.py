@@ -12,13 +12,23 @@ import pytest
 
 if TYPE_CHECKING:
     from pytest_vpstest.config import Inventory, ProjectConfig
+    from pytest_vpstest.fleet.remote import Pool
     from pytest_vpstest.plugin.fixtures import RunContext
+
+__all__ = [
+    "pytest_vpstest_build",
+    "pytest_vpstest_deploy",
+    "pytest_vpstest_fetch_logs",
+    "pytest_vpstest_make_pool",
+    "pytest_vpstest_results",
+]
 
 
 @pytest.hookspec(firstresult=True)
-def pytest_vpstest_make_pool(inventory: Inventory, project_config: ProjectConfig) -> Any:
-    """Return the node transport (default: ``remote.SessionPool(inventory)``); it must offer
-    ``run(name, command, timeout)``, ``session(name)`` and ``close_all()``."""
+def pytest_vpstest_make_pool(inventory: Inventory, project_config: ProjectConfig) -> Pool | None:
+    """Return the node transport (default: ``remote.SessionPool(inventory)``): anything offering
+    what :class:`pytest_vpstest.fleet.remote.Pool` names (``session``, ``run``, ``fan_out``,
+    ``close_all``)."""
 
 
 @pytest.hookspec(firstresult=True)
@@ -28,13 +38,13 @@ def pytest_vpstest_build(run: RunContext) -> dict[str, Any] | None:
 
 
 @pytest.hookspec(firstresult=True)
-def pytest_vpstest_deploy(run: RunContext, pool: Any, artifact: str | None) -> dict[str, Any] | None:
+def pytest_vpstest_deploy(run: RunContext, pool: Pool, artifact: str | None) -> dict[str, Any] | None:
     """Deploy ``artifact`` to the nodes, once per run; return ``{"ok", "deployed": {node: {"bin"}},
     "failed": {node: reason}}`` (JSON-serialisable)."""
 
 
 @pytest.hookspec(firstresult=True)
-def pytest_vpstest_fetch_logs(run: RunContext, pool: Any, node: str) -> str | None:
+def pytest_vpstest_fetch_logs(run: RunContext, pool: Pool, node: str) -> str | None:
     """Return the service log text of ``node`` for the evidence (default: the service manager's logs)."""
 
 

@@ -11,6 +11,17 @@ from dataclasses import dataclass
 from pytest_vpstest.config import Inventory, NatType, Node
 from pytest_vpstest.suite import CATEGORY_OF, METHODS, Category, Method
 
+__all__ = [
+    "Pair",
+    "connectivity_pairs",
+    "gossip_publishers",
+    "group_by_nat",
+    "nat_group_key",
+    "nat_traversal_pairs",
+    "peer_nodes",
+    "throughput_pairs",
+]
+
 # Order used for NAT group keys: easiest first, so "none~symmetric" rather than "symmetric~none".
 _NAT_ORDER: dict[str, int] = {
     "none": 0,

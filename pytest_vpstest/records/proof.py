@@ -19,6 +19,23 @@ from pytest_vpstest.config import Inventory, Node
 from pytest_vpstest.criteria import Verdict
 from pytest_vpstest.suite import CONNECTIVITY, METHODS
 
+__all__ = [
+    "MatrixCell",
+    "ProofInput",
+    "collect_logs",
+    "dumps",
+    "fix_commits_of",
+    "format_duration",
+    "matrix_grid",
+    "prometheus_text",
+    "render_matrix",
+    "render_matrix_html",
+    "render_proof",
+    "write_connection_report",
+    "write_metrics",
+    "write_proof",
+]
+
 _LETTER = {"direct": "d", "holepunch": "h", "relay": "r"}
 
 

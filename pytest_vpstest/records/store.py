@@ -56,6 +56,7 @@ __all__ = [
     "LoadResult",
     "StateStore",
     "is_safe_identifier",
+    "iso_utc",
 ]
 
 SCHEMA_VERSION = 1

@@ -5,14 +5,15 @@ service manager; the artifact is a small Python service that registers with the 
 registry (``lab.agent`` registry on loopback), queried through a node over SSH. Proves: nodes are
 deployed in parallel and register; a node whose sshd is down is reported (stage ``connect``, one
 line) and skipped; a redeploy keeps ``.prev`` and rollback brings the previous version back up;
-fewer than half the nodes deployed raises ``DeployError`` naming the failures.
+fewer than half the nodes deployed raises ``DeployError`` naming the failures; for a node without
+``log_dir`` the plugin's log fetch reads the file deploy logs to.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from pytest_vpstest.fleet.node import plan_node
 from pytest_vpstest.fleet.remote import SessionPool
 from pytest_vpstest.fleet.services import ProcessManager
 from pytest_vpstest.lab.agent.registry import make_server
+from pytest_vpstest.plugin.fixtures import RunContext, default_fetch_logs
 from tests.support.sshd import SshdHandle, free_port, sshd_factory  # noqa: F401
 
 pytestmark = pytest.mark.lab
@@ -163,3 +165,34 @@ def test_fewer_than_half_deployed_raises(
         assert "down-1: connect: " in text and "down-2: connect: " in text and "\n" not in text
     finally:
         stop_all(fleet, ["node-a"])
+
+
+def test_process_node_without_log_dir_deploy_and_plugin_log_fetch_agree(
+    tmp_path: Path,
+    sshd_factory: Callable[[str], SshdHandle],  # noqa: F811
+    registry_url: str,
+) -> None:
+    """Over real SSH: deploy logs to ``<install>/logs/<svc>.log`` and the plugin's fetch reads it."""
+    made = make_fleet(tmp_path, sshd_factory, registry_url, ["node-p"], [])
+    node = replace(made.inventory.node("node-p"), log_dir=None)
+    inventory = replace(made.inventory, nodes=(node,))
+    fleet = Fleet(inventory, made.config, tmp_path)
+    run = RunContext(
+        config_path=tmp_path / "vpstest.yaml",
+        project_config=fleet.config,
+        inventory=inventory,
+        inventory_path=None,
+        run_id="r1",
+        state_dir=tmp_path / "state",
+        project="demo",
+    )
+    try:
+        with SessionPool(inventory) as pool:
+            report = deploy(pool, inventory, fleet.config, fleet.artifact("v7"), verify_seconds=0.5)
+            assert report.per_node["node-p"].ok
+            fetched = default_fetch_logs(run, pool, "node-p")
+        written = tmp_path / "node-p" / "opt" / "logs" / "vpstest-agent.log"
+        assert "v7 run --node node-p" in written.read_text()
+        assert "v7 run --node node-p" in fetched
+    finally:
+        stop_all(fleet, ["node-p"])

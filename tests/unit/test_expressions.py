@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_vpstest.criteria import evaluate, parse
 from pytest_vpstest.errors import CriteriaError
+from pytest_vpstest.expressions import evaluate, parse
 
 NAMES = ["connectivity.direct.rate", "throughput.avg_mbps", "gossip.latency_ms.p95", "x"]
 metrics_st = st.fixed_dictionaries(
