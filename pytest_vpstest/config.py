@@ -34,6 +34,7 @@ from pytest_vpstest.inventory import (
     load_inventory,
     parse_inventory,
 )
+from pytest_vpstest.modes import CRITERIA, PROOFS, Criteria, Proof
 from pytest_vpstest.suite import FOCUSES, Focus, suite_key
 
 __all__ = [
@@ -77,10 +78,6 @@ __all__ = [
     "parse_project_config",
 ]
 
-Criteria = Literal["all-pass", "threshold", "improvement", "custom"]
-CRITERIA: tuple[Criteria, ...] = ("all-pass", "threshold", "improvement", "custom")
-Proof = Literal["logs", "metrics", "manual-verify", "all-evidence"]
-PROOFS: tuple[Proof, ...] = ("logs", "metrics", "manual-verify", "all-evidence")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_vpstest.config import CRITERIA, FOCUSES, PROOFS
+from pytest_vpstest.modes import CRITERIA, PROOFS
 from pytest_vpstest.plugin import hookspecs
 from pytest_vpstest.plugin.fixtures import (
     RUN_KEY,
@@ -33,7 +33,7 @@ from pytest_vpstest.plugin.fixtures import (
     vps_run,
 )
 from pytest_vpstest.plugin.matrix import matrix_cell, vps_matrix
-from pytest_vpstest.suite import MARKER, SUITES, find_suite, suites_of_focus
+from pytest_vpstest.suite import FOCUSES, MARKER, SUITES, find_suite, suites_of_focus
 
 if TYPE_CHECKING:
     from pytest_vpstest.config import Inventory, ProjectConfig

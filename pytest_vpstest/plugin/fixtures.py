@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_vpstest._files import write_json_atomic
-from pytest_vpstest.config import Inventory, ProjectConfig, SuiteConfig
-from pytest_vpstest.fleet.node import NodePlan, plan_node
-from pytest_vpstest.suite import Measurement
 
-if TYPE_CHECKING:  # the SSH stack is imported only when a fixture needs it
+if TYPE_CHECKING:  # config (YAML) and the SSH stack load only once the plugin is configured
+    from pytest_vpstest.config import Inventory, ProjectConfig, SuiteConfig
+    from pytest_vpstest.fleet.node import NodePlan
     from pytest_vpstest.fleet.probes import ProbeRunner
     from pytest_vpstest.fleet.remote import Pool, Session
+    from pytest_vpstest.suite import Measurement
 
 __all__ = [
     "NOT_CONFIGURED",
@@ -258,6 +258,8 @@ def failed_nodes(run: RunContext) -> dict[str, str]:
 def _deployed_plan(run: RunContext, name: str, artifact: str | None, reported: Mapping[str, Any]) -> NodePlan:
     """Node ``name``'s plan, with the paths a deploy hook reported for it (``bin``, ``install_path``,
     ``log_dir``) taking precedence: a custom ``pytest_vpstest_deploy`` may install elsewhere."""
+    from pytest_vpstest.fleet.node import plan_node
+
     plan = plan_node(run.inventory.node(name), run.project_config, artifact)
     return replace(
         plan,
@@ -387,6 +389,7 @@ def default_deploy(run: RunContext, pool: Pool, artifact: str | None) -> dict[st
     """Deploy with ``deploy.deploy`` and summarise per node; fewer than half deployed is not ok."""
     from pytest_vpstest.errors import DeployError
     from pytest_vpstest.fleet import deploy as deploy_mod
+    from pytest_vpstest.fleet.node import plan_node
 
     cfg = run.project_config
     if artifact is None and cfg.build is not None and cfg.build.artifact:
@@ -420,6 +423,7 @@ def default_deploy(run: RunContext, pool: Pool, artifact: str | None) -> dict[st
 
 def default_fetch_logs(run: RunContext, pool: Pool, node: str) -> str:
     """The last lines of the node's service log, through its service manager (the paths deploy used)."""
+    from pytest_vpstest.fleet.node import plan_node
     from pytest_vpstest.fleet.services import service_manager
 
     plan = plan_node(run.inventory.node(node), run.project_config)
