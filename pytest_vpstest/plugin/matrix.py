@@ -159,8 +159,13 @@ class Matrix:
                 return
             self._lock_file, self._role = handle, "owner"
             self.cells_file.write_text("")
-            cells = self._plan()
-            self._engine = self._make_engine(cells, self._on_cell)
+            try:
+                self._engine = self._make_engine(self._plan(), self._on_cell)
+            except Exception as exc:  # every test of the run fails with this reason instead of hanging
+                self._error = f"the matrix could not be planned: {type(exc).__name__}: {exc}"
+                self._append({"done": True, "error": self._error})
+                self._done = True
+                return
             self._thread = threading.Thread(target=self._run, name="vps-matrix-engine", daemon=True)
             self._thread.start()
 
