@@ -117,12 +117,14 @@ def main() -> int:
             single, batch = write_config(ws, args, batch=False), write_config(ws, args, batch=True)
             _, _, deployed = pytest_run(single, inventory, "--vps-attempts=1", "-k", "relay")
             print(f"lab up + build + deploy (untimed set-up) {time.perf_counter() - t0:.1f} s: {deployed}")
-            rows = []
+            rows: list[tuple[str, float, float, str]] = []
             probes = None
             if not args.skip_serial:
                 wall, cpu, probes, ok = serial_probes(single, inventory)
                 rows.append(("serial probes (the suite's old way)", wall, cpu, f"{ok}/{probes} connected"))
             skip = ("--vps-skip-build", "--vps-skip-deploy")
+            # The same pytest run with every test deselected: start-up, config, collection, results.
+            idle_wall, idle_cpu, _ = pytest_run(batch, inventory, *skip, "-k", "no_such_test")
             engines = (("engine, single probes (pytest)", single), ("engine, batch (pytest)", batch))
             for name, config in engines:
                 wall, cpu, summary = pytest_run(config, inventory, *skip)
@@ -134,10 +136,16 @@ def main() -> int:
           f"load {load[0]:.1f}/{load[1]:.1f}")  # fmt: skip
     base = rows[0][1] if not args.skip_serial else None
     count = probes or 552
+    print(f"  pytest start-up alone (all deselected): {idle_wall:.2f} s, CPU {idle_cpu:.2f} s")
     for name, wall, cpu, note in rows:
         ratio = f"{base / wall:5.1f}×" if base else "   - "
         per_probe = 1000 * cpu / count
-        print(f"  {name:38s} {wall:7.2f} s  {ratio}  CPU {cpu:6.2f} s = {per_probe:6.1f} ms/probe  {note}")
+        beyond = (
+            "" if name.startswith("serial") else f" ({1000 * (cpu - idle_cpu) / count:.1f} beyond start-up)"
+        )
+        print(
+            f"  {name:34s} {wall:7.2f} s {ratio} CPU {cpu:6.2f} s = {per_probe:5.1f} ms/probe{beyond} {note}"
+        )
     if base:
         best = min(w for _, w, _, _ in rows[1:])
         print(f"  target: engine >= 8× faster than serial (<= 18 s): {'OK' if base / best >= 8 else 'BELOW'}")

@@ -18,6 +18,7 @@ import pytest
 from pytest_vpstest.modes import CRITERIA, PROOFS
 from pytest_vpstest.plugin import hookspecs
 from pytest_vpstest.plugin.fixtures import (
+    DEFAULT_NODE_CONCURRENCY,
     RUN_KEY,
     RunContext,
     build_artifact,
@@ -66,7 +67,7 @@ _OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("state-dir", "state directory (default: $VPSTEST_STATE_DIR or ~/.local/state/vpstest)", {}),
     ("attempts", "attempts per pair (default: tests.<suite>.attempts)", {"type": int}),
     ("results-json", "write the run's results.json here instead of the run directory", {}),
-    ("node-concurrency", "probes touching one node at a time, across workers (default 4)", {"type": int}),
+    ("node-concurrency", "probes touching one node at a time, across workers (default 8)", {"type": int}),
 )
 _FLAGS = (
     ("skip-build", "do not build; use the artifact already deployed"),
@@ -220,7 +221,7 @@ def _make_run(config: pytest.Config, config_path: Path) -> RunContext:
         skip_build=bool(_setting(config, "skip_build")),
         skip_deploy=bool(_setting(config, "skip_deploy")),
         results_json=results_json,
-        node_concurrency=int(concurrency) if concurrency not in (None, "") else 4,
+        node_concurrency=int(concurrency) if concurrency not in (None, "") else DEFAULT_NODE_CONCURRENCY,
         is_worker=worker is not None,
     )
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # config (YAML) and the SSH stack load only once the plugin i
     from pytest_vpstest.suite import Measurement
 
 __all__ = [
+    "DEFAULT_NODE_CONCURRENCY",
     "NOT_CONFIGURED",
     "RUN_KEY",
     "Recorder",
@@ -42,6 +43,7 @@ __all__ = [
     "deployment",
     "failed_nodes",
     "fleet",
+    "nat_skip_reason",
     "node",
     "node_pool",
     "once",
@@ -55,6 +57,10 @@ __all__ = [
 ]
 
 RUN_KEY = pytest.StashKey["RunContext"]()
+# Probes touching one node at a time. A pair that must fail holds K slots on both its nodes for a whole
+# timeout, and so does the reverse pair: with K = 3 both directions wait together (6 slots) and the
+# node's other probes still run.
+DEFAULT_NODE_CONCURRENCY = 8
 NOT_CONFIGURED = "pytest-vpstest is not configured: pass --vps-config (or set vps_config in the ini file)"
 
 
@@ -77,7 +83,7 @@ class RunContext:
     skip_build: bool = False
     skip_deploy: bool = False
     results_json: Path | None = None
-    node_concurrency: int = 4
+    node_concurrency: int = DEFAULT_NODE_CONCURRENCY
     started_at: float = field(default_factory=time.time)
     is_worker: bool = False
     # Filled lazily per process.
