@@ -39,9 +39,9 @@ from paramiko.ssh_exception import NoValidConnectionsError
 
 from pytest_vpstest.config import Inventory, Node, RegistryAccess
 from pytest_vpstest.errors import ConfigError, NodeError, UnreachableNodeError
+from pytest_vpstest.fleet.stream import ChannelStream
 
 __all__ = [
-    "ChannelStream",
     "CommandResult",
     "NodeSession",
     "Pool",
@@ -384,37 +384,6 @@ class NodeSession:
         if kh.exists():
             client.load_system_host_keys(str(kh))
         return conn
-
-
-class ChannelStream:
-    """A command running on one SSH channel: ``send`` lines to its stdin, read its output lines."""
-
-    def __init__(self, channel: paramiko.Channel) -> None:
-        self._channel = channel
-        self._out = channel.makefile("rb")
-
-    def send(self, text: str) -> None:
-        self._channel.sendall(text.encode())
-
-    def close_input(self) -> None:
-        with contextlib.suppress(Exception):
-            self._channel.shutdown_write()
-
-    def readline(self) -> str:
-        """The next output line ('' at the end of the output)."""
-        raw: bytes = self._out.readline()
-        return raw.decode(errors="replace")
-
-    def exit_code(self) -> int | None:
-        """The command's exit status once it ended, else None."""
-        if not self._channel.exit_status_ready():
-            return None
-        return int(self._channel.recv_exit_status())
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._out.close()
-            self._channel.close()
 
 
 def _no_delay(conn: fabric.Connection) -> None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_vpstest._files import write_json_atomic
+from pytest_vpstest.suite import FULL_SUITE
 
 if TYPE_CHECKING:  # config (YAML) and the SSH stack load only once the plugin is configured
     from pytest_vpstest.config import Inventory, ProjectConfig, SuiteConfig
@@ -75,7 +76,7 @@ class RunContext:
     run_id: str
     state_dir: Path
     project: str
-    focus: str = "full-suite"
+    focus: str = FULL_SUITE
     criteria: str = "threshold"
     criteria_expr: str | None = None
     proof: str | None = None
