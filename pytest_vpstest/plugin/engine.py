@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pytest_vpstest.fleet.batch import REQUESTS as BATCH_REQUESTS
 from pytest_vpstest.fleet.probes import ProbeResult
 from pytest_vpstest.plugin.schedule import Cell, Scheduler, Task
 
@@ -219,7 +220,7 @@ def _reporter(arrived: queue.SimpleQueue[tuple[Task, ProbeResult]], task: Task) 
 class ProbeSpec:
     """What a cell measures: ``attempts`` probes of ``action`` from ``node`` to ``peer``."""
 
-    action: str  # "connect" | "throughput"
+    action: str  # a probe action of the contract taking a peer: "connect", "throughput", ...
     node: str
     peer: str
     attempts: int
@@ -281,7 +282,7 @@ class FleetSteps:
         if spec.step_action(task.index) == "iperf3":
             self._threads.submit(self._ceiling, spec, done)
             return
-        lane = self._lane(spec.node)
+        lane = self._lane(spec.node) if spec.action in BATCH_REQUESTS else None  # else: no batch form
         if lane is None:
             self._threads.submit(lambda: done(self._single(spec)))
             return
@@ -310,9 +311,16 @@ class FleetSteps:
         return values
 
     def _single(self, spec: ProbeSpec) -> ProbeResult:
-        if spec.action == "throughput":
-            return self.runner.throughput(spec.node, spec.peer, spec.seconds or 1.0, spec.timeout)
-        return self.runner.connect(spec.node, spec.peer, spec.method or "direct", spec.timeout)
+        """One probe of any pair action (``connect``, ``throughput``, a suite's own), its peer held too."""
+        values: dict[str, Any] = {
+            "peer": spec.peer,
+            "peer_address": self.runner.plan_for(spec.peer).p2p_address,
+        }
+        if spec.method is not None:
+            values["method"] = spec.method
+        if spec.seconds is not None:
+            values["seconds"] = _num_text(spec.seconds)
+        return self.runner.run(spec.action, spec.node, timeout=spec.timeout, hold=(spec.peer,), **values)
 
     def _ceiling(self, spec: ProbeSpec, done: StepDone) -> None:
         from pytest_vpstest.fleet.iperf import iperf3_ceiling
@@ -349,6 +357,10 @@ class FleetSteps:
                 lane = BatchLane(node, quote_command(template, **self.runner.node_values(node)), opener)
             self._lanes[node] = lane
             return lane
+
+
+def _num_text(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def _spec(task: Task) -> ProbeSpec:
