@@ -352,3 +352,26 @@ def test_matrix_progress_is_shown_per_suite(fake_fleet: MakeFleet) -> None:
     result = fleet.run("--vps-focus=connectivity", "--vps-attempts=2")
     result.assert_outcomes(passed=36)
     result.stdout.fnmatch_lines(["vpstest connectivity: 72/72 probes, *, done in * s"])
+
+
+def test_a_hanging_probe_times_out_and_holds_up_no_other_pair(
+    fake_fleet: MakeFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = fake_fleet()
+    monkeypatch.setenv("FAKE_HANG", "1")
+    result = fleet.run("--vps-focus=connectivity", "--vps-attempts=2", "-k", "p1- and p2[")
+    # Only p1->p2[direct] hangs; its attempts time out, the pair's other methods pass.
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        ["p1->p2?direct?: the probe never gave a valid answer", "*attempt 1: timed out after 10s*"]
+    )
+
+
+def test_a_lost_node_fails_only_its_own_pairs(fake_fleet: MakeFleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    fleet = fake_fleet()
+    monkeypatch.setenv("FAKE_LOST", "n1")
+    result = fleet.run("--vps-focus=connectivity", "--vps-attempts=1", "-n", "2")
+    # n1 runs the probes of the 9 pairs it starts (3 peers × 3 methods); every other pair passes.
+    result.assert_outcomes(passed=27, failed=9)
+    failed = {line.split()[1] for line in result.stdout.lines if line.startswith("FAILED ")}
+    assert len(failed) == 9 and all("test_connect[n1->" in f for f in failed)
