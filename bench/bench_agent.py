@@ -166,10 +166,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="vba", dir="/tmp") as tmp:
         root = Path(tmp)
         pyzs = {
-            "bytecode inside (now)": build.build_zipapp(source, root / "new" / "agent.pyz"),
-            "sources only (before)": build.build_zipapp(source, root / "old" / "agent.pyz", bytecode=False),
+            "bytecode inside": build.build_zipapp(source, root / "new" / "agent.pyz"),
+            "sources only": build.build_zipapp(source, root / "old" / "agent.pyz", bytecode=False),
         }
-        cluster = Cluster(args.python, pyzs["bytecode inside (now)"], root)
+        cluster = Cluster(args.python, pyzs["bytecode inside"], root)
         try:
             home = cluster.homes["a"]
             version = subprocess.run([args.python, "--version"], capture_output=True, text=True).stdout
@@ -181,7 +181,7 @@ def main() -> int:
                 print(f"{key:26}{wall * 1000:10.1f}{cpu * 1000:10.1f}")
             print(f"\n{args.probes} direct connects a -> b (loopback)")
             print(f"{'way':26}{'seconds':>10}{'probes/s':>10}{'ok':>6}{'vs one at a time':>18}")
-            figures = _throughput(args.python, pyzs["bytecode inside (now)"], home, args.probes)
+            figures = _throughput(args.python, pyzs["bytecode inside"], home, args.probes)
             base = figures["single, one at a time"][0]
             for key, (seconds, ok) in figures.items():
                 print(f"{key:26}{seconds:10.2f}{args.probes / seconds:10.0f}{ok:6d}{base / seconds:17.1f}x")

@@ -92,11 +92,11 @@ EXPECTED: dict[str, list[str]] = {
         "Node", "RegistryAccess", "Role", "ServiceManagerKind", "load_inventory", "parse_inventory",
     ],
     "pytest_vpstest.lab.agent.batch": [
-        "DEFAULT_CONCURRENCY", "DEFAULT_DEADLINE_S", "GRACE_S", "MAX_CONCURRENCY", "PARAMETERS", "BadRequest",
-        "Handler", "parse_request", "run_batch", "serve_batch"
+        "DEFAULT_CONCURRENCY", "DEFAULT_DEADLINE_S", "GRACE_S", "MAX_CONCURRENCY", "PARAMETERS",
+        "BadRequest", "Handler", "parse_request", "run_batch", "serve_batch",
     ],
     "pytest_vpstest.lab.theory": [
-        "METHODS", "Outcome", "expected_matrix", "expected_outcome", "peer_names", "punch_possible"
+        "METHODS", "Outcome", "expected_matrix", "expected_outcome", "peer_names", "punch_possible",
     ],
     "pytest_vpstest.modes": ["CRITERIA", "PROOFS", "Criteria", "Proof"],
     "pytest_vpstest.nat_types": ["NAT_TYPES", "NatInfo", "NatType", "nat_info", "nat_rank"],
@@ -111,13 +111,14 @@ EXPECTED: dict[str, list[str]] = {
     "pytest_vpstest.lab.agent.control": [
         "MAX_REQUEST", "AgentNotRunning", "AlreadyRunning", "Handler", "request", "start_server",
     ],
+    "pytest_vpstest.lab.agent.contract": ["CONTRACT_KEYS", "METHODS", "failure"],
     "pytest_vpstest.lab.agent.crdt": ["GCounter"],
     "pytest_vpstest.lab.agent.gossip": ["GossipLog", "Receipt"],
     "pytest_vpstest.lab.agent.node": [
         "ACK_EVERY", "ANTI_ENTROPY_INTERVAL", "GSO_BATCH", "HELLO_INTERVAL", "LINK_FRESH_SECONDS",
-        "PEER_CACHE_SECONDS", "PEER_STALE_SECONDS", "PING_INTERVAL", "PUNCH_INTERVAL", "REGISTER_INTERVAL",
-        "SOL_UDP", "TX_WINDOW", "UDP_SEGMENT", "ConnectFailed", "Link", "Node", "Punch", "Route", "RouteKind",
-        "RxSession", "TxSession", "run_node"
+        "PEER_CACHE_SECONDS", "PEER_STALE_SECONDS", "PING_INTERVAL", "PUNCH_INTERVAL",
+        "REGISTER_INTERVAL", "SOL_UDP", "TX_WINDOW", "UDP_SEGMENT", "ConnectFailed", "Link", "Node",
+        "Punch", "Route", "RouteKind", "RxSession", "TxSession", "run_node",
     ],
     "pytest_vpstest.lab.agent.paths": ["HOME_ENV", "MAX_SOCKET_PATH", "control_socket", "default_home"],
     "pytest_vpstest.lab.agent.probe": [
@@ -153,19 +154,19 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "pytest_vpstest.lab.netlab": [
         "SERVICE_START_TIMEOUT_S", "SSHD_START_TIMEOUT_S", "TBF_LATENCY", "WORKERS", "build_network",
-        "ensure_mount_points", "mgmt_router_ruleset", "pick_mgmt_octet", "prepare_node_fs", "taken_networks",
-        "teardown", "up", "wait_for"
+        "ensure_mount_points", "mgmt_router_ruleset", "pick_mgmt_octet", "prepare_node_fs",
+        "taken_networks", "teardown", "up", "wait_for",
     ],
     "pytest_vpstest.lab.netns": [
         "NETNS_DIR", "cmdline", "ip_batch", "is_lab_process", "kill_all", "lab_processes", "listening",
         "namespaces", "netns_available", "netns_inode", "nft_load", "pids_in", "processes_matching",
-        "read_pid", "root_links", "run",
+        "read_pid", "root_links", "run", "wait_for_orphaned_batches",
     ],
     "pytest_vpstest.lab.plan": [
-        "AGENT_PORT", "BOOTSTRAP_PORT", "DATA_PREFIXLEN", "DATA_SUBNET", "DEFAULT_PREFIX", "HARNESS_HOST",
-        "MAC_KINDS", "MGMT_OCTETS", "MGMT_ROUTER_HOST", "PREFIX_RE", "REGISTRY_PORT", "RESERVED_NODE_NAMES",
-        "SSH_PORT", "LabPlan", "NodePlan", "check_prefix", "choose_mgmt_octet", "mac", "make_plan",
-        "preferred_mgmt_octet"
+        "AGENT_PORT", "BOOTSTRAP_PORT", "DATA_PREFIXLEN", "DATA_SUBNET", "DEFAULT_PREFIX",
+        "HARNESS_HOST", "MAC_KINDS", "MGMT_OCTETS", "MGMT_ROUTER_HOST", "PREFIX_RE", "REGISTRY_PORT",
+        "RESERVED_NODE_NAMES", "SSH_PORT", "LabPlan", "NodePlan", "check_prefix", "choose_mgmt_octet",
+        "mac", "make_plan", "preferred_mgmt_octet",
     ],
     "pytest_vpstest.lab.record": [
         "INVENTORY_NAME", "RECORD_NAME", "LabRecord", "NodeRecord", "NodeStatus", "ServiceRecord",
@@ -179,9 +180,9 @@ EXPECTED: dict[str, list[str]] = {
         "render_config", "spawn_detached", "write_config",
     ],
     "pytest_vpstest.lab.topology": [
-        "BUILTIN_TOPOLOGIES", "MAX_NODES", "MIN_SCALE_NODES", "SCALE_CYCLE", "SCALE_PREFIX", "LabNode",
-        "Shaping", "Topology", "load_topology", "parse_scale_spec", "parse_topology", "scale_topology",
-        "topology_source"
+        "BUILTIN_TOPOLOGIES", "MAX_NODES", "MIN_SCALE_NODES", "SCALE_CYCLE", "SCALE_PREFIX",
+        "LabNode", "Shaping", "Topology", "load_topology", "parse_scale_spec", "parse_topology",
+        "scale_topology", "topology_source",
     ],
     "pytest_vpstest.loop": [],
     "pytest_vpstest.loop.fixer": [

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from . import wire
-from .probe import CONTRACT_KEYS, METHODS, failure
+from .contract import CONTRACT_KEYS, METHODS, failure
 
 if TYPE_CHECKING:
     import asyncio

@@ -14,22 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from . import control, wire
+from .contract import CONTRACT_KEYS, METHODS, failure
 from .paths import control_socket, default_home
 
 __all__ = ["CONTRACT_KEYS", "METHODS", "add_probe_parser", "build_request", "failure", "run_probe"]
-
-METHODS = ("direct", "holepunch", "relay")
-
-# The keys each action's answer always carries (besides "ok" and, on failure, "error").
-CONTRACT_KEYS: dict[str, tuple[str, ...]] = {
-    "status": ("node", "addresses", "mapped", "peers"),
-    "connect": ("method", "path", "rtt_ms", "error"),
-    "publish": ("message_id",),
-    "received": ("received", "latency_ms", "duplicates"),
-    "throughput": ("bytes", "seconds", "mbps"),
-    "crdt": ("value", "digest"),
-}
-
 
 def _positive(text: str) -> float:
     try:
@@ -106,15 +94,6 @@ def build_request(args: argparse.Namespace) -> tuple[dict[str, Any], float]:
     if action == "crdt":
         return {"action": action, "increment": args.increment}, 10
     return {"action": action}, 10
-
-
-def failure(action: str, error: str, **known: Any) -> dict[str, Any]:
-    """A contract-shaped failed answer."""
-    answer: dict[str, Any] = {"ok": False}
-    answer.update(dict.fromkeys(CONTRACT_KEYS.get(action, ()), None))
-    answer.update(known)
-    answer["error"] = error
-    return answer
 
 
 def run_probe(args: argparse.Namespace) -> int:
