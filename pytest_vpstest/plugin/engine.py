@@ -3,13 +3,15 @@
 :class:`Engine` drives a :class:`~pytest_vpstest.plugin.schedule.Scheduler` with a
 :class:`StepRunner` (the seam: :class:`FleetSteps` reaches the nodes; unit tests give a fake). One
 coordinator thread starts the steps the scheduler allows, collects their results as they arrive,
-and hands each finished cell to ``on_cell``. A step whose answer has not come ``deadline`` seconds
-after it started is recorded as a timed-out attempt and its slots are freed: a hanging node costs
-its own cells one timeout each and holds up nothing else (a late answer is dropped).
+and hands each finished cell to ``on_cell``. A step whose answer has not come its runner's
+``deadline`` plus ``watchdog_slack`` seconds after it started is recorded as a timed-out attempt and
+its slots are freed: a hanging node costs its own cells one timeout each and holds up nothing else
+(a late answer is dropped).
 
-What a step is, for the fleet (:class:`ProbeSpec`): attempt *i* of a probe (``connect`` or
-``throughput``) from ``node`` to ``peer``; with ``ceiling`` the cell has one more step, the pair's
-iperf3 ceiling, recorded as a pseudo probe result (action ``iperf3``, data ``{ok, mbps, note}``).
+What a step is, for the fleet (:class:`ProbeSpec`): attempt *i* of a pair probe (``connect``,
+``throughput``, or a suite's own action taking a peer) from ``node`` to ``peer``; with ``ceiling`` the
+cell has one more step, the pair's iperf3 ceiling, recorded as a pseudo probe result (action
+``iperf3``, data ``{ok, mbps, note}``).
 """
 
 from __future__ import annotations
