@@ -35,7 +35,7 @@ from pytest_vpstest.inventory import (
     parse_inventory,
 )
 from pytest_vpstest.modes import CRITERIA, PROOFS, Criteria, Proof
-from pytest_vpstest.suite import FOCUSES, Focus, suite_key
+from pytest_vpstest.suite import FOCUSES, SUITES, Focus, find_suite, suite_key
 
 __all__ = [
     "CRITERIA",
@@ -43,6 +43,7 @@ __all__ = [
     "INVENTORY_KEYS",
     "NAT_TYPES",
     "NODE_KEYS",
+    "NODE_TESTS",
     "PROBE_PLACEHOLDERS",
     "PROJECT_KEYS",
     "PROOFS",
@@ -55,13 +56,16 @@ __all__ = [
     "ChannelConfig",
     "ChannelKind",
     "Criteria",
+    "DashboardConfig",
     "DeployConfig",
     "FixConfig",
     "Focus",
+    "HealthConfig",
     "Inventory",
     "ModuleConfig",
     "NatType",
     "Node",
+    "NodeTests",
     "NotifyConfig",
     "ProbeTemplates",
     "ProjectConfig",
@@ -167,6 +171,25 @@ class FixConfig:
     command: str | None = None
     verify_command: str | None = None
     commit_wait_seconds: float = 3600.0
+    # Fix attempts in one run before the loop stops (STOPPED, with the reason).
+    max_attempts: int = 5
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """Node liveness during the loop (the ``health`` block; docs/loop.md "Node health").
+
+    Nodes are checked every ``check_seconds`` while the loop waits, and before each TEST. A node
+    without a good check for ``suspect_after_seconds`` is Suspect, ``evict_after_seconds`` later
+    Evicted and respawned (its service restarted; redeployed when the binary is gone), at most
+    ``respawn_attempts`` times; then Failed. Fewer than ``min_live_fraction`` Live nodes stop the run.
+    """
+
+    check_seconds: float = 60.0
+    suspect_after_seconds: float = 60.0
+    evict_after_seconds: float = 60.0
+    respawn_attempts: int = 3
+    min_live_fraction: float = 0.5
 
 
 ChannelKind = Literal["log", "webhook", "command", "voice"]
@@ -186,6 +209,29 @@ class NotifyConfig:
     dashboard_url: str | None = None
 
 
+NodeTests = Literal["auto", "manual", "disabled"]
+NODE_TESTS: tuple[NodeTests, ...] = ("auto", "manual", "disabled")
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    """``vpstest dashboard`` settings: the action token, the test timeout, per-node test modes.
+
+    ``node_tests`` maps a node name to ``auto`` (tests run after each deploy or rollback; the
+    default), ``manual`` (only from the Run tests button) or ``disabled`` (shown gray, never run).
+    """
+
+    token: str | None = None
+    test_timeout_seconds: float = 60.0
+    node_tests: tuple[tuple[str, NodeTests], ...] = ()
+
+    def tests_mode(self, node: str) -> NodeTests:
+        for name, mode in self.node_tests:
+            if name == node:
+                return mode
+        return "auto"
+
+
 @dataclass(frozen=True)
 class ProjectConfig:
     """The project config (the base ``config.yaml`` schema plus optional extensions)."""
@@ -201,7 +247,9 @@ class ProjectConfig:
     soak: SoakConfig = field(default_factory=SoakConfig)
     probes: ProbeTemplates = field(default_factory=ProbeTemplates)
     fix: FixConfig = field(default_factory=FixConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     # Inventory file (relative to the config file) or "lab".
     inventory: str | None = None
     state_dir: Path | None = None
@@ -259,7 +307,9 @@ PROJECT_KEYS = (
     "soak",
     "probes",
     "fix",
+    "health",
     "notify",
+    "dashboard",
     "inventory",
     "state_dir",
     "focus",
@@ -329,12 +379,14 @@ def parse_project_config(text: str, path: Path | str | None = None) -> ProjectCo
         soak=_soak(r, m["soak"]) if "soak" in m else SoakConfig(),
         probes=_probes(r, m["probes"]) if "probes" in m else ProbeTemplates(),
         fix=_fix(r, m["fix"]) if "fix" in m else FixConfig(),
+        health=_health(r, m["health"]) if "health" in m else HealthConfig(),
         notify=_notify(r, m["notify"]) if "notify" in m else NotifyConfig(),
+        dashboard=_dashboard(r, m["dashboard"]) if "dashboard" in m else DashboardConfig(),
         inventory=r.string(m["inventory"], "inventory") if "inventory" in m else None,
         state_dir=r.path(m["state_dir"], "state_dir", base) if "state_dir" in m else None,
         focus=cast(Focus, r.choice(m["focus"], "focus", FOCUSES)) if "focus" in m else None,
         criteria=cast(Criteria, r.choice(m["criteria"], "criteria", CRITERIA)) if "criteria" in m else None,
-        criteria_expr=r.string(m["criteria_expr"], "criteria_expr") if "criteria_expr" in m else None,
+        criteria_expr=_criteria_expr(r, m["criteria_expr"]) if "criteria_expr" in m else None,
         proof=cast(Proof, r.choice(m["proof"], "proof", PROOFS)) if "proof" in m else None,
     )
 
@@ -418,12 +470,30 @@ def _bootstrap(r: Reader, node: yaml.Node) -> BootstrapConfig:
     )
 
 
+def _criteria_expr(r: Reader, node: yaml.Node) -> str:
+    """A custom criteria expression, checked now: a typo must not wait for the first TEST."""
+    from pytest_vpstest.errors import CriteriaError
+    from pytest_vpstest.expressions import check_expression
+
+    text = r.string(node, "criteria_expr")
+    try:
+        check_expression(text)
+    except CriteriaError as exc:
+        raise r.fail(node, "criteria_expr", str(exc)) from None
+    return text
+
+
 def _suites(r: Reader, node: yaml.Node) -> tuple[tuple[str, SuiteConfig], ...]:
     """The ``tests`` blocks, keyed by suite name: ``tests.nat-traversal`` is read as
-    ``tests.nat_traversal`` (both spellings are accepted; giving both is an error)."""
+    ``tests.nat_traversal`` (both spellings are accepted; giving both is an error). An unknown
+    suite (``tests.conectivity``) is an error naming the suites there are."""
     out: dict[str, SuiteConfig] = {}
     for k, v in r.entries(node, "tests"):
-        key = suite_key(r.safe_name(k, f"tests.{k.value}", is_key=True))
+        name = r.safe_name(k, f"tests.{k.value}", is_key=True)
+        if find_suite(name) is None:
+            allowed = [s.name for s in SUITES]
+            raise r.fail(k, f"tests.{k.value}", f"unknown suite {name!r}", allowed)
+        key = suite_key(name)
         if key in out:
             where = f"tests.{k.value}"
             raise r.fail(k, where, f"the {key} suite is configured twice (as {key} and {k.value})")
@@ -490,7 +560,7 @@ def _probes(r: Reader, node: yaml.Node) -> ProbeTemplates:
 
 
 def _fix(r: Reader, node: yaml.Node) -> FixConfig:
-    m = r.mapping(node, "fix", ("command", "verify_command", "commit_wait_seconds"))
+    m = r.mapping(node, "fix", ("command", "verify_command", "commit_wait_seconds", "max_attempts"))
     d = FixConfig()
     return FixConfig(
         command=r.opt_string(m["command"], "fix.command") if "command" in m else None,
@@ -500,6 +570,35 @@ def _fix(r: Reader, node: yaml.Node) -> FixConfig:
         commit_wait_seconds=r.number(m["commit_wait_seconds"], "fix.commit_wait_seconds", positive=True)
         if "commit_wait_seconds" in m
         else d.commit_wait_seconds,
+        max_attempts=r.integer(m["max_attempts"], "fix.max_attempts", 1)
+        if "max_attempts" in m
+        else d.max_attempts,
+    )
+
+
+def _health(r: Reader, node: yaml.Node) -> HealthConfig:
+    names = tuple(f.name for f in dataclass_fields(HealthConfig))
+    m = r.mapping(node, "health", names)
+    d = HealthConfig()
+
+    def seconds(key: str) -> float:
+        value: float = getattr(d, key)
+        return r.number(m[key], f"health.{key}", positive=True) if key in m else value
+
+    live = d.min_live_fraction
+    if "min_live_fraction" in m:
+        live = r.number(m["min_live_fraction"], "health.min_live_fraction", non_negative=True)
+        if live > 1:
+            key = "health.min_live_fraction"
+            raise r.fail(m["min_live_fraction"], key, f"must be between 0 and 1, got {live:g}")
+    return HealthConfig(
+        check_seconds=seconds("check_seconds"),
+        suspect_after_seconds=seconds("suspect_after_seconds"),
+        evict_after_seconds=seconds("evict_after_seconds"),
+        respawn_attempts=r.integer(m["respawn_attempts"], "health.respawn_attempts", 0)
+        if "respawn_attempts" in m
+        else d.respawn_attempts,
+        min_live_fraction=live,
     )
 
 
@@ -528,4 +627,30 @@ def _notify(r: Reader, node: yaml.Node) -> NotifyConfig:
     return NotifyConfig(
         channels=tuple(channels),
         dashboard_url=r.opt(m, "dashboard_url", lambda n: r.url(n, "notify.dashboard_url")),
+    )
+
+
+def _dashboard(r: Reader, node: yaml.Node) -> DashboardConfig:
+    m = r.mapping(node, "dashboard", ("token", "test_timeout_seconds", "node_tests"))
+    token = r.opt(m, "token", lambda n: r.string(n, "dashboard.token"))
+    if token is not None and (len(token) < 16 or any(c.isspace() for c in token)):
+        raise r.fail(m["token"], "dashboard.token", "must be at least 16 characters without spaces")
+    modes = (
+        tuple(
+            (
+                r.safe_name(k, f"dashboard.node_tests.{k.value}", is_key=True),
+                cast(NodeTests, r.choice(v, f"dashboard.node_tests.{k.value}", NODE_TESTS)),
+            )
+            for k, v in r.entries(m["node_tests"], "dashboard.node_tests")
+        )
+        if "node_tests" in m
+        else ()
+    )
+    return DashboardConfig(
+        token=token,
+        test_timeout_seconds=r.number(m["test_timeout_seconds"], "dashboard.test_timeout_seconds",
+                                      positive=True)
+        if "test_timeout_seconds" in m
+        else DashboardConfig().test_timeout_seconds,
+        node_tests=modes,
     )

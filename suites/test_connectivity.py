@@ -14,7 +14,13 @@ import pytest
 
 from pytest_vpstest.fleet.probes import ProbeResult
 from pytest_vpstest.plugin.engine import ProbeSpec
-from pytest_vpstest.plugin.fixtures import Recorder, RunContext, parametrize, skip_if_not_deployed
+from pytest_vpstest.plugin.fixtures import (
+    Recorder,
+    RunContext,
+    parametrize,
+    skip_if_not_deployed,
+    skip_if_unreachable,
+)
 from pytest_vpstest.plugin.pairs import Pair, connectivity_pairs
 from pytest_vpstest.suite import ConnectivityMeasurement
 
@@ -53,6 +59,7 @@ def test_connect(
     skip_if_not_deployed(vps_run, pair.src, pair.dst)
     attempts = vps_run.attempts_for("connectivity")
     results = matrix_cell()
+    skip_if_unreachable(vps_run, results)
     success = sum(connected(r, pair.method) for r in results)
     vps_record(
         ConnectivityMeasurement(

@@ -14,7 +14,13 @@ import pytest
 
 from pytest_vpstest.fleet.probes import ProbeResult
 from pytest_vpstest.plugin.engine import ProbeSpec
-from pytest_vpstest.plugin.fixtures import Recorder, RunContext, parametrize, skip_if_not_deployed
+from pytest_vpstest.plugin.fixtures import (
+    Recorder,
+    RunContext,
+    parametrize,
+    skip_if_not_deployed,
+    skip_if_unreachable,
+)
 from pytest_vpstest.plugin.pairs import Pair, nat_traversal_pairs
 from pytest_vpstest.suite import NatTraversalMeasurement
 
@@ -48,6 +54,7 @@ def test_hole_punch(
     skip_if_not_deployed(vps_run, pair.src, pair.dst)
     attempts = vps_run.attempts_for("nat_traversal")
     results = matrix_cell()
+    skip_if_unreachable(vps_run, results)
     success = sum(connected(r, "holepunch") for r in results)
     vps_record(
         NatTraversalMeasurement(

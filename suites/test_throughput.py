@@ -15,7 +15,13 @@ import pytest
 
 from pytest_vpstest.fleet.probes import ProbeResult
 from pytest_vpstest.plugin.engine import ProbeSpec
-from pytest_vpstest.plugin.fixtures import Recorder, RunContext, parametrize, skip_if_not_deployed
+from pytest_vpstest.plugin.fixtures import (
+    Recorder,
+    RunContext,
+    parametrize,
+    skip_if_not_deployed,
+    skip_if_unreachable,
+)
 from pytest_vpstest.plugin.pairs import Pair, throughput_pairs
 from pytest_vpstest.suite import ThroughputMeasurement
 
@@ -53,6 +59,7 @@ def test_throughput(
     skip_if_not_deployed(vps_run, pair.src, pair.dst)
     attempts = vps_run.attempts_for("throughput")
     *results, ceiling_result = matrix_cell()
+    skip_if_unreachable(vps_run, results)
     mbps = [
         round(float(r.get("mbps")), 3) for r in results if r.ok and isinstance(r.get("mbps"), int | float)
     ]

@@ -24,6 +24,7 @@ import hashlib
 import posixpath
 import secrets
 import shlex
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,12 +36,14 @@ from pytest_vpstest.errors import ConfigError, DeployError, NodeError, Unreachab
 from pytest_vpstest.fleet.node import NodePlan, plan_node
 from pytest_vpstest.fleet.remote import Pool, Session, query_registry, quote_command
 from pytest_vpstest.fleet.services import ServiceManager, service_manager
+from pytest_vpstest.redact import redact_url
 
 __all__ = [
     "DeployReport",
     "NodeDeploy",
     "Stage",
     "deploy",
+    "owner_of",
     "registered_names",
     "rollback",
     "start_command",
@@ -170,6 +173,7 @@ def _deploy_one(
     try:
         manager = service_manager(session, install_path=plan.install_path, log_dir=plan.log_dir)
         stage = "stop"
+        _claim(session, manager, plan, config)
         manager.stop(plan.service)
         log(f"{node.name}: stopped {plan.service}")
 
@@ -212,6 +216,32 @@ def _deploy_one(
         return _Started(NodeDeploy(node.name, False, failed, error, time.monotonic() - began), 0.0)
     return _Started(
         NodeDeploy(node.name, True, None, None, time.monotonic() - began, previous_kept), started_at
+    )
+
+
+def owner_of(config: ProjectConfig) -> str:
+    """Who deploys: the project, the machine and the workspace (two checkouts of one project differ)."""
+    return f"{config.project} on {socket.gethostname()} from {config.workspace}"
+
+
+def _claim(session: Session, manager: ServiceManager, plan: NodePlan, config: ProjectConfig) -> None:
+    """Refuse to replace a running service another project deployed under the same name; else
+    record this project as the service's owner (``<install_path>/run/<service>.owner``)."""
+    marker = posixpath.join(plan.install_path, "run", f"{plan.service}.owner")
+    me = owner_of(config)
+    found = session.run(f"cat {shlex.quote(marker)} 2>/dev/null || true", timeout=30, check=True)
+    found_owner = found.stdout.strip()
+    if found_owner and found_owner != me and manager.status(plan.service).running:
+        raise _StageFailed(
+            "stop",
+            f"service {plan.service} on {session.node.name} is running for another project ({found_owner}); "
+            "not replacing it: give this project its own deploy.service_prefix, or stop the other run",
+        )
+    run_dir = posixpath.dirname(marker)
+    session.run(
+        f"mkdir -p {shlex.quote(run_dir)} && printf '%s\\n' {shlex.quote(me)} > {shlex.quote(marker)}",
+        timeout=30,
+        check=True,
     )
 
 
@@ -291,11 +321,11 @@ def _wait_registration(
             name = peer.get("name", peer.get("node"))
             if name in pending and _fresh(peer, now - started[str(name)]):
                 pending.discard(str(name))
-                log(f"{name}: registered with {registry.url}")
+                log(f"{name}: registered with {redact_url(registry.url)}")
         if not pending or now >= deadline:
             break
         time.sleep(min(1.0, max(0.0, deadline - now)))
-    cause = f"not registered with {registry.url} within {timeout:g} s"
+    cause = f"not registered with {redact_url(registry.url)} within {timeout:g} s"
     if last_error:
         cause += f" (last registry error: {last_error})"
     return dict.fromkeys(sorted(pending), cause)
@@ -360,7 +390,8 @@ def deploy(
     registry = _registry(inventory, project_config)
     if registry is not None and started:
         timeout = project_config.deploy.registration_timeout_seconds
-        say(f"waiting up to {timeout:g} s for {len(started)} node(s) to register with {registry.url}")
+        say(f"waiting up to {timeout:g} s for {len(started)} node(s) to register with "
+            f"{redact_url(registry.url)}")
         for name, cause in _wait_registration(pool, registry, started, timeout, registry_query, say).items():
             d = per_node[name]
             per_node[name] = NodeDeploy(name, False, "register", cause, d.duration, d.previous_kept)

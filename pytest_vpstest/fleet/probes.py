@@ -84,6 +84,8 @@ class ProbeResult:
     timed_out: bool = False
     data: Mapping[str, Any] | None = None
     error: str | None = None
+    # The command could not be run on the node at all (SSH connection failed or was lost).
+    transport_error: bool = False
 
     @property
     def valid(self) -> bool:
@@ -120,6 +122,7 @@ class ProbeResult:
             "timed_out": self.timed_out,
             "data": None if self.data is None else dict(self.data),
             "error": self.error,
+            "transport_error": self.transport_error,
         }
 
     @classmethod
@@ -135,6 +138,7 @@ class ProbeResult:
             timed_out=bool(doc.get("timed_out", False)),
             data=doc.get("data"),
             error=doc.get("error"),
+            transport_error=bool(doc.get("transport_error", False)),
         )
 
     def evidence(self, limit: int = 4000) -> dict[str, Any]:
@@ -310,6 +314,7 @@ class ProbeRunner:
                     "",
                     time.monotonic() - start,
                     error=f"{type(exc).__name__}: {exc}".splitlines()[0],
+                    transport_error=True,
                 )
         data: Mapping[str, Any] | None = None
         if outcome.timed_out:

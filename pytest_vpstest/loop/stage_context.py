@@ -48,6 +48,8 @@ class TestOutcome:
     summary: str = ""
     results: Mapping[str, Any] | None = None
     results_path: Path | None = None
+    # Nodes of the tests that failed (every failed test's nodes; empty when unknown).
+    failed_nodes: tuple[frozenset[str], ...] = ()
 
 
 @dataclass

@@ -28,18 +28,20 @@ EXPECTED: dict[str, list[str]] = {
         "run_foreground", "start_background",
     ],
     "pytest_vpstest.commands": [],
+    "pytest_vpstest.commands.dashboard": ["register"],
     "pytest_vpstest.commands.loading": [
         "add_fleet_options", "add_state_dir_option", "config_path", "default_state_dir", "iso_now",
         "load_config", "load_inventory", "resolve_inventory_path", "state_dir_of",
     ],
-    "pytest_vpstest.commands.loops": ["project_status", "register"],
+    "pytest_vpstest.commands.loops": ["node_health", "project_status", "register"],
     "pytest_vpstest.commands.nodes": ["check_reachability", "register"],
     "pytest_vpstest.config": [
-        "CRITERIA", "FOCUSES", "INVENTORY_KEYS", "NAT_TYPES", "NODE_KEYS", "PROBE_PLACEHOLDERS",
-        "PROJECT_KEYS", "PROOFS", "ROLES", "SAFE_NAME_PATTERN", "SERVICE_MANAGERS",
+        "CRITERIA", "FOCUSES", "INVENTORY_KEYS", "NAT_TYPES", "NODE_KEYS", "NODE_TESTS",
+        "PROBE_PLACEHOLDERS", "PROJECT_KEYS", "PROOFS", "ROLES", "SAFE_NAME_PATTERN", "SERVICE_MANAGERS",
         "START_COMMAND_PLACEHOLDERS", "BootstrapConfig", "BuildConfig", "ChannelConfig", "ChannelKind",
-        "Criteria", "DeployConfig", "FixConfig", "Focus", "Inventory", "ModuleConfig", "NatType", "Node",
-        "NotifyConfig", "ProbeTemplates", "ProjectConfig", "Proof", "RegistryAccess", "Role",
+        "Criteria", "DashboardConfig", "DeployConfig", "FixConfig", "Focus", "HealthConfig", "Inventory",
+        "ModuleConfig", "NatType", "Node", "NodeTests", "NotifyConfig", "ProbeTemplates", "ProjectConfig",
+        "Proof", "RegistryAccess", "Role",
         "ServiceManagerKind", "SoakConfig", "SuiteConfig", "is_safe_name", "load_inventory",
         "load_project_config", "parse_inventory", "parse_project_config",
     ],
@@ -47,6 +49,23 @@ EXPECTED: dict[str, list[str]] = {
         "DEFAULT_TARGETS", "Check", "CriteriaSpec", "Op", "Verdict", "all_pass", "custom", "flatten_metrics",
         "improvement", "judge", "metric_key", "rate", "threshold", "wilson_interval",
     ],
+    "pytest_vpstest.dashboard": ["DEFAULT_PORT"],
+    "pytest_vpstest.dashboard.actions": ["ActionRunner", "suites_dir"],
+    "pytest_vpstest.dashboard.app": ["CSP", "Settings", "create_app"],
+    "pytest_vpstest.dashboard.files": [
+        "append_rollback", "latest_test_run", "new_test_run_dir", "nodes_with_test_runs", "rollbacks",
+        "write_json_atomic",
+    ],
+    "pytest_vpstest.dashboard.hub": ["Hub"],
+    "pytest_vpstest.dashboard.markdown": ["render_markdown"],
+    "pytest_vpstest.dashboard.model": [
+        "NodeTestFacts", "TestsColour", "ago", "history_series", "matrix_cells", "node_tests_colour",
+        "node_tests_tooltip", "wilson",
+    ],
+    "pytest_vpstest.dashboard.nat": ["expected"],
+    "pytest_vpstest.dashboard.reader": ["ProjectFiles", "StateReader", "parse_time"],
+    "pytest_vpstest.dashboard.server": ["DashboardServer", "serve"],
+    "pytest_vpstest.dashboard.token": ["read_token", "token_path", "use_token"],
     "pytest_vpstest.demo": [
         "DEMO_PREFIX", "DEMO_PROJECT", "create_workspace", "plant_defect", "register", "run_demo",
     ],
@@ -66,8 +85,8 @@ EXPECTED: dict[str, list[str]] = {
         "resolve_artifact", "run_build",
     ],
     "pytest_vpstest.fleet.deploy": [
-        "DeployReport", "NodeDeploy", "Stage", "deploy", "registered_names", "rollback", "start_command",
-        "target_nodes",
+        "DeployReport", "NodeDeploy", "Stage", "deploy", "owner_of", "registered_names", "rollback",
+        "start_command", "target_nodes",
     ],
     "pytest_vpstest.fleet.iperf": ["iperf3_ceiling"],
     "pytest_vpstest.fleet.node": ["NodePlan", "binary_name", "install_path", "plan_node", "service_name"],
@@ -190,6 +209,11 @@ EXPECTED: dict[str, list[str]] = {
         "is_error_line", "next_brief_dir", "normalise", "obtain_fix", "run_fix", "run_interruptible",
         "write_brief",
     ],
+    "pytest_vpstest.loop.event_text": ["event_reason", "failure_event"],
+    "pytest_vpstest.loop.health": [
+        "OBSERVERS", "NodeCheck", "NodeHealth", "health_label", "infrastructure_only",
+    ],
+    "pytest_vpstest.loop.health_keeper": ["HEALTH_EVENTS_KEPT", "HealthKeeper", "NodeChecker"],
     "pytest_vpstest.loop.liveness": [
         "BecameLive", "BecameSuspect", "Event", "Evicted", "Failed", "Live", "LivenessMachine", "Never",
         "NodeEvicted", "NodeFailed", "NodeState", "Observation", "OnFailure", "Provisioning",
@@ -199,7 +223,8 @@ EXPECTED: dict[str, list[str]] = {
     "pytest_vpstest.loop.machine": [
         "ALLOWED_TRANSITIONS", "NOTIFY_KINDS", "TERMINAL", "WAIT_STATES", "BuildFinished", "Commit",
         "Counters", "DeployFinished", "Effect", "Event", "Fatal", "Finish", "FixFinished", "InvalidEvent",
-        "MachineConfig", "Notify", "Phase", "Restart", "RestartDone", "RunBuild", "RunDeploy", "RunFix",
+        "MachineConfig", "NodesHealth", "Notify", "Phase", "Restart", "RestartDone", "RunBuild", "RunDeploy",
+        "RunFix",
         "RunSetup", "RunState", "RunTest", "SetupFinished", "Start", "StartWait", "State", "Stop",
         "TestFinished", "UserStop", "WaitElapsed", "initial_state", "resume_effects", "step", "wait_is_over",
     ],
@@ -207,10 +232,17 @@ EXPECTED: dict[str, list[str]] = {
         "EVENT_KINDS", "Channel", "CommandChannel", "DeliveryError", "LogChannel", "Notifier", "Outbox",
         "OutboxEvent", "VoiceChannel", "WebhookChannel", "build_channels",
     ],
-    "pytest_vpstest.loop.run_state": ["TERMINAL", "WAIT_STATES", "Commit", "Counters", "RunState", "State"],
+    "pytest_vpstest.loop.project_files": [
+        "finished_marker", "nothing_to_resume", "project_dir", "read_stop_request", "reap_orphans",
+        "request_stop", "write_finished_marker",
+    ],
+    "pytest_vpstest.loop.run_state": [
+        "TERMINAL", "WAIT_STATES", "Commit", "Counters", "RunState", "State", "count_interrupted_stage",
+    ],
     "pytest_vpstest.loop.runner": [
-        "CHILD_MARKER", "LOG_LIMIT", "Runner", "StageContext", "Stages", "TestOutcome", "child_env",
-        "machine_config", "project_dir", "read_stop_request", "reap_orphans", "request_stop", "utcnow",
+        "CHILD_MARKER", "LOG_LIMIT", "NodeChecker", "Runner", "StageContext", "Stages", "TestOutcome",
+        "child_env", "machine_config", "nothing_to_resume", "project_dir", "read_stop_request",
+        "reap_orphans", "request_stop", "utcnow",
     ],
     "pytest_vpstest.loop.stage_context": [
         "CHILD_MARKER", "StageContext", "Stages", "TestOutcome", "child_env", "iso", "utcnow",
@@ -227,10 +259,11 @@ EXPECTED: dict[str, list[str]] = {
         "node_pool", "probe", "vps_config", "vps_matrix", "vps_record", "vps_run"
     ],
     "pytest_vpstest.plugin.fixtures": [
-        "DEFAULT_NODE_CONCURRENCY", "NOT_CONFIGURED", "RUN_KEY", "Recorder", "RunContext", "build_artifact",
-        "default_build", "default_deploy", "default_fetch_logs", "deployment", "failed_nodes", "fleet",
-        "nat_skip_reason", "node", "node_pool", "once", "parametrize", "probe", "run_of",
-        "skip_if_not_deployed", "vps_config", "vps_record", "vps_run"
+        "DEFAULT_NODE_CONCURRENCY", "NOT_CONFIGURED", "RUN_KEY", "UNHEALTHY_PREFIX", "Recorder", "RunContext",
+        "build_artifact", "default_build", "default_deploy", "default_fetch_logs", "deployment",
+        "failed_nodes", "fleet", "mark_unhealthy", "nat_skip_reason", "node", "node_pool", "once",
+        "parametrize", "probe", "run_of", "skip_if_not_deployed", "skip_if_unreachable", "unhealthy_nodes",
+        "vps_config", "vps_record", "vps_run"
     ],
     "pytest_vpstest.plugin.hookspecs": [
         "pytest_vpstest_build", "pytest_vpstest_deploy", "pytest_vpstest_fetch_logs",
@@ -260,6 +293,7 @@ EXPECTED: dict[str, list[str]] = {
     "pytest_vpstest.records.store": [
         "SCHEMA_VERSION", "Lease", "LeaseInfo", "LoadResult", "StateStore", "is_safe_identifier", "iso_utc",
     ],
+    "pytest_vpstest.redact": ["redact_text", "redact_url"],
     "pytest_vpstest.suite": [
         "CATEGORIES", "CATEGORY_OF", "CONNECTIVITY", "FOCUSES", "FULL_SUITE", "GOSSIP", "MARKER", "METHODS",
         "NAT_TRAVERSAL", "SUITES", "THROUGHPUT", "Category", "ConnectivityMeasurement", "Focus",
