@@ -19,6 +19,20 @@ from typing import Literal, cast
 import yaml
 
 from pytest_vpstest._yaml_reader import SAFE_NAME_PATTERN, STR, Reader, is_safe_name, read_text
+from pytest_vpstest.config_operations import (
+    NODE_TESTS,
+    ChannelConfig,
+    ChannelKind,
+    DashboardConfig,
+    FixConfig,
+    HealthConfig,
+    NodeTests,
+    NotifyConfig,
+    parse_dashboard,
+    parse_fix,
+    parse_health,
+    parse_notify,
+)
 from pytest_vpstest.inventory import (
     INVENTORY_KEYS,
     NAT_TYPES,
@@ -147,7 +161,7 @@ class SoakConfig:
 
 @dataclass(frozen=True)
 class ProbeTemplates:
-    """Command templates of the probe contract (docs/internals.md). Values are shell-quoted when filled.
+    """Command templates of the probe contract (docs/contract.md). Values are shell-quoted when filled.
 
     Placeholders: {bin} {node} {peer} {peer_address} {method} {timeout} {topic}
     {message_id} {seconds} {amount} {install_path}.
@@ -163,73 +177,6 @@ class ProbeTemplates:
     # Optional: one command per node that reads probe requests as JSON lines on stdin and prints
     # one JSON result line per request as each finishes (docs/plugin.md). None: single probes.
     batch: str | None = None
-
-
-@dataclass(frozen=True)
-class FixConfig:
-    # Program run with the failure brief's path appended; None: wait for a new commit.
-    command: str | None = None
-    verify_command: str | None = None
-    commit_wait_seconds: float = 3600.0
-    # Fix attempts in one run before the loop stops (STOPPED, with the reason).
-    max_attempts: int = 5
-
-
-@dataclass(frozen=True)
-class HealthConfig:
-    """Node liveness during the loop (the ``health`` block; docs/loop.md "Node health").
-
-    Nodes are checked every ``check_seconds`` while the loop waits, and before each TEST. A node
-    without a good check for ``suspect_after_seconds`` is Suspect, ``evict_after_seconds`` later
-    Evicted and respawned (its service restarted; redeployed when the binary is gone), at most
-    ``respawn_attempts`` times; then Failed. Fewer than ``min_live_fraction`` Live nodes stop the run.
-    """
-
-    check_seconds: float = 60.0
-    suspect_after_seconds: float = 60.0
-    evict_after_seconds: float = 60.0
-    respawn_attempts: int = 3
-    min_live_fraction: float = 0.5
-
-
-ChannelKind = Literal["log", "webhook", "command", "voice"]
-
-
-@dataclass(frozen=True)
-class ChannelConfig:
-    kind: ChannelKind
-    url: str | None = None
-    command: str | None = None
-    timeout_seconds: float = 10.0
-
-
-@dataclass(frozen=True)
-class NotifyConfig:
-    channels: tuple[ChannelConfig, ...] = ()
-    dashboard_url: str | None = None
-
-
-NodeTests = Literal["auto", "manual", "disabled"]
-NODE_TESTS: tuple[NodeTests, ...] = ("auto", "manual", "disabled")
-
-
-@dataclass(frozen=True)
-class DashboardConfig:
-    """``vpstest dashboard`` settings: the action token, the test timeout, per-node test modes.
-
-    ``node_tests`` maps a node name to ``auto`` (tests run after each deploy or rollback; the
-    default), ``manual`` (only from the Run tests button) or ``disabled`` (shown gray, never run).
-    """
-
-    token: str | None = None
-    test_timeout_seconds: float = 60.0
-    node_tests: tuple[tuple[str, NodeTests], ...] = ()
-
-    def tests_mode(self, node: str) -> NodeTests:
-        for name, mode in self.node_tests:
-            if name == node:
-                return mode
-        return "auto"
 
 
 @dataclass(frozen=True)
@@ -378,10 +325,10 @@ def parse_project_config(text: str, path: Path | str | None = None) -> ProjectCo
         tests=suites,
         soak=_soak(r, m["soak"]) if "soak" in m else SoakConfig(),
         probes=_probes(r, m["probes"]) if "probes" in m else ProbeTemplates(),
-        fix=_fix(r, m["fix"]) if "fix" in m else FixConfig(),
-        health=_health(r, m["health"]) if "health" in m else HealthConfig(),
-        notify=_notify(r, m["notify"]) if "notify" in m else NotifyConfig(),
-        dashboard=_dashboard(r, m["dashboard"]) if "dashboard" in m else DashboardConfig(),
+        fix=parse_fix(r, m["fix"]) if "fix" in m else FixConfig(),
+        health=parse_health(r, m["health"]) if "health" in m else HealthConfig(),
+        notify=parse_notify(r, m["notify"]) if "notify" in m else NotifyConfig(),
+        dashboard=parse_dashboard(r, m["dashboard"]) if "dashboard" in m else DashboardConfig(),
         inventory=r.string(m["inventory"], "inventory") if "inventory" in m else None,
         state_dir=r.path(m["state_dir"], "state_dir", base) if "state_dir" in m else None,
         focus=cast(Focus, r.choice(m["focus"], "focus", FOCUSES)) if "focus" in m else None,
@@ -557,100 +504,3 @@ def _probes(r: Reader, node: yaml.Node) -> ProbeTemplates:
     # The batch command is per node: a request line carries the peer and the method.
     allowed = {k: START_COMMAND_PLACEHOLDERS if k == "batch" else PROBE_PLACEHOLDERS for k in names}
     return ProbeTemplates(**{k: r.template(v, f"probes.{k}", allowed[k]) for k, v in m.items()})
-
-
-def _fix(r: Reader, node: yaml.Node) -> FixConfig:
-    m = r.mapping(node, "fix", ("command", "verify_command", "commit_wait_seconds", "max_attempts"))
-    d = FixConfig()
-    return FixConfig(
-        command=r.opt_string(m["command"], "fix.command") if "command" in m else None,
-        verify_command=r.opt_string(m["verify_command"], "fix.verify_command")
-        if "verify_command" in m
-        else None,
-        commit_wait_seconds=r.number(m["commit_wait_seconds"], "fix.commit_wait_seconds", positive=True)
-        if "commit_wait_seconds" in m
-        else d.commit_wait_seconds,
-        max_attempts=r.integer(m["max_attempts"], "fix.max_attempts", 1)
-        if "max_attempts" in m
-        else d.max_attempts,
-    )
-
-
-def _health(r: Reader, node: yaml.Node) -> HealthConfig:
-    names = tuple(f.name for f in dataclass_fields(HealthConfig))
-    m = r.mapping(node, "health", names)
-    d = HealthConfig()
-
-    def seconds(key: str) -> float:
-        value: float = getattr(d, key)
-        return r.number(m[key], f"health.{key}", positive=True) if key in m else value
-
-    live = d.min_live_fraction
-    if "min_live_fraction" in m:
-        live = r.number(m["min_live_fraction"], "health.min_live_fraction", non_negative=True)
-        if live > 1:
-            key = "health.min_live_fraction"
-            raise r.fail(m["min_live_fraction"], key, f"must be between 0 and 1, got {live:g}")
-    return HealthConfig(
-        check_seconds=seconds("check_seconds"),
-        suspect_after_seconds=seconds("suspect_after_seconds"),
-        evict_after_seconds=seconds("evict_after_seconds"),
-        respawn_attempts=r.integer(m["respawn_attempts"], "health.respawn_attempts", 0)
-        if "respawn_attempts" in m
-        else d.respawn_attempts,
-        min_live_fraction=live,
-    )
-
-
-_CHANNEL_KINDS: tuple[ChannelKind, ...] = ("log", "webhook", "command", "voice")
-
-
-def _notify(r: Reader, node: yaml.Node) -> NotifyConfig:
-    m = r.mapping(node, "notify", ("channels", "dashboard_url"))
-    channels = []
-    for i, item in enumerate(r.sequence(m["channels"], "notify.channels") if "channels" in m else []):
-        key = f"notify.channels[{i}]"
-        c = r.mapping(item, key, ("kind", "url", "command", "timeout_seconds"), required=("kind",))
-        kind = cast(ChannelKind, r.choice(c["kind"], f"{key}.kind", _CHANNEL_KINDS))
-        url = r.url(c["url"], f"{key}.url") if "url" in c else None
-        command = r.string(c["command"], f"{key}.command") if "command" in c else None
-        if kind == "webhook" and url is None:
-            raise r.fail(item, f"{key}.url", "a webhook channel needs 'url'")
-        if kind == "command" and command is None:
-            raise r.fail(item, f"{key}.command", "a command channel needs 'command'")
-        timeout = (
-            r.number(c["timeout_seconds"], f"{key}.timeout_seconds", positive=True)
-            if "timeout_seconds" in c
-            else ChannelConfig(kind="log").timeout_seconds
-        )
-        channels.append(ChannelConfig(kind=kind, url=url, command=command, timeout_seconds=timeout))
-    return NotifyConfig(
-        channels=tuple(channels),
-        dashboard_url=r.opt(m, "dashboard_url", lambda n: r.url(n, "notify.dashboard_url")),
-    )
-
-
-def _dashboard(r: Reader, node: yaml.Node) -> DashboardConfig:
-    m = r.mapping(node, "dashboard", ("token", "test_timeout_seconds", "node_tests"))
-    token = r.opt(m, "token", lambda n: r.string(n, "dashboard.token"))
-    if token is not None and (len(token) < 16 or any(c.isspace() for c in token)):
-        raise r.fail(m["token"], "dashboard.token", "must be at least 16 characters without spaces")
-    modes = (
-        tuple(
-            (
-                r.safe_name(k, f"dashboard.node_tests.{k.value}", is_key=True),
-                cast(NodeTests, r.choice(v, f"dashboard.node_tests.{k.value}", NODE_TESTS)),
-            )
-            for k, v in r.entries(m["node_tests"], "dashboard.node_tests")
-        )
-        if "node_tests" in m
-        else ()
-    )
-    return DashboardConfig(
-        token=token,
-        test_timeout_seconds=r.number(m["test_timeout_seconds"], "dashboard.test_timeout_seconds",
-                                      positive=True)
-        if "test_timeout_seconds" in m
-        else DashboardConfig().test_timeout_seconds,
-        node_tests=modes,
-    )

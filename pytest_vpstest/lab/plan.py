@@ -6,11 +6,12 @@ Names (everything carries the prefix, so ``lab down`` can find it after a crash)
     <prefix>-mgmt          management router: link ``harness`` to the root namespace, ``n<N>`` to node N
     <prefix>-<node>        a node's namespace
     <prefix>-r-<node>      the NAT router in front of a NATed node
+    <prefix>-c-<node>      the carrier-grade NAT router in front of that router (double NAT only)
     <prefix>-m0            the root namespace's one link into the lab (to ``harness`` in ``<prefix>-mgmt``)
 
 Addresses (node N is the node's 1-based position in the topology)::
 
-    198.18.0.N/24          data address of public node N, or WAN address of node N's router
+    198.18.0.N/24          data address of public node N, or WAN address of node N's outermost router
     198.19.N.1/24          router N's LAN side; 198.19.N.2 is the NATed node's data address
     198.19.M.N/32          node N's management address (point-to-point to 198.19.M.253)
     198.19.M.253           the management router, on ``harness`` and on every ``n<N>``
@@ -19,6 +20,10 @@ Addresses (node N is the node's 1-based position in the topology)::
 Every link has a fixed MAC address (:func:`mac`) and every neighbour entry is static, so the lab adds
 no entry to the kernel's neighbour (ARP) table, which all namespaces share and whose garbage-collection
 limit (``gc_thresh3``, 1024 by default) a 50-node lab of learnt entries would overflow.
+
+A NATed node with a carrier-grade NAT (``carrier_nat``) has a second router, ``<prefix>-c-<node>``,
+between its own router and the data bridge: the carrier's WAN is ``198.18.0.N`` (the node's public
+address), the segment between the two routers is ``198.18.N.0/24`` (carrier ``.1``, node's router ``.2``).
 """
 
 from __future__ import annotations
@@ -105,13 +110,15 @@ def choose_mgmt_octet(prefix: str, taken: list[ipaddress.IPv4Network]) -> int:
 # The second octet of every lab MAC address says which end of which link it is (first octet 02:
 # locally administered, unicast); the last two octets are the node number.
 MAC_KINDS = {
-    "data": 1,  # public node's eth0 or router's wan: the station on the data bridge
+    "data": 1,  # public node's eth0, router's wan or carrier's wan: the station on the data bridge
     "lan-router": 2,
     "lan-node": 3,
     "mgmt-node": 4,  # node side of the management link
     "mgmt-port": 5,  # the management router's n<N>
     "mgmt-up": 6,  # the management router's link to the root namespace
     "mgmt-root": 7,  # the root namespace's <prefix>-m0
+    "carrier-lan": 8,  # double NAT: the carrier router's lan
+    "router-wan": 9,  # double NAT: the node's router's wan (on the carrier's segment)
 }
 
 
@@ -131,6 +138,10 @@ class NodePlan:
     router_ns: str | None = None
     wan_ip: str | None = None
     lan_router_ip: str | None = None
+    # Double NAT only: the carrier router's namespace and LAN address, and the node's router's WAN.
+    carrier_ns: str | None = None
+    carrier_lan_ip: str | None = None
+    router_wan_ip: str | None = None
 
     @property
     def name(self) -> str:
@@ -178,6 +189,8 @@ class LabPlan:
     def namespaces(self) -> tuple[str, ...]:
         names = [self.inet_ns, self.mgmt_ns]
         for n in self.nodes:
+            if n.carrier_ns:
+                names.append(n.carrier_ns)
             if n.router_ns:
                 names.append(n.router_ns)
             names.append(n.ns)
@@ -220,6 +233,7 @@ def make_plan(topology: Topology, prefix: str, mgmt_octet: int) -> LabPlan:
                     wan_ip=f"198.18.0.{number}",
                     lan_router_ip=f"198.19.{number}.1",
                     **mgmt,
+                    **_carrier(prefix, node, number),
                 )
             )
         else:
@@ -232,4 +246,28 @@ def make_plan(topology: Topology, prefix: str, mgmt_octet: int) -> LabPlan:
                     **mgmt,
                 )
             )
-    return LabPlan(prefix=prefix, topology=topology, mgmt_octet=mgmt_octet, nodes=tuple(nodes))
+    plan = LabPlan(prefix=prefix, topology=topology, mgmt_octet=mgmt_octet, nodes=tuple(nodes))
+    _check_namespaces(plan)
+    return plan
+
+
+def _check_namespaces(plan: LabPlan) -> None:
+    """A node named like another node's router (``r-x``) or carrier (``c-x``) would share its namespace."""
+    seen: set[str] = set()
+    for ns in plan.namespaces:
+        if ns in seen:
+            raise ConfigError(
+                f"namespace {ns} would be both a node's and a router's: rename the node", key="name"
+            )
+        seen.add(ns)
+
+
+def _carrier(prefix: str, node: LabNode, number: int) -> dict[str, str]:
+    """Names and addresses of a double NAT's carrier router (none without ``carrier_nat``)."""
+    if node.carrier_nat is None:
+        return {}
+    return {
+        "carrier_ns": f"{prefix}-c-{node.name}",
+        "carrier_lan_ip": f"198.18.{number}.1",
+        "router_wan_ip": f"198.18.{number}.2",
+    }

@@ -59,6 +59,7 @@ from pytest_vpstest.loop.stage_context import (
     Stages,
     TestOutcome,
     child_env,
+    machine_config,
     utcnow,
 )
 from pytest_vpstest.loop.stage_context import iso as _iso
@@ -85,20 +86,6 @@ __all__ = [
 
 # The state document's ``logs`` list keeps this many recent entries (runner.log keeps everything).
 LOG_LIMIT = 200
-
-
-def machine_config(config: ProjectConfig) -> m.MachineConfig:
-    """The machine's knobs from the project config (waits, build and fix limits, live nodes needed)."""
-    build_limit = config.build.max_consecutive_failures if config.build is not None else 3
-    return m.MachineConfig(
-        wait_1hr_seconds=config.soak.wait_1hr_seconds,
-        wait_6hr_seconds=config.soak.wait_6hr_seconds,
-        wait_1hr=config.soak.wait_1hr,
-        wait_6hr=config.soak.wait_6hr,
-        max_build_failures=max(1, build_limit),
-        max_fix_attempts=config.fix.max_attempts,
-        min_live_fraction=config.health.min_live_fraction,
-    )
 
 
 class _Interrupted(Exception):

@@ -35,6 +35,10 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "pytest_vpstest.commands.loops": ["node_health", "project_status", "register"],
     "pytest_vpstest.commands.nodes": ["check_reachability", "register"],
+    "pytest_vpstest.config_operations": [
+        "NODE_TESTS", "ChannelConfig", "ChannelKind", "DashboardConfig", "FixConfig", "HealthConfig",
+        "NodeTests", "NotifyConfig", "parse_dashboard", "parse_fix", "parse_health", "parse_notify",
+    ],
     "pytest_vpstest.config": [
         "CRITERIA", "FOCUSES", "INVENTORY_KEYS", "NAT_TYPES", "NODE_KEYS", "NODE_TESTS",
         "PROBE_PLACEHOLDERS", "PROJECT_KEYS", "PROOFS", "ROLES", "SAFE_NAME_PATTERN", "SERVICE_MANAGERS",
@@ -83,6 +87,10 @@ EXPECTED: dict[str, list[str]] = {
     "pytest_vpstest.fleet.build": [
         "BuildFailure", "BuildResult", "Diagnostic", "DiagnosticParser", "parse_diagnostics",
         "resolve_artifact", "run_build",
+    ],
+    "pytest_vpstest.fleet.contract": [
+        "ACTIONS", "COMMON_PLACEHOLDERS", "ActionSpec", "action_spec", "check_schema", "schema",
+        "schema_path", "validate",
     ],
     "pytest_vpstest.fleet.deploy": [
         "DeployReport", "NodeDeploy", "Stage", "deploy", "owner_of", "registered_names", "rollback",
@@ -164,17 +172,18 @@ EXPECTED: dict[str, list[str]] = {
         "SSH_PORT_BASE", "START_TIMEOUT_S", "loopback_octet", "node_address", "teardown", "up",
     ],
     "pytest_vpstest.lab.nat": [
-        "BEHAVIOUR", "MAPPING_TIMEOUT_S", "NAT_TABLE", "Filtering", "Mapping", "host_guard_ruleset",
-        "host_table_name", "node_mgmt_ruleset", "router_ruleset",
+        "BEHAVIOUR", "LOSS_TABLE", "MAPPING_TIMEOUT_S", "NAT_TABLE", "PROTOCOLS", "ROUTER_SYSCTLS",
+        "TCP_MAPPING_TIMEOUT_S", "Filtering", "Mapping", "RouterOptions", "combined_nat",
+        "host_guard_ruleset", "host_table_name", "link_loss_ruleset", "node_mgmt_ruleset", "router_ruleset",
     ],
     "pytest_vpstest.lab.natcheck": [
-        "ANSWER_TIMEOUT_S", "ATTEMPTS", "DEFAULT_PORTS", "MAX_LIFETIME_S", "Classification", "classify",
-        "main", "serve",
+        "ANSWER_TIMEOUT_S", "ATTEMPTS", "DEFAULT_PORTS", "MAX_LIFETIME_S", "Classification", "Protocol",
+        "classify", "main", "serve",
     ],
     "pytest_vpstest.lab.netlab": [
         "SERVICE_START_TIMEOUT_S", "SSHD_START_TIMEOUT_S", "TBF_LATENCY", "WORKERS", "build_network",
-        "ensure_mount_points", "mgmt_router_ruleset", "pick_mgmt_octet", "prepare_node_fs",
-        "taken_networks", "teardown", "up", "wait_for",
+        "ensure_mount_points", "field_conditions", "mgmt_router_ruleset", "pick_mgmt_octet",
+        "prepare_node_fs", "taken_networks", "teardown", "up", "wait_for",
     ],
     "pytest_vpstest.lab.netns": [
         "NETNS_DIR", "cmdline", "ip_batch", "is_lab_process", "kill_all", "lab_processes", "listening",
@@ -199,9 +208,9 @@ EXPECTED: dict[str, list[str]] = {
         "render_config", "spawn_detached", "write_config",
     ],
     "pytest_vpstest.lab.topology": [
-        "BUILTIN_TOPOLOGIES", "MAX_NODES", "MIN_SCALE_NODES", "SCALE_CYCLE", "SCALE_PREFIX",
-        "LabNode", "Shaping", "Topology", "load_topology", "parse_scale_spec", "parse_topology",
-        "scale_topology", "topology_source",
+        "BUILTIN_TOPOLOGIES", "MAX_MAPPING_TIMEOUT_S", "MAX_NODES", "MIN_SCALE_NODES", "SCALE_CYCLE",
+        "SCALE_PREFIX", "LabNode", "MappingTimeout", "Shaping", "Topology", "load_topology",
+        "parse_scale_spec", "parse_topology", "scale_topology", "topology_source",
     ],
     "pytest_vpstest.loop": [],
     "pytest_vpstest.loop.fixer": [
@@ -245,7 +254,8 @@ EXPECTED: dict[str, list[str]] = {
         "reap_orphans", "request_stop", "utcnow",
     ],
     "pytest_vpstest.loop.stage_context": [
-        "CHILD_MARKER", "StageContext", "Stages", "TestOutcome", "child_env", "iso", "utcnow",
+        "CHILD_MARKER", "StageContext", "Stages", "TestOutcome", "child_env", "iso", "machine_config",
+        "utcnow",
     ],
     "pytest_vpstest.loop.stages": ["PLUGINS_OFF", "FleetStages", "suites_directory"],
     "pytest_vpstest.plugin": [],
