@@ -48,6 +48,7 @@ from pytest_vpstest.inventory import (
     load_inventory,
     parse_inventory,
 )
+from pytest_vpstest.modes import CRITERIA, PROOFS, Criteria, Proof
 from pytest_vpstest.suite import FOCUSES, SUITES, Focus, find_suite, suite_key
 
 __all__ = [
@@ -95,10 +96,6 @@ __all__ = [
     "parse_project_config",
 ]
 
-Criteria = Literal["all-pass", "threshold", "improvement", "custom"]
-CRITERIA: tuple[Criteria, ...] = ("all-pass", "threshold", "improvement", "custom")
-Proof = Literal["logs", "metrics", "manual-verify", "all-evidence"]
-PROOFS: tuple[Proof, ...] = ("logs", "metrics", "manual-verify", "all-evidence")
 
 
 @dataclass(frozen=True)
@@ -177,6 +174,9 @@ class ProbeTemplates:
     throughput: str = "{bin} probe throughput --peer {peer} --seconds {seconds} --json"
     # Grow-only counter CRDT: add {amount} (0 reads) and return {"ok", "value", "digest"}.
     crdt: str = "{bin} probe crdt --increment {amount} --json"
+    # Optional: one command per node that reads probe requests as JSON lines on stdin and prints
+    # one JSON result line per request as each finishes (docs/plugin.md). None: single probes.
+    batch: str | None = None
 
 
 @dataclass(frozen=True)
@@ -501,4 +501,6 @@ def _soak(r: Reader, node: yaml.Node) -> SoakConfig:
 def _probes(r: Reader, node: yaml.Node) -> ProbeTemplates:
     names = tuple(f.name for f in dataclass_fields(ProbeTemplates))
     m = r.mapping(node, "probes", names)
-    return ProbeTemplates(**{k: r.template(v, f"probes.{k}", PROBE_PLACEHOLDERS) for k, v in m.items()})
+    # The batch command is per node: a request line carries the peer and the method.
+    allowed = {k: START_COMMAND_PLACEHOLDERS if k == "batch" else PROBE_PLACEHOLDERS for k in names}
+    return ProbeTemplates(**{k: r.template(v, f"probes.{k}", allowed[k]) for k, v in m.items()})

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from pytest_vpstest.fleet.probes import ProbeResult
 
 MAX_EVIDENCE = 3
+T = TypeVar("T")
+
+
+def each(names: Sequence[str], ask: Callable[[str], T]) -> dict[str, T]:
+    """``ask(name)`` for every name at the same time; answers in the order of ``names``."""
+    if not names:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(32, len(names)), thread_name_prefix="vps-suite") as pool:
+        return dict(zip(names, pool.map(ask, names), strict=True))
 
 
 def connected(result: ProbeResult, method: str) -> bool:

@@ -12,6 +12,9 @@ connect)
   holepunch) if [ "$node" = n2 ] || [ "$peer" = n2 ]; then ok=false; else ok=true; fi; path=direct ;;
   relay) ok=true; path=relayed; if [ "$node" = p1 ] && [ -n "$FAKE_RELAY_DOWN" ]; then ok=false; fi ;;
   esac
+  if [ "$node" = p1 ] && [ "$peer" = p2 ] && [ "$method" = direct ] && [ -n "$FAKE_HANG" ]; then
+    exec sleep 60
+  fi
   if [ "$node" = p1 ] && [ "$peer" = p2 ] && [ "$method" = direct ] && [ -n "$FAKE_GARBAGE" ]; then
     echo "segfault"; exit 139
   fi
