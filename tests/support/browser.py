@@ -1,7 +1,9 @@
-"""One headless Chromium per test session (Debian's ``chromium``, driven by Playwright).
+"""Headless Chromium for the browser tests (Debian's ``chromium``, driven by Playwright's sync API).
 
-Registered from the root ``conftest.py`` so every tier shares it: Playwright's sync API allows one
-running instance per thread, so a second session-scoped browser in another tier would fail to start.
+Registered from the root ``conftest.py`` for every tier. Module-scoped on purpose: while a sync
+Playwright is open it keeps an asyncio loop running in the main thread, so a browser kept for the
+whole session made every later ``asyncio.run()`` fail ("cannot be called from a running event
+loop"), and only one sync Playwright may run at a time.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def _browser_missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     reason = _browser_missing()
     if reason:
