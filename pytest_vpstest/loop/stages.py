@@ -7,7 +7,6 @@ tests pass fakes instead.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import sys
@@ -26,7 +25,7 @@ from pytest_vpstest.loop import machine as m
 from pytest_vpstest.loop.health import NodeCheck
 from pytest_vpstest.loop.stage_context import StageContext, TestOutcome, child_env, utcnow
 from pytest_vpstest.loop.stage_context import iso as _iso
-from pytest_vpstest.suite import FULL_SUITE
+from pytest_vpstest.suite import FULL_SUITE, suites_directory
 
 if TYPE_CHECKING:  # the SSH stack is imported when the first stage needs a session
     from pytest_vpstest.fleet.deploy import DeployReport
@@ -35,13 +34,6 @@ if TYPE_CHECKING:  # the SSH stack is imported when the first stage needs a sess
 
 __all__ = ["PLUGINS_OFF", "FleetStages", "suites_directory"]
 
-
-def suites_directory() -> Path:
-    """Where the installed suites are: ``pytest_vpstest.suites`` (the repository's ``suites/``)."""
-    spec = importlib.util.find_spec("pytest_vpstest.suites")
-    if spec is None or not spec.submodule_search_locations:
-        raise VpsTestError("the suites are not installed: reinstall pytest-vpstest (pytest_vpstest.suites)")
-    return Path(next(iter(spec.submodule_search_locations)))
 
 _DISK_WARN_KB = 1024 * 1024  # warn under 1 GB free
 _DISK_CRITICAL_KB = 200 * 1024  # clear old logs under 200 MB free

@@ -309,7 +309,7 @@ EXPECTED: dict[str, list[str]] = {
         "NAT_TRAVERSAL", "SUITES", "THROUGHPUT", "Category", "ConnectivityMeasurement", "Focus",
         "GossipCrdtMeasurement", "GossipDeliveryMeasurement", "Measurement", "Method",
         "NatTraversalMeasurement", "Suite", "SuiteName", "ThroughputMeasurement", "find_suite", "suite_key",
-        "suites_of_focus",
+        "suites_directory", "suites_of_focus",
     ],
 }
 
