@@ -2,7 +2,22 @@
 # Fake node for the plugin tests: answers the probe contract from (node, peer, method) alone.
 #   direct: works only towards public nodes (p*); holepunch: fails when n2 (symmetric) is involved;
 #   relay: always works. Throughput: 10 Mbps × the sender's index. CRDT: one shared counter.
+#   With FAKE_PROBE_DELAY each probe takes that long and logs, per node it touches, how many probes
+#   were in flight there when it started (inflight.log: "node count"), so tests can check the limit.
 action=$1; node=$2; shift 2
+
+track() {
+  [ -n "$FAKE_PROBE_DELAY" ] || return 0
+  d="$FAKE_FLEET_DIR/inflight"; mkdir -p "$d"
+  for n in "$@"; do : > "$d/$n.$$"; done
+  for n in "$@"; do echo "$n $(ls "$d" | grep -c "^$n\\.")" >> "$FAKE_FLEET_DIR/inflight.log"; done
+  sleep "$FAKE_PROBE_DELAY"
+  for n in "$@"; do rm -f "$d/$n.$$"; done
+}
+case "$action" in
+connect|throughput) track "$node" "$1" ;;
+*) track "$node" ;;
+esac
 case "$action" in
 status) echo "{\"ok\": true, \"node\": \"$node\", \"addresses\": []}" ;;
 connect)

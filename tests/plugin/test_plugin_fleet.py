@@ -414,3 +414,21 @@ def test_a_run_left_behind_by_a_dead_loop_runner_records_nothing_but_its_interru
     assert not (fleet.state_dir / "history.sqlite").exists()
     assert not list((fleet.state_dir / "demo").glob("proof-*.md"))
     assert not (fleet.state_dir / "demo" / "state.json").exists()
+
+
+def test_the_per_node_limit_holds_for_batch_probes_and_other_workers_probes_together(
+    fake_fleet: MakeFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = fake_fleet()
+    batch = f'  batch: "python3 {fleet.dir / "fakebatch.py"} {{node}}"\n'
+    fleet.config.write_text(fleet.config.read_text().replace("probes:\n", "probes:\n" + batch))
+    monkeypatch.setenv("FAKE_PROBE_DELAY", "0.3")
+    # The engine sends batch requests from one worker while the gossip suite probes from the other.
+    result = fleet.run("--vps-attempts=2", "--vps-node-concurrency=2", "-n", "2", "-p", "no:randomly")
+    result.assert_outcomes(passed=53)
+    seen: dict[str, int] = {}
+    for line in (fleet.dir / "inflight.log").read_text().splitlines():
+        node, count = line.split()
+        seen[node] = max(seen.get(node, 0), int(count))
+    assert fleet.calls("batch") == 4  # the engine's probes went through the batch command
+    assert seen and max(seen.values()) <= 2, seen

@@ -27,6 +27,12 @@ class InstantSteps:
     def deadline(self, task: Task) -> float:
         return 5.0
 
+    def began(self, task: Task) -> float | None:
+        return 0.0  # every step begins at once
+
+    def abandon(self, task: Task) -> None:
+        pass
+
     def describe(self, task: Task) -> str:
         return "probe"
 
