@@ -15,7 +15,8 @@ import pytest
 
 from pytest_vpstest.fleet.probes import ProbeResult
 from pytest_vpstest.plugin.engine import Engine, ProbeSpec
-from pytest_vpstest.plugin.matrix import Matrix, MatrixError, ProgressPrinter, progress_line
+from pytest_vpstest.plugin.matrix import Matrix, MatrixError
+from pytest_vpstest.plugin.progress import ProgressPrinter, progress_line
 from pytest_vpstest.plugin.schedule import Cell, Task
 
 
