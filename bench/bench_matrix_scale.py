@@ -15,6 +15,7 @@ figures as JSON (``--json``) and the cost curve as an SVG (``--svg``, plain SVG,
 
     .venv/bin/python bench/bench_matrix_scale.py --prefix v9x [--sizes 10,20,30,50] [--serial-sizes 10,20]
         [--attempts 1] [--timeout 3] [--svg docs/img/matrix-cost-curve.svg] [--json out.json]
+    .venv/bin/python bench/bench_matrix_scale.py --from-json out.json --svg docs/img/matrix-cost-curve.svg
 """
 
 from __future__ import annotations
@@ -185,6 +186,7 @@ def svg(sizes: list[Size], per_probe: float | None) -> str:
     xs = [s.nodes for s in sizes]
     series: list[tuple[str, str, list[tuple[int, float]], bool]] = [
         ("engine (batch)", "#1f77b4", [(s.nodes, s.wall_s) for s in sizes], False),
+        ("harness CPU (engine)", "#9467bd", [(s.nodes, s.cpu_s) for s in sizes], False),
         ("lab up", "#2ca02c", [(s.nodes, s.lab_up_s) for s in sizes], False),
         ("serial, measured", "#d62728", [(s.nodes, s.serial_s) for s in sizes if s.serial_s], False),
     ]
@@ -206,7 +208,7 @@ def svg(sizes: list[Size], per_probe: float | None) -> str:
         'font-size="12">',
         f'<rect width="{w}" height="{h}" fill="white"/>',
         f'<text x="{left}" y="18" font-size="13">'
-        "Connectivity suite on scale:N labs: wall time (s, log scale)</text>",
+        "Connectivity suite on scale:N labs: seconds (log scale)</text>",
     ]
     for e in range(lo, hi + 1):
         y = py(10**e)
@@ -251,13 +253,18 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=3.0, help="tests.connectivity.timeout_seconds")
     ap.add_argument("--svg", type=Path, help="write the cost curve here")
     ap.add_argument("--json", type=Path, help="write the figures here")
+    ap.add_argument("--from-json", type=Path, help="measure nothing: report and plot a --json file again")
     args = ap.parse_args()
     serial_sizes = {int(x) for x in args.serial_sizes.split(",") if x}
-    sizes = [measure(int(n), args, int(n) in serial_sizes) for n in args.sizes.split(",")]
+    if args.from_json:
+        loaded = json.loads(args.from_json.read_text())
+        sizes = [Size(**(d | {"wrong_examples": tuple(d.get("wrong_examples", ()))})) for d in loaded]
+    else:
+        sizes = [measure(int(n), args, int(n) in serial_sizes) for n in args.sizes.split(",")]
     lines = report(sizes, args)
     print("\n".join(lines))
     per_probe = serial_per_probe(sizes)
-    if args.json:
+    if args.json and not args.from_json:
         args.json.write_text(json.dumps([asdict(s) for s in sizes], indent=1) + "\n")
     if args.svg:
         args.svg.write_text(svg(sizes, per_probe))
