@@ -145,7 +145,7 @@ class SoakConfig:
 
 @dataclass(frozen=True)
 class ProbeTemplates:
-    """Command templates of the probe contract (docs/internals.md). Values are shell-quoted when filled.
+    """Command templates of the probe contract (docs/contract.md). Values are shell-quoted when filled.
 
     Placeholders: {bin} {node} {peer} {peer_address} {method} {timeout} {topic}
     {message_id} {seconds} {amount} {install_path}.

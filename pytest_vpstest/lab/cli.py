@@ -99,6 +99,8 @@ def _status(args: argparse.Namespace) -> int:
             "mgmt_subnet": record.mgmt_subnet,
             "services": [{"kind": s.kind, "node": s.node, "bind": s.bind} for s in record.services],
             "nodes": [n.as_json() for n in nodes],
+            "nat_protocols": record.extra.get("nat_protocols", []),
+            "conditions": record.extra.get("conditions", {}),
         }
         print(json.dumps(doc, indent=2))
     else:

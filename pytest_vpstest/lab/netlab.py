@@ -83,7 +83,11 @@ def _root_link_commands(plan: LabPlan) -> list[str]:
     inet = plan.inet_ns
     cmds = []
     for n in plan.nodes:
-        if n.router_ns:
+        if n.carrier_ns:
+            cmds.append(f"link add d{n.number} netns {inet} type veth peer name wan netns {n.carrier_ns}")
+            cmds.append(f"link add lan netns {n.carrier_ns} type veth peer name wan netns {n.router_ns}")
+            cmds.append(f"link add lan netns {n.router_ns} type veth peer name eth0 netns {n.ns}")
+        elif n.router_ns:
             cmds.append(f"link add d{n.number} netns {inet} type veth peer name wan netns {n.router_ns}")
             cmds.append(f"link add lan netns {n.router_ns} type veth peer name eth0 netns {n.ns}")
         else:
@@ -119,13 +123,56 @@ def _node_commands(plan: LabPlan, n: NodePlan) -> list[str]:
 
 
 def _router_commands(n: NodePlan) -> list[str]:
-    return [
+    cmds = [
         "link set lo up",
-        f"addr add {n.wan_ip}/24 dev wan",
+        f"addr add {n.router_wan_ip or n.wan_ip}/24 dev wan",
         "link set wan up",
         f"addr add {n.lan_router_ip}/24 dev lan",
         "link set lan up",
     ]
+    if n.carrier_ns:
+        cmds.append(f"route add 198.18.0.0/24 via {n.carrier_lan_ip}")
+    return cmds
+
+
+def _carrier_commands(n: NodePlan) -> list[str]:
+    return [
+        "link set lo up",
+        f"addr add {n.wan_ip}/24 dev wan",
+        "link set wan up",
+        f"addr add {n.carrier_lan_ip}/24 dev lan",
+        "link set lan up",
+    ]
+
+
+def _router_options(n: NodePlan, wan_ip: str) -> nat.RouterOptions:
+    t = n.node.mapping_timeout
+    return nat.RouterOptions(
+        udp_timeout_s=t.udp_s if t else None,
+        tcp_timeout_s=t.tcp_s if t else None,
+        hairpin=n.node.hairpin,
+        wan_ip=wan_ip,
+    )
+
+
+def _router_jobs(n: NodePlan, forward: dict[str, str]) -> list[Callable[[], None]]:
+    """Addresses and NAT rulesets of the node's router, and of its carrier router for a double NAT."""
+    assert n.router_ns is not None and n.wan_ip is not None
+    home_wan = n.router_wan_ip or n.wan_ip
+    home = nat.router_ruleset(
+        n.node.nat, f"198.19.{n.number}.0/24", n.data_ip, _router_options(n, home_wan)
+    )
+    jobs: list[Callable[[], None]] = [
+        partial(netns.ip_batch, _router_commands(n), netns=n.router_ns),
+        partial(_ns_setup, n.router_ns, forward, home),
+    ]
+    if n.carrier_ns and n.node.carrier_nat and n.router_wan_ip:
+        carrier = nat.router_ruleset(
+            n.node.carrier_nat, f"198.18.{n.number}.0/24", n.router_wan_ip, _router_options(n, n.wan_ip)
+        )
+        jobs.append(partial(netns.ip_batch, _carrier_commands(n), netns=n.carrier_ns))
+        jobs.append(partial(_ns_setup, n.carrier_ns, forward, carrier))
+    return jobs
 
 
 def _tbf(shaping: Shaping, dev: str) -> str:
@@ -159,8 +206,30 @@ def _ns_setup(ns: str, sysctls: dict[str, str], ruleset: str | None) -> None:
     netns.run(["ip", "netns", "exec", ns, "sh", "-ec", "; ".join(script)], input_text=ruleset)
 
 
-def _node_ruleset(plan: LabPlan) -> str:
-    return nat.node_mgmt_ruleset(plan.harness_ip, SSH_PORT)
+def _node_ruleset(plan: LabPlan, n: NodePlan | None = None) -> str:
+    ruleset = nat.node_mgmt_ruleset(plan.harness_ip, SSH_PORT)
+    if n is not None and n.node.loss_percent > 0:
+        ruleset += nat.link_loss_ruleset("eth0", n.node.loss_percent)
+    return ruleset
+
+
+def _far_end_loss_devices(plan: LabPlan) -> list[tuple[str, str, float]]:
+    """Where each lossy node's data link arrives (bridge port or router LAN): (namespace, device, %)."""
+    return [
+        (n.router_ns, "lan", n.node.loss_percent)
+        if n.router_ns
+        else (plan.inet_ns, f"d{n.number}", n.node.loss_percent)
+        for n in plan.nodes
+        if n.node.loss_percent > 0
+    ]
+
+
+def _far_end_loss_jobs(plan: LabPlan) -> list[Callable[[], None]]:
+    """Loss on the way out of a lossy node: drops at the far end of its data link."""
+    return [
+        partial(_ns_setup, ns, {}, nat.link_loss_ruleset(dev, pct, table=f"{nat.LOSS_TABLE}_{dev}"))
+        for ns, dev, pct in _far_end_loss_devices(plan)
+    ]
 
 
 def build_network(plan: LabPlan) -> None:
@@ -169,20 +238,19 @@ def build_network(plan: LabPlan) -> None:
     netns.ip_batch(_root_link_commands(plan))
     netns.nft_load(nat.host_guard_ruleset(plan.prefix))
     node_forward = {"net.ipv4.ip_forward": "0", "net.ipv6.conf.all.disable_ipv6": "1"}
-    router_forward = {"net.ipv4.ip_forward": "1", "net.ipv6.conf.all.disable_ipv6": "1"}
+    router_forward = nat.ROUTER_SYSCTLS
     jobs: list[Callable[[], None]] = [
         partial(netns.ip_batch, _inet_commands(plan), netns=plan.inet_ns),
         partial(_ns_setup, plan.inet_ns, node_forward, None),
     ]
     for n in plan.nodes:
         jobs.append(partial(netns.ip_batch, _node_commands(plan, n), netns=n.ns))
-        jobs.append(partial(_ns_setup, n.ns, node_forward, _node_ruleset(plan)))
+        jobs.append(partial(_ns_setup, n.ns, node_forward, _node_ruleset(plan, n)))
         if n.router_ns:
-            ruleset = nat.router_ruleset(n.node.nat, f"198.19.{n.number}.0/24", n.data_ip)
-            jobs.append(partial(netns.ip_batch, _router_commands(n), netns=n.router_ns))
-            jobs.append(partial(_ns_setup, n.router_ns, router_forward, ruleset))
+            jobs += _router_jobs(n, router_forward)
     _parallel(jobs)
     _parallel([partial(_tc_batch, ns, cmds) for ns, cmds in _shaping_jobs(plan)])
+    _parallel(_far_end_loss_jobs(plan))
 
 
 def _tc_batch(ns: str, cmds: list[str]) -> None:
@@ -374,7 +442,8 @@ def _record(
         NodeRecord(
             name=n.name,
             role=n.node.role,
-            nat=n.node.nat,
+            # A double NAT is labelled with what it does, seen from outside.
+            nat=nat.combined_nat(n.node.nat, n.node.carrier_nat) if n.node.carrier_nat else n.node.nat,
             data_ip=n.data_ip,
             public_ip=n.public_ip,
             host=n.mgmt_ip,
@@ -394,4 +463,27 @@ def _record(
         mgmt_subnet=plan.mgmt_subnet,
         harness_ip=plan.harness_ip,
         build_seconds=round(seconds, 3),
+        # What the NAT labels cover, and each node's field conditions, for status and reports.
+        extra={"nat_protocols": list(nat.PROTOCOLS), "conditions": field_conditions(plan)},
     )
+
+
+def field_conditions(plan: LabPlan) -> dict[str, dict[str, object]]:
+    """The field conditions of every node that has any (topology keys, as data)."""
+    out: dict[str, dict[str, object]] = {}
+    for n in plan.nodes:
+        c: dict[str, object] = {}
+        if n.node.loss_percent > 0:
+            c["loss_percent"] = n.node.loss_percent
+        if n.node.mapping_timeout is not None:
+            t = n.node.mapping_timeout
+            timeouts = (("udp_s", t.udp_s), ("tcp_s", t.tcp_s))
+            c["mapping_timeout"] = {k: v for k, v in timeouts if v is not None}
+        if n.node.hairpin:
+            c["hairpin"] = True
+        if n.node.carrier_nat is not None:
+            c["carrier_nat"] = n.node.carrier_nat
+            c["home_nat"] = n.node.nat
+        if c:
+            out[n.name] = c
+    return out

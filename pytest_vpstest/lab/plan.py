@@ -13,6 +13,10 @@ Addresses (node N is the node's 1-based position in the topology)::
     198.19.N.1/24          router N's LAN side; 198.19.N.2 is the NATed node's data address
     198.19.M.N/32          node N's management address (point-to-point to 198.19.M.254)
     198.19.M.254           the harness's address on every management link
+
+A NATed node with a carrier-grade NAT (``carrier_nat``) has a second router, ``<prefix>-c-<node>``,
+between its own router and the data bridge: the carrier's WAN is ``198.18.0.N`` (the node's public
+address), the segment between the two routers is ``198.18.N.0/24`` (carrier ``.1``, node's router ``.2``).
 """
 
 from __future__ import annotations
@@ -100,6 +104,10 @@ class NodePlan:
     router_ns: str | None = None
     wan_ip: str | None = None
     lan_router_ip: str | None = None
+    # Double NAT only: the carrier router's namespace and LAN address, and the node's router's WAN.
+    carrier_ns: str | None = None
+    carrier_lan_ip: str | None = None
+    router_wan_ip: str | None = None
 
     @property
     def name(self) -> str:
@@ -134,6 +142,8 @@ class LabPlan:
     def namespaces(self) -> tuple[str, ...]:
         names = [self.inet_ns]
         for n in self.nodes:
+            if n.carrier_ns:
+                names.append(n.carrier_ns)
             if n.router_ns:
                 names.append(n.router_ns)
             names.append(n.ns)
@@ -174,6 +184,7 @@ def make_plan(topology: Topology, prefix: str, mgmt_octet: int) -> LabPlan:
                     wan_ip=f"198.18.0.{number}",
                     lan_router_ip=f"198.19.{number}.1",
                     **mgmt,
+                    **_carrier(prefix, node, number),
                 )
             )
         else:
@@ -186,4 +197,28 @@ def make_plan(topology: Topology, prefix: str, mgmt_octet: int) -> LabPlan:
                     **mgmt,
                 )
             )
-    return LabPlan(prefix=prefix, topology=topology, mgmt_octet=mgmt_octet, nodes=tuple(nodes))
+    plan = LabPlan(prefix=prefix, topology=topology, mgmt_octet=mgmt_octet, nodes=tuple(nodes))
+    _check_namespaces(plan)
+    return plan
+
+
+def _check_namespaces(plan: LabPlan) -> None:
+    """A node named like another node's router (``r-x``) or carrier (``c-x``) would share its namespace."""
+    seen: set[str] = set()
+    for ns in plan.namespaces:
+        if ns in seen:
+            raise ConfigError(
+                f"namespace {ns} would be both a node's and a router's: rename the node", key="name"
+            )
+        seen.add(ns)
+
+
+def _carrier(prefix: str, node: LabNode, number: int) -> dict[str, str]:
+    """Names and addresses of a double NAT's carrier router (none without ``carrier_nat``)."""
+    if node.carrier_nat is None:
+        return {}
+    return {
+        "carrier_ns": f"{prefix}-c-{node.name}",
+        "carrier_lan_ip": f"198.18.{number}.1",
+        "router_wan_ip": f"198.18.{number}.2",
+    }

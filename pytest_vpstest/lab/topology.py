@@ -45,6 +45,11 @@ _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 _TOP_KEYS = ("schema_version", "name", "nodes")
 _NODE_KEYS = ("name", "role", "nat", "shaping", "notes")
 _SHAPING_KEYS = ("rate_mbit", "burst_kbit")
+# Field conditions (docs/lab.md): loss on any node's data link; the rest shape a NATed node's routers.
+_CONDITION_KEYS = ("loss_percent", "mapping_timeout", "hairpin", "carrier_nat")
+_NAT_ONLY_KEYS = ("mapping_timeout", "hairpin", "carrier_nat")
+_TIMEOUT_KEYS = ("udp_s", "tcp_s")
+MAX_MAPPING_TIMEOUT_S = 86_400
 
 
 @dataclass(frozen=True)
@@ -56,12 +61,26 @@ class Shaping:
 
 
 @dataclass(frozen=True)
+class MappingTimeout:
+    """How long an idle NAT mapping lives, per protocol (``None``: the lab's default)."""
+
+    udp_s: int | None = None
+    tcp_s: int | None = None
+
+
+@dataclass(frozen=True)
 class LabNode:
     name: str
     role: Role = "test"
     nat: NatType = "none"
     shaping: Shaping | None = None
     notes: str | None = None
+    # Field conditions: random loss (% per direction) on the data link, and for a NATed node its
+    # routers' mapping timeouts, hairpinning and a carrier-grade NAT in front of its own router.
+    loss_percent: float = 0.0
+    mapping_timeout: MappingTimeout | None = None
+    hairpin: bool = False
+    carrier_nat: NatType | None = None
 
     @property
     def natted(self) -> bool:
@@ -165,7 +184,7 @@ def _parse_node(raw: object, path: Path | None, parent_line: int) -> LabNode:
             "each node is a mapping with at least 'name'", path=path, line=parent_line, key="nodes"
         )
     line = cast(int, raw.pop("__line__", parent_line))
-    _reject_unknown(raw, _NODE_KEYS, path, line)
+    _reject_unknown(raw, (*_NODE_KEYS, *_CONDITION_KEYS), path, line)
     name = raw.get("name")
     if not isinstance(name, str) or not _NODE_NAME.match(name) or ".." in name:
         raise ConfigError(
@@ -195,7 +214,83 @@ def _parse_node(raw: object, path: Path | None, parent_line: int) -> LabNode:
     if notes is not None and not isinstance(notes, str):
         raise ConfigError(f"node {name}: notes must be text", path=path, line=line, key="notes")
     shaping = _parse_shaping(raw.get("shaping"), name, path, line)
-    return LabNode(name=name, role=cast(Role, role), nat=cast(NatType, nat), shaping=shaping, notes=notes)
+    conditions = _parse_conditions(raw, name, nat != "none", path, line)
+    return LabNode(
+        name=name, role=cast(Role, role), nat=cast(NatType, nat), shaping=shaping, notes=notes, **conditions
+    )
+
+
+def _parse_conditions(
+    raw: dict[Any, Any], name: str, natted: bool, path: Path | None, line: int
+) -> dict[str, Any]:
+    """The node's field conditions (loss, mapping timeouts, hairpinning, carrier-grade NAT)."""
+    out: dict[str, Any] = {}
+    for key in _NAT_ONLY_KEYS:
+        if key in raw and not natted:
+            raise ConfigError(
+                f"node {name}: {key} applies only to a NATed node", path=path, line=line, key=key
+            )
+    if "loss_percent" in raw:
+        loss = raw["loss_percent"]
+        if isinstance(loss, bool) or not isinstance(loss, int | float) or not 0 <= loss < 100:
+            raise ConfigError(
+                f"node {name}: loss_percent must be a number from 0 to below 100, got {loss!r}",
+                path=path,
+                line=line,
+                key="loss_percent",
+            )
+        out["loss_percent"] = float(loss)
+    if "hairpin" in raw:
+        if not isinstance(raw["hairpin"], bool):
+            raise ConfigError(
+                f"node {name}: hairpin must be true or false", path=path, line=line, key="hairpin"
+            )
+        out["hairpin"] = raw["hairpin"]
+    if "carrier_nat" in raw:
+        carrier = raw["carrier_nat"]
+        allowed = tuple(t for t in NAT_TYPES if t != "none")
+        if carrier not in allowed:
+            raise ConfigError(
+                f"node {name}: unknown carrier NAT type {carrier!r}",
+                path=path,
+                line=line,
+                key="carrier_nat",
+                allowed=allowed,
+            )
+        out["carrier_nat"] = carrier
+    if "mapping_timeout" in raw:
+        out["mapping_timeout"] = _parse_mapping_timeout(raw["mapping_timeout"], name, path, line)
+    return out
+
+
+def _parse_mapping_timeout(raw: object, name: str, path: Path | None, line: int) -> MappingTimeout:
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"node {name}: mapping_timeout is a mapping like {{udp_s: 30, tcp_s: 600}}",
+            path=path,
+            line=line,
+            key="mapping_timeout",
+        )
+    line = cast(int, raw.pop("__line__", line))
+    _reject_unknown(raw, _TIMEOUT_KEYS, path, line)
+    values: dict[str, int] = {}
+    for key in _TIMEOUT_KEYS:
+        if key not in raw:
+            continue
+        value = raw[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_MAPPING_TIMEOUT_S:
+            raise ConfigError(
+                f"node {name}: mapping_timeout.{key} must be whole seconds from 1 to {MAX_MAPPING_TIMEOUT_S}",
+                path=path,
+                line=line,
+                key=key,
+            )
+        values[key] = value
+    if not values:
+        raise ConfigError(
+            f"node {name}: mapping_timeout needs udp_s or tcp_s", path=path, line=line, key="mapping_timeout"
+        )
+    return MappingTimeout(**values)
 
 
 def _parse_shaping(raw: object, name: str, path: Path | None, line: int) -> Shaping | None:

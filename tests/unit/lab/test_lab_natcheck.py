@@ -34,9 +34,11 @@ _stop = threading.Event()
 
 
 def _start(bind: str, alt: str | None, ports: tuple[int, int]) -> None:
-    t = threading.Thread(target=natcheck.serve, args=(bind, alt, ports, 10.0, _stop), daemon=True)
+    ready = threading.Event()
+    t = threading.Thread(target=natcheck.serve, args=(bind, alt, ports, 10.0, _stop, ready), daemon=True)
     t.start()
     _threads.append(t)
+    assert ready.wait(timeout=10), f"reflector on {bind} did not start"
 
 
 @pytest.fixture
@@ -73,3 +75,28 @@ def test_missing_alternate_answers_look_like_stricter_filtering(ports: tuple[int
 def test_no_reflector_is_an_error(ports: tuple[int, int]) -> None:
     with pytest.raises(RuntimeError, match=r"no answer from reflector 127\.0\.0\.7"):
         natcheck.classify("127.0.0.7", "127.0.0.8", ports, bind="127.0.0.9")
+
+
+def test_tcp_no_nat_classifies_as_endpoint_independent(ports: tuple[int, int]) -> None:
+    _start("127.0.1.1", "127.0.1.2", ports)
+    _start("127.0.1.2", "127.0.1.1", ports)
+    result = natcheck.classify("127.0.1.1", "127.0.1.2", ports, bind="127.0.1.3", protocol="tcp")
+    assert result.local.startswith("127.0.1.3:")
+    # One local port for all three connections, seen unchanged by every reflector.
+    assert set(result.mapped.values()) == {result.local}
+    assert result.from_other_address and result.from_other_port
+    assert (result.mapping, result.filtering) == ("endpoint-independent", "endpoint-independent")
+
+
+def test_tcp_answers_that_never_connect_look_like_stricter_filtering(ports: tuple[int, int]) -> None:
+    # No alternate: the other-address answer never comes, the other-port one does.
+    _start("127.0.1.4", None, ports)
+    _start("127.0.1.5", None, ports)
+    result = natcheck.classify("127.0.1.4", "127.0.1.5", ports, bind="127.0.1.6", protocol="tcp")
+    assert (result.from_other_address, result.from_other_port) == (False, True)
+    assert result.filtering == "address-dependent"
+
+
+def test_tcp_no_reflector_is_an_error(ports: tuple[int, int]) -> None:
+    with pytest.raises(RuntimeError, match=r"no answer from reflector 127\.0\.1\.7:\d+ over tcp"):
+        natcheck.classify("127.0.1.7", "127.0.1.8", ports, bind="127.0.1.9", protocol="tcp")

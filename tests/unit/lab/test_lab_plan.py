@@ -101,19 +101,28 @@ def _rules(ruleset: str) -> list[str]:
     return [line.strip() for line in ruleset.splitlines()]
 
 
-def test_full_cone_admits_any_sender_to_a_live_mapping() -> None:
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_full_cone_admits_any_sender_to_a_live_mapping(proto: str) -> None:
     rules = _rules(router_ruleset("full-cone", "198.19.4.0/24", "198.19.4.2"))
     assert 'oifname "wan" ip saddr 198.19.4.0/24 masquerade' in rules
-    assert 'oifname "wan" meta l4proto udp update @eif { udp sport }' in rules
-    assert 'iifname "wan" udp dport @eif dnat to 198.19.4.2' in rules
+    assert f'oifname "wan" meta l4proto {proto} update @eif_{proto} {{ {proto} sport }}' in rules
+    assert f'iifname "wan" {proto} dport @eif_{proto} dnat to 198.19.4.2' in rules
     assert not any("@adf" in r for r in rules)
 
 
-def test_address_restricted_admits_contacted_addresses_only() -> None:
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_address_restricted_admits_contacted_addresses_only(proto: str) -> None:
     rules = _rules(router_ruleset("address-restricted", "198.19.5.0/24", "198.19.5.2"))
-    assert 'oifname "wan" meta l4proto udp update @adf { ip daddr . udp sport }' in rules
-    assert 'iifname "wan" ip saddr . udp dport @adf dnat to 198.19.5.2' in rules
+    assert f'oifname "wan" meta l4proto {proto} update @adf_{proto} {{ ip daddr . {proto} sport }}' in rules
+    assert f'iifname "wan" ip saddr . {proto} dport @adf_{proto} dnat to 198.19.5.2' in rules
     assert not any("@eif" in r for r in rules)
+
+
+def test_mapping_lifetimes_default_to_the_rfcs() -> None:
+    ruleset = router_ruleset("full-cone", "198.19.4.0/24", "198.19.4.2")
+    assert "set eif_udp {\n    type inet_service; flags dynamic,timeout; timeout 120s;" in ruleset
+    assert "set eif_tcp {\n    type inet_service; flags dynamic,timeout; timeout 7440s;" in ruleset
+    assert "ct timeout" not in ruleset, "conntrack keeps the kernel's timeouts unless told otherwise"
 
 
 @pytest.mark.parametrize("nat", ["port-restricted", "symmetric"])
