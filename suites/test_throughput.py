@@ -13,6 +13,7 @@ import zlib
 
 import pytest
 
+from pytest_vpstest.fleet.judging import path_of
 from pytest_vpstest.fleet.probes import ProbeRunner, Transport
 from pytest_vpstest.fleet.remote import quote_command
 from pytest_vpstest.plugin.fixtures import Recorder, RunContext, parametrize, skip_if_not_deployed
@@ -88,9 +89,8 @@ def test_throughput(pair: Pair, probe: ProbeRunner, vps_run: RunContext, vps_rec
         probe.throughput(pair.src, pair.dst, seconds, seconds + settings.timeout_seconds)
         for _ in range(attempts)
     ]
-    mbps = [
-        round(float(r.get("mbps")), 3) for r in results if r.ok and isinstance(r.get("mbps"), int | float)
-    ]
+    measured = [r for r in results if r.ok and isinstance(r.get("mbps"), int | float)]
+    mbps = [round(float(r.get("mbps")), 3) for r in measured]
     ceiling, note = iperf3_ceiling(probe, vps_run, pair, seconds)
     vps_record(
         ThroughputMeasurement(
@@ -103,6 +103,7 @@ def test_throughput(pair: Pair, probe: ProbeRunner, vps_run: RunContext, vps_rec
             mbps=mbps,
             iperf3_mbps=ceiling,
             iperf3_note=note,
+            paths=[path_of(r) for r in measured],
             failures=[r.evidence() for r in results if not r.ok][:3],
         ),
         nodes=(pair.src, pair.dst),
