@@ -157,7 +157,11 @@ class ProbeTemplates:
     gossip_received: str = "{bin} probe received --id {message_id} --json"
     throughput: str = "{bin} probe throughput --peer {peer} --seconds {seconds} --json"
     # Grow-only counter CRDT: add {amount} (0 reads) and return {"ok", "value", "digest"}.
-    crdt: str = "{bin} probe crdt --increment {amount} --json"
+    # Optional: ``crdt: null`` makes the CRDT test skip with the reason.
+    crdt: str | None = "{bin} probe crdt --increment {amount} --json"
+    # Optional actions (docs/contract.md); None: not offered by the node.
+    subscribe: str | None = None
+    reset: str | None = None
 
 
 @dataclass(frozen=True)
@@ -483,7 +487,17 @@ def _soak(r: Reader, node: yaml.Node) -> SoakConfig:
 def _probes(r: Reader, node: yaml.Node) -> ProbeTemplates:
     names = tuple(f.name for f in dataclass_fields(ProbeTemplates))
     m = r.mapping(node, "probes", names)
-    return ProbeTemplates(**{k: r.template(v, f"probes.{k}", PROBE_PLACEHOLDERS) for k, v in m.items()})
+    values: dict[str, str | None] = {}
+    for k, v in m.items():
+        if k in _OPTIONAL_PROBES and r.is_null(v):
+            values[k] = None
+        else:
+            values[k] = r.template(v, f"probes.{k}", PROBE_PLACEHOLDERS)
+    return ProbeTemplates(**values)  # type: ignore[arg-type]  # required ones are never None
+
+
+# Probe actions a node need not offer (a null template: their tests skip with the reason).
+_OPTIONAL_PROBES = frozenset({"crdt", "subscribe", "reset"})
 
 
 def _fix(r: Reader, node: yaml.Node) -> FixConfig:

@@ -38,6 +38,15 @@ def test_broadcast(publisher: str, probe: ProbeRunner, vps_run: RunContext, vps_
     settings = vps_run.suite("gossip")
     receivers = [n.name for n in peer_nodes(vps_run.inventory) if n.name != publisher]
     topic = f"vpstest-{vps_run.run_id}"
+    if probe.has("subscribe"):  # pub/sub systems deliver only to subscribers: subscribe first
+        subscribed = [probe.subscribe(n, topic, settings.timeout_seconds) for n in receivers]
+        refused = [r for r in subscribed if not r.ok]
+        if refused:
+            pytest.fail(
+                f"{publisher}[publish]: subscribe to {topic!r} failed on "
+                f"{', '.join(r.node for r in refused)}\n{describe(refused)}",
+                pytrace=False,
+            )
     published = probe.publish(publisher, topic, settings.timeout_seconds)
     if not published.ok:
         vps_record(
@@ -94,6 +103,8 @@ def test_broadcast(publisher: str, probe: ProbeRunner, vps_run: RunContext, vps_
 
 def test_crdt_convergence(probe: ProbeRunner, vps_run: RunContext, vps_record: Recorder) -> None:
     nodes = [n.name for n in peer_nodes(vps_run.inventory)]
+    if not probe.has("crdt"):
+        pytest.skip("optional action crdt has no template (probes.crdt is null)")
     skip_if_not_deployed(vps_run, *nodes)
     if len(nodes) < 2:
         pytest.skip("CRDT convergence needs at least two peer nodes")

@@ -45,6 +45,8 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "gossip_received": ("ok", "received", "latency_ms", "duplicates"),
     "throughput": ("ok", "bytes", "seconds", "mbps"),
     "crdt": ("ok", "value", "digest"),
+    "subscribe": ("ok",),
+    "reset": ("ok",),
 }
 ACTIONS: tuple[str, ...] = tuple(REQUIRED_KEYS)
 
@@ -238,10 +240,15 @@ class ProbeRunner:
     grace: float = 5.0
 
     def template(self, action: str) -> str:
+        """The action's template; '' for an optional action the config leaves out."""
         if action not in REQUIRED_KEYS:
             raise KeyError(f"unknown probe action {action!r} (allowed: {', '.join(ACTIONS)})")
-        value: str = getattr(self.templates, action)
-        return value
+        value: str | None = getattr(self.templates, action)
+        return value or ""
+
+    def has(self, action: str) -> bool:
+        """Whether the config gives a template for ``action`` (optional ones may be absent)."""
+        return bool(self.template(action))
 
     def node_values(self, node: str) -> dict[str, object]:
         return {
@@ -261,6 +268,8 @@ class ProbeRunner:
     ) -> ProbeResult:
         """Run one probe attempt; never raises for a bad answer (see the module docstring)."""
         limit = float(timeout if timeout is not None else self.default_timeout)
+        if not self.has(action):
+            return ProbeResult(action, node, "", None, "", "", 0.0, error=f"no template for probes.{action}")
         fill = self.node_values(node) | {"timeout": _num_text(limit)} | values
         try:
             command = quote_command(self.template(action), **fill)
@@ -336,6 +345,12 @@ class ProbeRunner:
 
     def crdt(self, node: str, amount: int, timeout: float | None = None) -> ProbeResult:
         return self.run("crdt", node, timeout=timeout, amount=amount)
+
+    def subscribe(self, node: str, topic: str, timeout: float | None = None) -> ProbeResult:
+        return self.run("subscribe", node, timeout=timeout, topic=topic)
+
+    def reset(self, node: str, timeout: float | None = None) -> ProbeResult:
+        return self.run("reset", node, timeout=timeout)
 
 
 def _num_text(x: float) -> str:

@@ -377,3 +377,16 @@ def test_a_success_where_nat_theory_expects_failure_is_an_unexpected_pass(
     assert doc["tests"]["xpassed"] == 2
     group = doc["test_results"]["suites"]["nat_traversal"]["port-restricted~symmetric"]
     assert group["unexpected_passes"] == 2 and group["expected_failures"] == 0
+
+
+def test_a_broken_status_template_is_one_clear_error_before_any_probe(fake_fleet: MakeFleet) -> None:
+    fleet = fake_fleet()
+    fleet.config.write_text(fleet.config.read_text().replace("fakeagent.sh status {node}", "fakeagent.sh statuz {node}"))
+    result = fleet.run("--vps-focus=throughput")
+    result.assert_outcomes(errors=4)
+    out = result.stdout.str()
+    assert "status probe failed on every node (4): no output; command: sh " in out
+    assert "run `vpstest contract check`" in out
+    # the session's status check ran once, not once per test, and no throughput probe ran
+    status = json.loads(next((fleet.state_dir / "demo" / "runs").glob("*/status.json")).read_text())
+    assert set(status["answers"]) == {"p1", "p2", "n1", "n2"} and status["ok"] is False
