@@ -109,6 +109,10 @@ class DeployConfig:
     start_command: str = "{bin} run --node {node}"
     registration_timeout_seconds: float = 30.0
     parallelism: int = 8
+    # How deploy knows a started node is ready: its ``status`` probe answers ok (and not
+    # ``ready: false``), it appears in the registry, or not at all. The wait is
+    # registration_timeout_seconds either way.
+    readiness: Literal["status", "registry", "none"] = "registry"
 
 
 @dataclass(frozen=True)
@@ -379,6 +383,7 @@ def _deploy(r: Reader, node: yaml.Node) -> DeployConfig:
         "start_command",
         "registration_timeout_seconds",
         "parallelism",
+        "readiness",
     )
     m = r.mapping(node, "deploy", fields)
     d = DeployConfig()
@@ -410,6 +415,12 @@ def _deploy(r: Reader, node: yaml.Node) -> DeployConfig:
         parallelism=r.integer(m["parallelism"], "deploy.parallelism", 1)
         if "parallelism" in m
         else d.parallelism,
+        readiness=cast(
+            Literal["status", "registry", "none"],
+            r.choice(m["readiness"], "deploy.readiness", ("status", "registry", "none")),
+        )
+        if "readiness" in m
+        else d.readiness,
     )
 
 

@@ -46,7 +46,7 @@ __all__ = [
     "target_nodes",
 ]
 
-Stage = Literal["connect", "stop", "upload", "install", "start", "verify", "register", "rollback"]
+Stage = Literal["connect", "stop", "upload", "install", "start", "verify", "register", "ready", "rollback"]
 Log = Callable[[str], None]
 RegistryQuery = Callable[[Pool, RegistryAccess], list[dict[str, Any]]]
 
@@ -288,6 +288,44 @@ def _wait_registration(
     return dict.fromkeys(sorted(pending), cause)
 
 
+def _wait_status(
+    pool: Pool,
+    inventory: Inventory,
+    project_config: ProjectConfig,
+    artifact: Path,
+    started: Mapping[str, float],
+    timeout: float,
+    log: Log,
+    poll: float = 0.5,
+) -> dict[str, str]:
+    """Ask each started node's ``status`` probe until it answers ``ok`` (and not ``ready: false``);
+    return ``{node: last reason}`` for those that never did within ``timeout``."""
+    from pytest_vpstest.fleet.probes import ProbeRunner
+
+    runner = ProbeRunner(
+        transport=pool,
+        inventory=inventory,
+        templates=project_config.probes,
+        plan_for=lambda name: plan_node(inventory.node(name), project_config, artifact),
+        default_timeout=min(10.0, timeout),
+        grace=2.0,
+    )
+    pending = {name: "no status answer yet" for name in started}
+    deadline = time.monotonic() + timeout
+    while pending:
+        for name in sorted(pending):
+            r = runner.status(name, timeout=max(1.0, min(10.0, deadline - time.monotonic())))
+            if r.ok and r.get("ready", True) is not False:
+                del pending[name]
+                log(f"{name}: ready (status probe answered ok)")
+            else:
+                pending[name] = r.reason or "status answered ready: false"
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+    return {name: f"not ready within {timeout:g} s: status probe: {why}" for name, why in pending.items()}
+
+
 def deploy(
     pool: Pool,
     inventory: Inventory,
@@ -334,7 +372,17 @@ def deploy(
             if outcome.ok.ok:
                 started[name] = outcome.started_at
     registry = _registry(inventory, project_config)
-    if registry is not None and started:
+    readiness = project_config.deploy.readiness
+    if readiness == "status" and started:
+        timeout = project_config.deploy.registration_timeout_seconds
+        say(f"waiting up to {timeout:g} s for {len(started)} node(s) to answer the status probe")
+        waited = _wait_status(pool, inventory, project_config, artifact, started, timeout, say)
+        for name, cause in sorted(waited.items()):
+            d = per_node[name]
+            per_node[name] = NodeDeploy(name, False, "ready", cause, d.duration, d.previous_kept)
+    elif readiness == "none":
+        say("deploy.readiness is none: not waiting for the nodes to be ready")
+    elif registry is not None and started:
         timeout = project_config.deploy.registration_timeout_seconds
         say(f"waiting up to {timeout:g} s for {len(started)} node(s) to register with {registry.url}")
         for name, cause in _wait_registration(pool, registry, started, timeout, registry_query, say).items():

@@ -381,7 +381,8 @@ def test_a_success_where_nat_theory_expects_failure_is_an_unexpected_pass(
 
 def test_a_broken_status_template_is_one_clear_error_before_any_probe(fake_fleet: MakeFleet) -> None:
     fleet = fake_fleet()
-    fleet.config.write_text(fleet.config.read_text().replace("fakeagent.sh status {node}", "fakeagent.sh statuz {node}"))
+    broken = fleet.config.read_text().replace("fakeagent.sh status {node}", "fakeagent.sh statuz {node}")
+    fleet.config.write_text(broken)
     result = fleet.run("--vps-focus=throughput")
     result.assert_outcomes(errors=4)
     out = result.stdout.str()
