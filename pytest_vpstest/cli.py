@@ -44,7 +44,7 @@ from pytest_vpstest.commands.loops import project_status
 from pytest_vpstest.config import ProjectConfig
 from pytest_vpstest.errors import ConfigError, VpsTestError
 from pytest_vpstest.inventory import Inventory
-from pytest_vpstest.suite import FOCUSES
+from pytest_vpstest.suite import FOCUSES, FULL_SUITE
 
 if TYPE_CHECKING:
     from pytest_vpstest.interview import Plan
@@ -76,7 +76,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
     if args.yes:
         plan = Plan(
             project=prefill["project"] or config.project,
-            focus=prefill["focus"] or config.focus or "full-suite",
+            focus=prefill["focus"] or config.focus or FULL_SUITE,
             criteria=prefill["criteria"] or config.criteria or "threshold",
             proof=prefill["proof"] or config.proof or "all-evidence",
             criteria_expr=config.criteria_expr,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from pytest_vpstest.config import CRITERIA, FOCUSES, PROOFS, Inventory, ProjectConfig
+from pytest_vpstest.nat_types import nat_info
 from pytest_vpstest.suite import FULL_SUITE, SUITES
 
 __all__ = [
@@ -222,12 +223,6 @@ def _ask_expression(io: InterviewIO) -> str:
     raise Cancelled("no custom criteria expression given")
 
 
-_NAT_LABEL = {
-    "full-cone": "Full Cone",
-    "address-restricted": "Address Restricted",
-    "port-restricted": "Port Restricted",
-    "symmetric": "Symmetric",
-}
 
 
 def _nodes_by_role(inventory: Inventory) -> list[str]:
@@ -236,7 +231,7 @@ def _nodes_by_role(inventory: Inventory) -> list[str]:
     nat: list[str] = []
     for n in inventory.nodes:
         if n.nat != "none":
-            nat.append(f"    - {n.name} ({_NAT_LABEL.get(n.nat, n.nat)})")
+            nat.append(f"    - {n.name} ({nat_info(n.nat).label})")
         else:
             label = {"registry": "Registry", "bootstrap": "Bootstrap"}.get(n.role, "Standard")
             groups.setdefault(label, []).append(n.name)

@@ -16,6 +16,7 @@ from typing import Literal, cast
 import yaml
 
 from pytest_vpstest._yaml_reader import STR, Reader, read_text
+from pytest_vpstest.nat_types import NAT_TYPES, NatType
 
 __all__ = [
     "INVENTORY_KEYS",
@@ -33,14 +34,6 @@ __all__ = [
     "parse_inventory",
 ]
 
-NatType = Literal["none", "full-cone", "address-restricted", "port-restricted", "symmetric"]
-NAT_TYPES: tuple[NatType, ...] = (
-    "none",
-    "full-cone",
-    "address-restricted",
-    "port-restricted",
-    "symmetric",
-)
 Role = Literal["registry", "bootstrap", "nat", "test"]
 ROLES: tuple[Role, ...] = ("registry", "bootstrap", "nat", "test")
 ServiceManagerKind = Literal["systemd", "process"]

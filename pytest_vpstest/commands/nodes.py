@@ -14,6 +14,7 @@ from pytest_vpstest.errors import NodeError, VpsTestError
 from pytest_vpstest.fleet.node import install_path as install_path_of
 from pytest_vpstest.fleet.node import plan_node
 from pytest_vpstest.inventory import Inventory
+from pytest_vpstest.nat_types import nat_info
 
 __all__ = ["check_reachability", "register"]
 
@@ -38,14 +39,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 _ROLE_LABEL = {"registry": "Registry", "bootstrap": "Bootstrap", "test": "Test"}
-_NAT_SHORT = {"full-cone": "Full Cone", "address-restricted": "Addr Restr", "port-restricted": "Port Restr",
-              "symmetric": "Symmetric"}
-_NAT_SUMMARY = {
-    "full-cone": ("Full Cone NAT", "Easy - 95% success"),
-    "address-restricted": ("Address Restricted", "Medium - 85% success"),
-    "port-restricted": ("Port Restricted", "Medium - 85% success"),
-    "symmetric": ("Symmetric NAT", "Hard - 70% success"),
-}
 
 
 def _inventory_for(args: argparse.Namespace) -> tuple[Inventory, ProjectConfig | None]:
@@ -92,7 +85,8 @@ def _nodes(args: argparse.Namespace) -> int:
     print()
     width = max([len(r["name"]) for r in rows] + [8])
     for r in rows:
-        role = f"NAT: {_NAT_SHORT[r['nat']]}" if r["nat"] != "none" else _ROLE_LABEL.get(r["role"], r["role"])
+        nat = r["nat"]
+        role = f"NAT: {nat_info(nat).short}" if nat != "none" else _ROLE_LABEL.get(r["role"], r["role"])
         where = "/".join(x for x in (r["provider"], r["region"]) if x) or "-"
         notes = f"  [{r['notes']}]" if r["notes"] else ""
         line = (f"{r['name']:<{width}}  ({role}){'':<{max(0, 16 - len(role))}} {r['host']:<17} {where:<19} "
@@ -105,8 +99,10 @@ def _nodes(args: argparse.Namespace) -> int:
         print()
         print("NAT Emulation Summary:")
         for r in nat_rows:
-            label, difficulty = _NAT_SUMMARY.get(r["nat"], (r["nat"], ""))
-            print(f"  {r['name'] + ':':<{width + 1}}  {label:<20} ({difficulty})")
+            info = nat_info(r["nat"])
+            difficulty = f"{info.difficulty} - {info.expected_punch_rate:.0f}% success"
+            label = f"{info.label} NAT"
+            print(f"  {r['name'] + ':':<{width + 1}}  {label:<22} ({difficulty})")
     return 0 if all(r["status"] == "ONLINE" for r in rows) else 1
 
 

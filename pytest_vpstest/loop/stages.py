@@ -24,6 +24,7 @@ from pytest_vpstest.inventory import Node
 from pytest_vpstest.loop import machine as m
 from pytest_vpstest.loop.stage_context import StageContext, TestOutcome, child_env, utcnow
 from pytest_vpstest.loop.stage_context import iso as _iso
+from pytest_vpstest.suite import FULL_SUITE
 
 if TYPE_CHECKING:  # the SSH stack is imported when the first stage needs a session
     from pytest_vpstest.fleet.deploy import DeployReport
@@ -208,7 +209,7 @@ class FleetStages:
         suites_dir = suites_directory()
         argv = [sys.executable, "-m", "pytest", str(suites_dir), "-p", "no:cacheprovider", "-q",
                 "-o", "addopts=", "--rootdir", str(suites_dir),
-                "--vps-config", str(cfg.path), "--vps-focus", cfg.focus or "full-suite",
+                "--vps-config", str(cfg.path), "--vps-focus", cfg.focus or FULL_SUITE,
                 "--vps-criteria", cfg.criteria or "threshold", "--vps-proof", cfg.proof or "all-evidence",
                 "--vps-state-dir", str(ctx.state_dir), "--vps-results-json", str(results_path),
                 "--vps-project", cfg.project, "--vps-skip-build", "--vps-skip-deploy",

@@ -31,7 +31,7 @@ from pytest_vpstest.plugin.fixtures import (
     vps_record,
     vps_run,
 )
-from pytest_vpstest.suite import MARKER, SUITES, find_suite, suites_of_focus
+from pytest_vpstest.suite import FULL_SUITE, MARKER, SUITES, find_suite, suites_of_focus
 
 if TYPE_CHECKING:
     from pytest_vpstest.config import Inventory, ProjectConfig
@@ -141,28 +141,9 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(_XdistController(run), "vpstest-xdist")
 
 
-def _default_state_dir() -> Path:
-    if os.environ.get("VPSTEST_STATE_DIR"):
-        return Path(os.environ["VPSTEST_STATE_DIR"])
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "vpstest"
-
-
-def _resolve_inventory(spec: str, base: Path) -> Path:
-    if spec == "lab" or spec.startswith("lab:"):
-        from pytest_vpstest.errors import ConfigError
-        from pytest_vpstest.lab import inventory_path
-
-        path = inventory_path(spec[4:]) if ":" in spec else inventory_path()
-        if not path.exists():
-            raise ConfigError(f"no lab inventory at {path}: start the lab with 'vpstest lab up'")
-        return path
-    path = Path(spec)
-    return path if path.is_absolute() else (base / path)
-
-
 def _make_run(config: pytest.Config, config_path: Path) -> RunContext:
     from pytest_vpstest import config as loaders
+    from pytest_vpstest.commands.loading import default_state_dir, resolve_inventory_path
     from pytest_vpstest.errors import ConfigError
 
     project_config = loaders.load_project_config(config_path)
@@ -177,18 +158,18 @@ def _make_run(config: pytest.Config, config_path: Path) -> RunContext:
         raise ConfigError(
             "no inventory: pass --vps-nodes FILE|lab or set 'inventory' in the config", path=config_path
         )
-    inventory_path = _resolve_inventory(spec, base)
+    inventory_path = resolve_inventory_path(spec, base)
     inventory = loaders.load_inventory(inventory_path)
 
     worker = getattr(config, "workerinput", None)
     run_id = worker.get("vpstest_run_id") if worker else None
     run_id = run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + os.urandom(3).hex()
-    state_dir = _path_setting(config, "state_dir") or project_config.state_dir or _default_state_dir()
+    state_dir = _path_setting(config, "state_dir") or project_config.state_dir or default_state_dir()
     results_json = _path_setting(config, "results_json")
     criteria = str(_setting(config, "criteria") or project_config.criteria or "threshold")
     if criteria not in CRITERIA:
         raise ConfigError(f"unknown criteria {criteria!r}", key="vps_criteria", allowed=CRITERIA)
-    focus = str(_setting(config, "focus") or project_config.focus or "full-suite")
+    focus = str(_setting(config, "focus") or project_config.focus or FULL_SUITE)
     if focus not in FOCUSES:
         raise ConfigError(f"unknown focus {focus!r}", key="vps_focus", allowed=FOCUSES)
     expr = _setting(config, "criteria_expr") or project_config.criteria_expr

@@ -24,7 +24,7 @@ import pytest
 from pytest_vpstest._files import write_json_atomic
 from pytest_vpstest.config import Inventory, ProjectConfig, SuiteConfig
 from pytest_vpstest.fleet.node import NodePlan, plan_node
-from pytest_vpstest.suite import Measurement
+from pytest_vpstest.suite import FULL_SUITE, Measurement
 
 if TYPE_CHECKING:  # the SSH stack is imported only when a fixture needs it
     from pytest_vpstest.fleet.probes import ProbeRunner
@@ -69,7 +69,7 @@ class RunContext:
     run_id: str
     state_dir: Path
     project: str
-    focus: str = "full-suite"
+    focus: str = FULL_SUITE
     criteria: str = "threshold"
     criteria_expr: str | None = None
     proof: str | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pytest_vpstest.config import Inventory, NatType, Node
+from pytest_vpstest.nat_types import nat_rank
 from pytest_vpstest.suite import CATEGORY_OF, METHODS, Category, Method
 
 __all__ = [
@@ -22,14 +23,6 @@ __all__ = [
     "throughput_pairs",
 ]
 
-# Order used for NAT group keys: easiest first, so "none~symmetric" rather than "symmetric~none".
-_NAT_ORDER: dict[str, int] = {
-    "none": 0,
-    "full-cone": 1,
-    "address-restricted": 2,
-    "port-restricted": 3,
-    "symmetric": 4,
-}
 
 
 @dataclass(frozen=True)
@@ -57,7 +50,7 @@ class Pair:
 
 
 def nat_group_key(a: str, b: str) -> str:
-    first, second = sorted((a, b), key=lambda n: (_NAT_ORDER.get(n, 99), n))
+    first, second = sorted((a, b), key=lambda n: (nat_rank(n), n))
     return f"{first}~{second}"
 
 

@@ -82,6 +82,46 @@ def test_relative_links_resolve(page: Path) -> None:
     assert broken == []
 
 
+def module_map() -> dict[str, set[str]]:
+    """The modules the map at the top of docs/internals.md names, by folder (``""`` is the package)."""
+    text = (ROOT / "docs" / "internals.md").read_text()
+    block = text.split("## Module map", 1)[1].split("```", 2)[1]
+    named: dict[str, set[str]] = {}
+    top = sub = ""
+    for line in block.splitlines():
+        if m := re.match(r"(\w+)/\s", line):
+            top, sub = ("" if m.group(1) == "pytest_vpstest" else m.group(1)), ""
+        elif m := re.match(r"  (\w+)/\s", line):
+            sub = m.group(1)
+        elif m := re.match(r"( +)([\w, .]+\.py)\b", line):
+            folder = "/".join(x for x in (top, sub if len(m.group(1)) > 2 else "") if x)
+            for name in re.findall(r"\w+\.py", m.group(2)):
+                named.setdefault(folder, set()).add(name)
+    return named
+
+
+def test_the_module_map_names_every_module() -> None:
+    named = module_map()
+    sources = {ROOT / "pytest_vpstest": "", ROOT / "suites": "suites"}
+    missing = []
+    for folder, prefix in sources.items():
+        for path in folder.rglob("*.py"):
+            rel = path.relative_to(folder)
+            where = "/".join(x for x in (prefix, *rel.parent.parts) if x)
+            if where.startswith("lab/agent") or (path.name == "__init__.py" and where):
+                continue  # the agent has its own map in docs/agent.md; packages are their folder line
+            if path.name not in named.get(where, set()):
+                missing.append(str(path.relative_to(ROOT)))
+    assert sorted(missing) == []
+
+
+def test_the_agent_code_map_names_every_agent_module() -> None:
+    text = (ROOT / "docs" / "agent.md").read_text().split("## Code map", 1)[1]
+    named = set(re.findall(r"`(\w+\.py)`", text))
+    modules = {p.name for p in (ROOT / "pytest_vpstest" / "lab" / "agent").glob("*.py")}
+    assert modules - {"__init__.py", "__main__.py"} - named == set()
+
+
 def test_nothing_refers_to_documents_outside_the_repository() -> None:
     kinds = (".py", ".md", ".yaml", ".json")
     files = [*PAGES, *(p for d in SOURCES for p in (ROOT / d).rglob("*") if p.suffix in kinds)]
