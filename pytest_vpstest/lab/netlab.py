@@ -200,9 +200,10 @@ def _shaping_jobs(plan: LabPlan) -> list[tuple[str, list[str]]]:
 
 
 def _ns_setup(ns: str, sysctls: dict[str, str], ruleset: str | None) -> None:
-    script = [f"sysctl -qw {k}={v}" for k, v in sysctls.items()]
-    if ruleset is not None:
-        script.append("nft -f -")
+    # Rules first: loading a NAT ruleset loads conntrack, whose sysctls (tcp_loose) exist only then;
+    # and a router forwards only once its rules are in place.
+    script = ["nft -f -"] if ruleset is not None else []
+    script += [f"sysctl -qw {k}={v}" for k, v in sysctls.items()]
     netns.run(["ip", "netns", "exec", ns, "sh", "-ec", "; ".join(script)], input_text=ruleset)
 
 
