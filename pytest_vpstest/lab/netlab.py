@@ -38,6 +38,7 @@ __all__ = [
     "WORKERS",
     "build_network",
     "ensure_mount_points",
+    "field_conditions",
     "pick_mgmt_octet",
     "prepare_node_fs",
     "taken_networks",

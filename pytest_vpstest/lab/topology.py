@@ -30,6 +30,7 @@ __all__ = [
     "BUILTIN_TOPOLOGIES",
     "MAX_NODES",
     "LabNode",
+    "MappingTimeout",
     "Shaping",
     "Topology",
     "load_topology",

@@ -28,6 +28,7 @@ EXPECTED: dict[str, list[str]] = {
         "run_foreground", "start_background",
     ],
     "pytest_vpstest.commands": [],
+    "pytest_vpstest.commands.contract": ["peer_for", "register"],
     "pytest_vpstest.commands.loading": [
         "add_fleet_options", "add_state_dir_option", "config_path", "default_state_dir", "iso_now",
         "load_config", "load_inventory", "resolve_inventory_path", "state_dir_of",
@@ -45,7 +46,7 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "pytest_vpstest.criteria": [
         "DEFAULT_TARGETS", "Check", "CriteriaSpec", "Op", "Verdict", "all_pass", "custom", "flatten_metrics",
-        "improvement", "judge", "metric_key", "rate", "threshold", "wilson_interval",
+        "improvement", "judge", "metric_key", "nat_default_checks", "rate", "threshold", "wilson_interval",
     ],
     "pytest_vpstest.demo": [
         "DEMO_PREFIX", "DEMO_PROJECT", "create_workspace", "plant_defect", "register", "run_demo",
@@ -64,9 +65,20 @@ EXPECTED: dict[str, list[str]] = {
         "BuildFailure", "BuildResult", "Diagnostic", "DiagnosticParser", "parse_diagnostics",
         "resolve_artifact", "run_build",
     ],
+    "pytest_vpstest.fleet.contract": [
+        "ACTIONS", "COMMON_PLACEHOLDERS", "ActionSpec", "action_spec", "check_schema", "schema",
+        "schema_path", "validate",
+    ],
+    "pytest_vpstest.fleet.contract_check": [
+        "CheckRow", "Status", "check_contract", "contract_passed", "judge", "render_table",
+    ],
     "pytest_vpstest.fleet.deploy": [
         "DeployReport", "NodeDeploy", "Stage", "deploy", "registered_names", "rollback", "start_command",
         "target_nodes",
+    ],
+    "pytest_vpstest.fleet.judging": [
+        "PATHS", "PUNCHED_PATHS", "ConnectVerdict", "Outcome", "attempt_lines", "connected", "judge_connect",
+        "path_of", "stderr_tail",
     ],
     "pytest_vpstest.fleet.node": ["NodePlan", "binary_name", "install_path", "plan_node", "service_name"],
     "pytest_vpstest.fleet.probes": [
@@ -87,6 +99,9 @@ EXPECTED: dict[str, list[str]] = {
     "pytest_vpstest.inventory": [
         "INVENTORY_KEYS", "NAT_TYPES", "NODE_KEYS", "ROLES", "SERVICE_MANAGERS", "Inventory", "NatType",
         "Node", "RegistryAccess", "Role", "ServiceManagerKind", "load_inventory", "parse_inventory",
+    ],
+    "pytest_vpstest.nat_theory": [
+        "EXPECTED_RATES", "expected_failure", "group_target", "groups", "split_group",
     ],
     "pytest_vpstest.nat_types": ["NAT_TYPES", "NatInfo", "NatType", "nat_info", "nat_rank"],
     "pytest_vpstest.lab": [
@@ -133,16 +148,17 @@ EXPECTED: dict[str, list[str]] = {
         "SSH_PORT_BASE", "START_TIMEOUT_S", "loopback_octet", "node_address", "teardown", "up",
     ],
     "pytest_vpstest.lab.nat": [
-        "BEHAVIOUR", "MAPPING_TIMEOUT_S", "NAT_TABLE", "Filtering", "Mapping", "host_guard_ruleset",
-        "host_table_name", "node_mgmt_ruleset", "router_ruleset",
+        "BEHAVIOUR", "LOSS_TABLE", "MAPPING_TIMEOUT_S", "NAT_TABLE", "PROTOCOLS", "ROUTER_SYSCTLS",
+        "TCP_MAPPING_TIMEOUT_S", "Filtering", "Mapping", "RouterOptions", "combined_nat",
+        "host_guard_ruleset", "host_table_name", "link_loss_ruleset", "node_mgmt_ruleset", "router_ruleset",
     ],
     "pytest_vpstest.lab.natcheck": [
-        "ANSWER_TIMEOUT_S", "ATTEMPTS", "DEFAULT_PORTS", "MAX_LIFETIME_S", "Classification", "classify",
-        "main", "serve",
+        "ANSWER_TIMEOUT_S", "ATTEMPTS", "DEFAULT_PORTS", "MAX_LIFETIME_S", "Classification", "Protocol",
+        "classify", "main", "serve",
     ],
     "pytest_vpstest.lab.netlab": [
         "SERVICE_START_TIMEOUT_S", "SSHD_START_TIMEOUT_S", "TBF_LATENCY", "WORKERS", "build_network",
-        "ensure_mount_points", "pick_mgmt_octet", "prepare_node_fs", "taken_networks", "teardown", "up",
+        "ensure_mount_points", "field_conditions", "pick_mgmt_octet", "prepare_node_fs", "taken_networks", "teardown", "up",
         "wait_for",
     ],
     "pytest_vpstest.lab.netns": [
@@ -167,7 +183,7 @@ EXPECTED: dict[str, list[str]] = {
         "render_config", "spawn_detached", "write_config",
     ],
     "pytest_vpstest.lab.topology": [
-        "BUILTIN_TOPOLOGIES", "MAX_NODES", "LabNode", "Shaping", "Topology", "load_topology",
+        "BUILTIN_TOPOLOGIES", "MAX_NODES", "LabNode", "MappingTimeout", "Shaping", "Topology", "load_topology",
         "parse_topology", "topology_source",
     ],
     "pytest_vpstest.loop": [],
