@@ -158,7 +158,8 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "pytest_vpstest.lab.netlab": [
         "SERVICE_START_TIMEOUT_S", "SSHD_START_TIMEOUT_S", "TBF_LATENCY", "WORKERS", "build_network",
-        "ensure_mount_points", "field_conditions", "pick_mgmt_octet", "prepare_node_fs", "taken_networks", "teardown", "up",
+        "ensure_mount_points", "field_conditions", "pick_mgmt_octet", "prepare_node_fs", "taken_networks",
+        "teardown", "up",
         "wait_for",
     ],
     "pytest_vpstest.lab.netns": [
@@ -183,7 +184,8 @@ EXPECTED: dict[str, list[str]] = {
         "render_config", "spawn_detached", "write_config",
     ],
     "pytest_vpstest.lab.topology": [
-        "BUILTIN_TOPOLOGIES", "MAX_NODES", "LabNode", "MappingTimeout", "Shaping", "Topology", "load_topology",
+        "BUILTIN_TOPOLOGIES", "MAX_NODES", "LabNode", "MappingTimeout", "Shaping", "Topology",
+        "load_topology",
         "parse_topology", "topology_source",
     ],
     "pytest_vpstest.loop": [],
