@@ -113,6 +113,11 @@ class DeployConfig:
     # ``ready: false``), it appears in the registry, or not at all. The wait is
     # registration_timeout_seconds either way.
     readiness: Literal["status", "registry", "none"] = "registry"
+    # Per-role start commands ((role, template), ...); a role without one uses start_command.
+    start_commands: tuple[tuple[str, str], ...] = ()
+
+    def start_command_for(self, role: str) -> str:
+        return dict(self.start_commands).get(role, self.start_command)
 
 
 @dataclass(frozen=True)
@@ -241,11 +246,14 @@ START_COMMAND_PLACEHOLDERS = (
     "p2p_address",
     "registry",
     "bootstrap",
+    "role",
 )
 PROBE_PLACEHOLDERS = (
     *START_COMMAND_PLACEHOLDERS,
     "peer",
     "peer_address",
+    "peer_id",
+    "peer_public_address",
     "method",
     "timeout",
     "topic",
@@ -384,6 +392,7 @@ def _deploy(r: Reader, node: yaml.Node) -> DeployConfig:
         "registration_timeout_seconds",
         "parallelism",
         "readiness",
+        "start_commands",
     )
     m = r.mapping(node, "deploy", fields)
     d = DeployConfig()
@@ -421,6 +430,12 @@ def _deploy(r: Reader, node: yaml.Node) -> DeployConfig:
         )
         if "readiness" in m
         else d.readiness,
+        start_commands=tuple(
+            (role, r.template(v, f"deploy.start_commands.{role}", START_COMMAND_PLACEHOLDERS))
+            for role, v in r.mapping(m["start_commands"], "deploy.start_commands", ROLES).items()
+        )
+        if "start_commands" in m
+        else d.start_commands,
     )
 
 

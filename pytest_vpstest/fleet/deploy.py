@@ -110,11 +110,12 @@ def _registry(inventory: Inventory, config: ProjectConfig) -> RegistryAccess | N
 
 
 def start_command(plan: NodePlan, inventory: Inventory, config: ProjectConfig) -> str:
-    """``deploy.start_command`` filled for the planned node (every value shell-quoted)."""
+    """The node's start command (``deploy.start_commands`` for its role, else ``deploy.start_command``)
+    filled for the planned node (every value shell-quoted)."""
     registry = _registry(inventory, config)
     bootstrap = inventory.bootstrap or config.bootstrap.nodes
     return quote_command(
-        config.deploy.start_command,
+        config.deploy.start_command_for(plan.role),
         **plan.placeholders(),
         registry=registry.url if registry else "",
         bootstrap=",".join(bootstrap),

@@ -238,6 +238,8 @@ class ProbeRunner:
     default_timeout: float = 10.0
     # Extra seconds allowed to the transport beyond the probe's own --timeout.
     grace: float = 5.0
+    # Each node's peer_id from its status answer (the plugin fills it at session start): {peer_id}.
+    identities: dict[str, str] = field(default_factory=dict)
 
     def template(self, action: str) -> str:
         """The action's template; '' for an optional action the config leaves out."""
@@ -320,10 +322,18 @@ class ProbeRunner:
             node,
             timeout=timeout,
             hold=(peer,),
-            peer=peer,
             method=method,
-            peer_address=self.plan_for(peer).p2p_address,
+            **self.peer_values(peer),
         )
+
+    def peer_values(self, peer: str) -> dict[str, object]:
+        """{peer}, {peer_address}, {peer_id} and {peer_public_address} of a peer ('' when unknown)."""
+        return {
+            "peer": peer,
+            "peer_address": self.plan_for(peer).p2p_address,
+            "peer_id": self.identities.get(peer, ""),
+            "peer_public_address": self.inventory.node(peer).reachable_address,
+        }
 
     def publish(self, node: str, topic: str, timeout: float | None = None) -> ProbeResult:
         return self.run("gossip_publish", node, timeout=timeout, topic=topic)
@@ -338,9 +348,8 @@ class ProbeRunner:
             node,
             timeout=limit,
             hold=(peer,),
-            peer=peer,
-            peer_address=self.plan_for(peer).p2p_address,
             seconds=_num_text(seconds),
+            **self.peer_values(peer),
         )
 
     def crdt(self, node: str, amount: int, timeout: float | None = None) -> ProbeResult:

@@ -329,6 +329,9 @@ def _check_status(run: RunContext, runner: ProbeRunner) -> None:
             "(run `vpstest contract check` for the whole contract)",
             pytrace=False,
         )
+    runner.identities.update(
+        {name: str(a["peer_id"]) for name, a in answers.items() if a.get("ok") and a.get("peer_id")}
+    )
     info = run.deployment_info if run.deployment_info is not None else {}
     failed = info.setdefault("failed", {})
     for name, answer in answers.items():
