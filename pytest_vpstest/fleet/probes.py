@@ -238,6 +238,9 @@ class ProbeRunner:
     default_timeout: float = 10.0
     # Extra seconds allowed to the transport beyond the probe's own --timeout.
     grace: float = 5.0
+    # Seconds past the transport's own limit after which the harness stops waiting for a transport
+    # that does not return (a stalled management link): the attempt is timed out, the call abandoned.
+    watchdog_slack: float = 2.0
     # Each node's peer_id from its status answer (the plugin fills it at session start): {peer_id}.
     identities: dict[str, str] = field(default_factory=dict)
 
@@ -280,7 +283,7 @@ class ProbeRunner:
         start = time.monotonic()
         with self.slots.hold(node, *hold):
             try:
-                outcome = self.transport.run(node, command, limit + self.grace)
+                outcome = self._run_bounded(node, command, limit + self.grace)
             except Exception as exc:  # a transport failure is a failed attempt, not a crash
                 return ProbeResult(
                     action,
@@ -311,6 +314,27 @@ class ProbeRunner:
             data,
             error,
         )
+
+    def _run_bounded(self, node: str, command: str, limit: float) -> CommandOutcome:
+        """``transport.run`` that comes back by ``limit + watchdog_slack`` whatever the link does."""
+        box: list[CommandOutcome | BaseException] = []
+        done = threading.Event()
+
+        def call() -> None:
+            try:
+                box.append(self.transport.run(node, command, limit))
+            except BaseException as exc:  # handed to the caller below
+                box.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=call, name=f"probe-{node}", daemon=True).start()
+        if not done.wait(limit + self.watchdog_slack):
+            return _Abandoned(limit + self.watchdog_slack)
+        result = box[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     # Convenience wrappers, one per action of the contract.
     def status(self, node: str, timeout: float | None = None) -> ProbeResult:
@@ -360,6 +384,17 @@ class ProbeRunner:
 
     def reset(self, node: str, timeout: float | None = None) -> ProbeResult:
         return self.run("reset", node, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class _Abandoned:
+    """The outcome of a transport call the harness stopped waiting for."""
+
+    duration: float
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = "the management link did not return within the probe's limit"
+    timed_out: bool = True
 
 
 def _num_text(x: float) -> str:

@@ -222,3 +222,22 @@ def test_peer_identity_public_address_and_role_are_filled() -> None:
         "y '' 198.18.0.10 1",  # a public node is reached at its own address; no identity known
         "x test q '' '' 198.19.5.2",  # NATed without a public_address in the inventory: empty
     ]
+
+
+def test_a_stalled_link_still_times_out_close_to_the_limit() -> None:
+    class Stalled:
+        """A transport that ignores its timeout (an SSH link that stalls): returns after 30 s."""
+
+        def run(self, name: str, command: str, timeout: float) -> CommandResult:
+            time.sleep(30)
+            return CommandResult(name, command, 0, '{"ok": true}', "", 30.0)
+
+    r = ProbeRunner(
+        Stalled(), INV, ProbeTemplates(), plan_for=PLANS.__getitem__, grace=0.5, watchdog_slack=0.5
+    )
+    start = time.monotonic()
+    res = r.status("a", timeout=1)
+    elapsed = time.monotonic() - start
+    assert res.timed_out and not res.ok and res.error == "timed out after 1.5s"
+    assert elapsed < 10  # limit 1 + grace 0.5 + slack 0.5, not the link's 30 s
+    assert "did not return" in res.stderr
