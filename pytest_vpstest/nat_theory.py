@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from pytest_vpstest.nat_types import NAT_TYPES, nat_info
+
 __all__ = [
     "EXPECTED_RATES",
     "expected_failure",
@@ -23,16 +25,10 @@ __all__ = [
     "split_group",
 ]
 
-# Success rates a healthy implementation reaches through each NAT type (percent). A pairing is
-# held to the harder of its two sides; a public node ("none") adds no difficulty.
+# Success rates a healthy implementation reaches through each NAT type (percent; nat_types is the
+# source). A pairing is held to the harder of its two sides; a public node ("none") adds no difficulty.
 EXPECTED_RATES: Mapping[str, float] = MappingProxyType(
-    {
-        "none": 100.0,
-        "full-cone": 95.0,
-        "address-restricted": 85.0,
-        "port-restricted": 85.0,
-        "symmetric": 70.0,
-    }
+    {n: nat_info(n).expected_punch_rate or 100.0 for n in NAT_TYPES}
 )
 
 _PORT_FILTERING = frozenset({"port-restricted", "symmetric"})
