@@ -101,6 +101,10 @@ def test_full_suite_serial_records_everything(fake_fleet: MakeFleet) -> None:
     assert "- ✓ connectivity.nat_traversed.rate: 83.3% (target: >= 40%, gap +43.3)" in proof
     assert "| **p1** | — | d✓ h✓ r✓ | d✗ h✓ r✓ | d✗ h✓ r✓ |" in proof
     assert "- NAT: n2 (symmetric)" in proof
+    assert "### NAT Traversal by NAT Pairing" in proof
+    assert "| none~symmetric | 8 | 8 | 100.0% | ≥ 70% | can be punched |" in proof
+    expected_row = "| port-restricted~symmetric | 4 | 0 | 0.0% | — | expected to fail (2 expected failures) |"
+    assert expected_row in proof
 
     run_dir = next((fleet.state_dir / "demo" / "runs").iterdir())
     metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]

@@ -251,7 +251,8 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "pytest_vpstest.records.proof": [
         "MatrixCell", "ProofInput", "collect_logs", "dumps", "fix_commits_of", "format_duration",
-        "matrix_grid", "prometheus_text", "render_matrix", "render_matrix_html", "render_proof",
+        "matrix_grid", "prometheus_text", "render_matrix", "render_matrix_html", "render_nat_table",
+        "render_proof",
         "write_connection_report", "write_metrics", "write_proof",
     ],
     "pytest_vpstest.records.state_doc": ["PHASES", "Phase", "iso_time", "new_state_document"],
