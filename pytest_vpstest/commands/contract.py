@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pytest_vpstest.commands.loading import add_fleet_options, load_config, load_inventory
 from pytest_vpstest.errors import NodeError
 from pytest_vpstest.inventory import Inventory
+from pytest_vpstest.suite import FOCUSES
 
 __all__ = ["peer_for", "register"]
 
@@ -27,6 +28,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("--node", action="append", default=[],
                    help="check this node (repeatable; default: every node but the registry)")
     c.add_argument("--timeout", type=float, default=10.0, help="{timeout} of each probe (default 10)")
+    c.add_argument("--focus", choices=FOCUSES, default=None,
+                   help="check only what this focus needs (default: every action)")
     c.add_argument("--json", action="store_true", help="machine-readable rows")
     c.set_defaults(handler=_check)
 
@@ -60,7 +63,7 @@ def _check(args: argparse.Namespace) -> int:
             plan_for=lambda name: plan_node(inventory.node(name), config, artifact),
             default_timeout=args.timeout,
         )
-        rows = check_contract(runner, chosen, lambda n: peer_for(inventory, n), args.timeout)
+        rows = check_contract(runner, chosen, lambda n: peer_for(inventory, n), args.timeout, args.focus)
     passed = contract_passed(rows)
     if args.json:
         print(json.dumps({"passed": passed, "rows": [asdict(r) for r in rows]}, indent=2))

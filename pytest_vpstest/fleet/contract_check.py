@@ -66,14 +66,25 @@ def judge(spec: ActionSpec, node: str, result: ProbeResult | None) -> CheckRow:
 
 
 def check_contract(
-    runner: ProbeRunner, nodes: Sequence[str], peer_of: Callable[[str], str], timeout: float = 10.0
+    runner: ProbeRunner,
+    nodes: Sequence[str],
+    peer_of: Callable[[str], str],
+    timeout: float = 10.0,
+    focus: str | None = None,
 ) -> list[CheckRow]:
-    """Every action of the contract, once per node, in the order a run uses them."""
+    """Every action of the contract, once per node, in the order a run uses them.
+
+    With a ``focus`` (other than ``full-suite``), actions only other focuses need are skipped."""
     rows: list[CheckRow] = []
+    narrowed = focus not in (None, "full-suite")
     for node in nodes:
         peer = peer_of(node)
         message_id = "vpstest-contract-check"
         for spec in ACTIONS:
+            if narrowed and spec.requirement == "focus" and focus not in spec.used_by:
+                rows.append(CheckRow(spec.action, spec.requirement, node, "skipped", None,
+                                     f"not used by focus {focus}"))
+                continue
             if not runner.has(spec.template):
                 rows.append(judge(spec, node, None))
                 continue
