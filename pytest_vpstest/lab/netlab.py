@@ -294,6 +294,7 @@ def teardown(prefix: str, lab_dir: Path | None) -> list[str]:
     Finds things by name, so it also cleans up after a crashed or killed ``lab up``. Idempotent.
     """
     removed: list[str] = []
+    netns.wait_for_orphaned_batches()
     names = netns.namespaces(prefix)
     inodes = {ino for ino in (netns.netns_inode(n) for n in names) if ino is not None}
     pids = netns.pids_in(inodes) if inodes else []

@@ -36,6 +36,7 @@ __all__ = [
     "read_pid",
     "root_links",
     "run",
+    "wait_for_orphaned_batches",
 ]
 
 NETNS_DIR = Path("/run/netns")
@@ -206,3 +207,38 @@ def lab_processes(lab_dir: Path) -> list[int]:
     """The sshds of ``lab_dir``, found by their command line (``sshd -D -f <lab>/nodes/...``), which
     sshd keeps in its rewritten process title too."""
     return processes_matching((f"sshd -D -f {lab_dir}/nodes/",))
+
+
+def _parent_pid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            # The command name (field 2) may hold spaces; the fields after its closing ')' do not.
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def wait_for_orphaned_batches(timeout_s: float = 10.0) -> list[int]:
+    """Wait until no orphaned ``ip``/``tc`` ``-batch`` process runs; return those still running.
+
+    A ``lab up`` killed with SIGKILL leaves its batch children running: they go on creating the
+    namespaces and links of the batch they were given, and would recreate what a new ``up`` or a
+    ``down`` just removed. Their stdin carries no prefix, so they are waited for, never killed: an
+    orphaned batch has all its input and ends within moments.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        orphans = []
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            args = cmdline(pid)
+            if len(args) < 2 or Path(args[0]).name not in ("ip", "tc") or "-batch" not in args:
+                continue
+            parent = _parent_pid(pid)
+            if parent is None or parent == 1 or not pid_alive(parent):
+                orphans.append(pid)
+        if not orphans or time.monotonic() >= deadline:
+            return orphans
+        time.sleep(0.05)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -33,12 +32,12 @@ from pytest_vpstest.fleet.remote import SessionPool
 from pytest_vpstest.fleet.services import service_manager
 from pytest_vpstest.lab.agent import build as agent_build
 from pytest_vpstest.lab.topology import parse_topology
-from tests.lab.conftest import Lab, netns_skip_reason, requires_netns
+from tests.lab.conftest import Lab, netns_skip_reason, requires_netns, worker_prefix
 
 pytestmark = [pytest.mark.lab, requires_netns]
 
-# One lab per xdist worker: workers running this module's tests at once must not share a prefix.
-PREFIX = "vpsa" + os.environ.get("PYTEST_XDIST_WORKER", "").removeprefix("gw")[:1]
+# One lab per xdist worker and per tagged test session (worker_prefix): never a shared prefix.
+PREFIX = worker_prefix("vpa")
 TOPOLOGY = """
 schema_version: 1
 name: nat-theory

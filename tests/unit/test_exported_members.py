@@ -165,7 +165,7 @@ EXPECTED: dict[str, list[str]] = {
     "pytest_vpstest.lab.netns": [
         "NETNS_DIR", "cmdline", "ip_batch", "is_lab_process", "kill_all", "lab_processes", "listening",
         "namespaces", "netns_available", "netns_inode", "nft_load", "pids_in", "processes_matching",
-        "read_pid", "root_links", "run",
+        "read_pid", "root_links", "run", "wait_for_orphaned_batches",
     ],
     "pytest_vpstest.lab.plan": [
         "AGENT_PORT", "BOOTSTRAP_PORT", "DATA_PREFIXLEN", "DATA_SUBNET", "DEFAULT_PREFIX", "HARNESS_HOST",
