@@ -22,6 +22,7 @@ __all__ = [
     "expected_failure",
     "group_target",
     "groups",
+    "may_fail",
     "split_group",
 ]
 
@@ -46,13 +47,13 @@ def split_group(group: str) -> tuple[str, str]:
 def expected_failure(src_nat: str, dst_nat: str, method: str = "holepunch") -> str | None:
     """Why NAT theory expects this connection to fail, or None when it should succeed.
 
-    A relay never depends on the NATs. A direct dial into a NAT that filters (address-restricted,
-    port-restricted, symmetric) is admitted only when the destination sent to the dialler first, so
-    it is not expected to work; a full-cone NAT admits anyone to a mapped port.
+    A relay never depends on the NATs. A direct dial into a symmetric NAT never reaches the node (its
+    mappings belong to other flows); into an address- or port-restricted NAT it depends on earlier
+    traffic (:func:`may_fail`); a full-cone NAT admits anyone to a mapped port.
     """
     if method == "direct":
-        if dst_nat in _FILTERING:
-            return f"a {dst_nat} NAT admits a direct dial only after the destination sent to the dialler"
+        if dst_nat == "symmetric":
+            return "a symmetric NAT admits a direct dial only on a flow the destination opened to the dialler"
         return None
     if method != "holepunch":
         return None
@@ -63,6 +64,15 @@ def expected_failure(src_nat: str, dst_nat: str, method: str = "holepunch") -> s
             f"a symmetric NAT picks a new port per destination and the {other} side only admits "
             "the exact address and port it sent to"
         )
+    return None
+
+
+def may_fail(src_nat: str, dst_nat: str, method: str) -> str | None:
+    """Why NAT theory cannot say whether this connection works (None when it can): a direct dial
+    into an address- or port-restricted NAT passes only while the destination recently sent to the
+    dialler, so its outcome depends on what crossed that NAT before, not on the software."""
+    if method == "direct" and dst_nat in _FILTERING and dst_nat != "symmetric":
+        return f"a {dst_nat} NAT admits a direct dial only after the destination sent to the dialler"
     return None
 
 

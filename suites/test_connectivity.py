@@ -13,7 +13,7 @@ import pytest
 
 from pytest_vpstest.fleet.judging import judge_connect
 from pytest_vpstest.fleet.probes import ProbeRunner
-from pytest_vpstest.nat_theory import expected_failure
+from pytest_vpstest.nat_theory import expected_failure, may_fail
 from pytest_vpstest.plugin.fixtures import Recorder, RunContext, parametrize, skip_if_not_deployed
 from pytest_vpstest.plugin.pairs import Pair, connectivity_pairs
 from pytest_vpstest.suite import ConnectivityMeasurement
@@ -43,7 +43,9 @@ def test_connect(pair: Pair, probe: ProbeRunner, vps_run: RunContext, vps_record
     ]
     success = sum(connected(r, pair.method) for r in results)
     expected = expected_failure(pair.src_nat, pair.dst_nat, pair.method)
-    verdict = judge_connect(pair.id, results, pair.method, expected)
+    verdict = judge_connect(
+        pair.id, results, pair.method, expected, may_fail(pair.src_nat, pair.dst_nat, pair.method)
+    )
     vps_record(
         ConnectivityMeasurement(
             suite="connectivity",

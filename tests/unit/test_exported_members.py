@@ -101,7 +101,7 @@ EXPECTED: dict[str, list[str]] = {
         "Node", "RegistryAccess", "Role", "ServiceManagerKind", "load_inventory", "parse_inventory",
     ],
     "pytest_vpstest.nat_theory": [
-        "EXPECTED_RATES", "expected_failure", "group_target", "groups", "split_group",
+        "EXPECTED_RATES", "expected_failure", "group_target", "groups", "may_fail", "split_group",
     ],
     "pytest_vpstest.nat_types": ["NAT_TYPES", "NatInfo", "NatType", "nat_info", "nat_rank"],
     "pytest_vpstest.lab": [
