@@ -23,6 +23,7 @@ __all__ = [
     "BOOL",
     "FLOAT",
     "INT",
+    "MAX_FILE_BYTES",
     "NULL",
     "SAFE_NAME_PATTERN",
     "STR",
@@ -60,8 +61,18 @@ def is_safe_name(name: str) -> bool:
     return bool(_SAFE_NAME.match(name)) and ".." not in name
 
 
+# Config and inventory files are a few kilobytes; anything this big is a mistake, refused before reading.
+MAX_FILE_BYTES = 1024 * 1024
+
+
 def read_text(path: Path) -> str:
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ConfigError(
+                f"file is {size / 1024 / 1024:.1f} MiB; config and inventory files are limited to "
+                f"{MAX_FILE_BYTES // 1024 // 1024} MiB", path=path
+            )
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError("file not found", path=path) from None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_vpstest import __version__
-from pytest_vpstest.commands import contract, loops, nodes
+from pytest_vpstest.commands import contract, dashboard, loops, nodes
 from pytest_vpstest.commands.loading import (
     add_fleet_options,
     add_state_dir_option,
@@ -118,6 +119,12 @@ def launch(
     if args.nodes:
         argv += ["--nodes", str(resolve_inventory_path(args.nodes, Path.cwd()))]
     if args.resume:
+        from pytest_vpstest.loop.runner import nothing_to_resume
+
+        # Said here, before a runner is started: otherwise it would be "started", then exit.
+        why = nothing_to_resume(state_dir, plan.project)
+        if why is not None:
+            raise VpsTestError(why)
         argv.append("--resume")
     return start_background(argv, state_dir, plan.project)
 
@@ -222,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     loops.register(sub)
     nodes.register(sub)
     contract.register(sub)
+    dashboard.register(sub)
 
     from pytest_vpstest import demo
 
@@ -250,6 +258,21 @@ def _runner_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``vpstest`` command; a reader that goes away (``vpstest ... | head -1``) ends it quietly."""
+    try:
+        try:
+            return _main(argv)
+        finally:  # also after argparse's --help (SystemExit): a broken pipe shows here, not at exit
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # Nothing more can be said on stdout; send what Python flushes at exit to /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["_runner"]:
         args = _runner_parser().parse_args(argv[1:])
@@ -263,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vpstest: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise
     except OSError as exc:
         print(f"vpstest: error: {exc}", file=sys.stderr)
         return 2

@@ -18,6 +18,20 @@ from typing import Literal, cast
 
 import yaml
 
+from pytest_vpstest._config_loop import (
+    NODE_TESTS,
+    ChannelConfig,
+    ChannelKind,
+    DashboardConfig,
+    FixConfig,
+    HealthConfig,
+    NodeTests,
+    NotifyConfig,
+    parse_dashboard,
+    parse_fix,
+    parse_health,
+    parse_notify,
+)
 from pytest_vpstest._yaml_reader import SAFE_NAME_PATTERN, STR, Reader, is_safe_name, read_text
 from pytest_vpstest.inventory import (
     INVENTORY_KEYS,
@@ -34,7 +48,7 @@ from pytest_vpstest.inventory import (
     load_inventory,
     parse_inventory,
 )
-from pytest_vpstest.suite import FOCUSES, Focus, suite_key
+from pytest_vpstest.suite import FOCUSES, SUITES, Focus, find_suite, suite_key
 
 __all__ = [
     "CRITERIA",
@@ -42,6 +56,7 @@ __all__ = [
     "INVENTORY_KEYS",
     "NAT_TYPES",
     "NODE_KEYS",
+    "NODE_TESTS",
     "PROBE_PLACEHOLDERS",
     "PROJECT_KEYS",
     "PROOFS",
@@ -54,13 +69,16 @@ __all__ = [
     "ChannelConfig",
     "ChannelKind",
     "Criteria",
+    "DashboardConfig",
     "DeployConfig",
     "FixConfig",
     "Focus",
+    "HealthConfig",
     "Inventory",
     "ModuleConfig",
     "NatType",
     "Node",
+    "NodeTests",
     "NotifyConfig",
     "ProbeTemplates",
     "ProjectConfig",
@@ -108,7 +126,8 @@ class DeployConfig:
     # Command the service manager runs on the node; placeholders as in ProbeTemplates.
     start_command: str = "{bin} run --node {node}"
     registration_timeout_seconds: float = 30.0
-    parallelism: int = 8
+    # Nodes deployed at once; None: every target at once (the work is remote, the harness waits).
+    parallelism: int | None = None
     # How deploy knows a started node is ready: its ``status`` probe answers ok (and not
     # ``ready: false``), it appears in the registry, or not at all. The wait is
     # registration_timeout_seconds either way.
@@ -174,31 +193,6 @@ class ProbeTemplates:
 
 
 @dataclass(frozen=True)
-class FixConfig:
-    # Program run with the failure brief's path appended; None: wait for a new commit.
-    command: str | None = None
-    verify_command: str | None = None
-    commit_wait_seconds: float = 3600.0
-
-
-ChannelKind = Literal["log", "webhook", "command", "voice"]
-
-
-@dataclass(frozen=True)
-class ChannelConfig:
-    kind: ChannelKind
-    url: str | None = None
-    command: str | None = None
-    timeout_seconds: float = 10.0
-
-
-@dataclass(frozen=True)
-class NotifyConfig:
-    channels: tuple[ChannelConfig, ...] = ()
-    dashboard_url: str | None = None
-
-
-@dataclass(frozen=True)
 class ProjectConfig:
     """The project config (the base ``config.yaml`` schema plus optional extensions)."""
 
@@ -213,7 +207,9 @@ class ProjectConfig:
     soak: SoakConfig = field(default_factory=SoakConfig)
     probes: ProbeTemplates = field(default_factory=ProbeTemplates)
     fix: FixConfig = field(default_factory=FixConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     # Inventory file (relative to the config file) or "lab".
     inventory: str | None = None
     state_dir: Path | None = None
@@ -274,7 +270,9 @@ PROJECT_KEYS = (
     "soak",
     "probes",
     "fix",
+    "health",
     "notify",
+    "dashboard",
     "inventory",
     "state_dir",
     "focus",
@@ -343,13 +341,15 @@ def parse_project_config(text: str, path: Path | str | None = None) -> ProjectCo
         tests=suites,
         soak=_soak(r, m["soak"]) if "soak" in m else SoakConfig(),
         probes=_probes(r, m["probes"]) if "probes" in m else ProbeTemplates(),
-        fix=_fix(r, m["fix"]) if "fix" in m else FixConfig(),
-        notify=_notify(r, m["notify"]) if "notify" in m else NotifyConfig(),
+        fix=parse_fix(r, m["fix"]) if "fix" in m else FixConfig(),
+        health=parse_health(r, m["health"]) if "health" in m else HealthConfig(),
+        notify=parse_notify(r, m["notify"]) if "notify" in m else NotifyConfig(),
+        dashboard=parse_dashboard(r, m["dashboard"]) if "dashboard" in m else DashboardConfig(),
         inventory=r.string(m["inventory"], "inventory") if "inventory" in m else None,
         state_dir=r.path(m["state_dir"], "state_dir", base) if "state_dir" in m else None,
         focus=cast(Focus, r.choice(m["focus"], "focus", FOCUSES)) if "focus" in m else None,
         criteria=cast(Criteria, r.choice(m["criteria"], "criteria", CRITERIA)) if "criteria" in m else None,
-        criteria_expr=r.string(m["criteria_expr"], "criteria_expr") if "criteria_expr" in m else None,
+        criteria_expr=_criteria_expr(r, m["criteria_expr"]) if "criteria_expr" in m else None,
         proof=cast(Proof, r.choice(m["proof"], "proof", PROOFS)) if "proof" in m else None,
     )
 
@@ -447,12 +447,30 @@ def _bootstrap(r: Reader, node: yaml.Node) -> BootstrapConfig:
     )
 
 
+def _criteria_expr(r: Reader, node: yaml.Node) -> str:
+    """A custom criteria expression, checked now: a typo must not wait for the first TEST."""
+    from pytest_vpstest.errors import CriteriaError
+    from pytest_vpstest.expressions import check_expression
+
+    text = r.string(node, "criteria_expr")
+    try:
+        check_expression(text)
+    except CriteriaError as exc:
+        raise r.fail(node, "criteria_expr", str(exc)) from None
+    return text
+
+
 def _suites(r: Reader, node: yaml.Node) -> tuple[tuple[str, SuiteConfig], ...]:
     """The ``tests`` blocks, keyed by suite name: ``tests.nat-traversal`` is read as
-    ``tests.nat_traversal`` (both spellings are accepted; giving both is an error)."""
+    ``tests.nat_traversal`` (both spellings are accepted; giving both is an error). An unknown
+    suite (``tests.conectivity``) is an error naming the suites there are."""
     out: dict[str, SuiteConfig] = {}
     for k, v in r.entries(node, "tests"):
-        key = suite_key(r.safe_name(k, f"tests.{k.value}", is_key=True))
+        name = r.safe_name(k, f"tests.{k.value}", is_key=True)
+        if find_suite(name) is None:
+            allowed = [s.name for s in SUITES]
+            raise r.fail(k, f"tests.{k.value}", f"unknown suite {name!r}", allowed)
+        key = suite_key(name)
         if key in out:
             where = f"tests.{k.value}"
             raise r.fail(k, where, f"the {key} suite is configured twice (as {key} and {k.value})")
@@ -524,45 +542,3 @@ def _probes(r: Reader, node: yaml.Node) -> ProbeTemplates:
 
 # Probe actions a node need not offer (a null template: their tests skip with the reason).
 _OPTIONAL_PROBES = frozenset({"crdt", "subscribe", "reset"})
-
-
-def _fix(r: Reader, node: yaml.Node) -> FixConfig:
-    m = r.mapping(node, "fix", ("command", "verify_command", "commit_wait_seconds"))
-    d = FixConfig()
-    return FixConfig(
-        command=r.opt_string(m["command"], "fix.command") if "command" in m else None,
-        verify_command=r.opt_string(m["verify_command"], "fix.verify_command")
-        if "verify_command" in m
-        else None,
-        commit_wait_seconds=r.number(m["commit_wait_seconds"], "fix.commit_wait_seconds", positive=True)
-        if "commit_wait_seconds" in m
-        else d.commit_wait_seconds,
-    )
-
-
-_CHANNEL_KINDS: tuple[ChannelKind, ...] = ("log", "webhook", "command", "voice")
-
-
-def _notify(r: Reader, node: yaml.Node) -> NotifyConfig:
-    m = r.mapping(node, "notify", ("channels", "dashboard_url"))
-    channels = []
-    for i, item in enumerate(r.sequence(m["channels"], "notify.channels") if "channels" in m else []):
-        key = f"notify.channels[{i}]"
-        c = r.mapping(item, key, ("kind", "url", "command", "timeout_seconds"), required=("kind",))
-        kind = cast(ChannelKind, r.choice(c["kind"], f"{key}.kind", _CHANNEL_KINDS))
-        url = r.url(c["url"], f"{key}.url") if "url" in c else None
-        command = r.string(c["command"], f"{key}.command") if "command" in c else None
-        if kind == "webhook" and url is None:
-            raise r.fail(item, f"{key}.url", "a webhook channel needs 'url'")
-        if kind == "command" and command is None:
-            raise r.fail(item, f"{key}.command", "a command channel needs 'command'")
-        timeout = (
-            r.number(c["timeout_seconds"], f"{key}.timeout_seconds", positive=True)
-            if "timeout_seconds" in c
-            else ChannelConfig(kind="log").timeout_seconds
-        )
-        channels.append(ChannelConfig(kind=kind, url=url, command=command, timeout_seconds=timeout))
-    return NotifyConfig(
-        channels=tuple(channels),
-        dashboard_url=r.opt(m, "dashboard_url", lambda n: r.url(n, "notify.dashboard_url")),
-    )

@@ -251,8 +251,12 @@ def run_demo(
     flavour: str | None = None,
     prefix: str = DEMO_PREFIX,
     out: Callable[[str], None] | None = None,
+    dashboard_port: int | None = None,
 ) -> int:
-    """Run the demo end to end; 0 when the loop reached COMPLETE."""
+    """Run the demo end to end; 0 when the loop reached COMPLETE.
+
+    With ``dashboard_port`` (0: any free port) the dashboard is served for the run and its URL printed.
+    """
     from pytest_vpstest import lab
     from pytest_vpstest.config import load_inventory, load_project_config
     from pytest_vpstest.loop import machine as m
@@ -280,15 +284,20 @@ def run_demo(
     config = load_project_config(config_path)
     inventory = load_inventory(lab.inventory_path(prefix))
     final = None
+    dashboard: Any = None
     try:
         # Bounded fix attempts: a demo must end even if something unexpected breaks the lab.
         mcfg = machine_config(config)
         mcfg = m.MachineConfig(**{**mcfg.__dict__, "max_fix_attempts": 3})
         state_dir = config.state_dir or ws / ".vpstest"
+        if dashboard_port is not None:
+            dashboard, config = _start_dashboard(config, state_dir, dashboard_port, say)
         runner = Runner(config, inventory, state_dir, out=say, install_signal_handlers=True,
                         fix_retry_seconds=2.0, machine_cfg=mcfg)
         final = runner.run()
     finally:
+        if dashboard is not None:
+            dashboard.stop()
         if not keep_lab and not lab_was_up:
             with _suppress_all():
                 _stop_services(config, inventory, say)
@@ -298,6 +307,34 @@ def run_demo(
             say(f"demo: lab '{prefix}' left up (vpstest lab down --prefix {prefix} removes it)")
     _summary(final, config, ws, config_path, time.monotonic() - t0, say)
     return 0 if final is not None and final.state is m.State.COMPLETE else 1
+
+
+def _start_dashboard(config: Any, state_dir: Path, port: int, say: Callable[[str], None]) -> tuple[Any, Any]:
+    """Serve the dashboard over the demo's state directory; the runner POSTs its events to it.
+
+    Returns (server or None, the config with ``notify.dashboard_url`` set). Without the dashboard
+    extra, or with the port taken, the demo says so and runs without it.
+    """
+    from dataclasses import replace
+
+    try:
+        from pytest_vpstest.dashboard.app import Settings
+        from pytest_vpstest.dashboard.server import DashboardServer
+        from pytest_vpstest.dashboard.token import use_token
+    except ImportError as exc:
+        say(f"demo: no dashboard ({exc.name} is missing; pip install 'pytest-vpstest[dashboard]')")
+        return None, config
+    token = use_token(state_dir, config.dashboard.token)
+    settings = Settings(state_dir=Path(state_dir), token=token, configs={config.project: config})
+    try:
+        server = DashboardServer(settings, port).start()
+    except OSError as exc:
+        say(f"demo: no dashboard: cannot listen on 127.0.0.1:{port} ({exc.strerror or exc}); "
+            "pass --dashboard-port 0 for any free port")
+        return None, config
+    say(f"demo: dashboard at {server.url}  (watch the loop there; actions token: {token})")
+    url = f"{server.url}api/events"
+    return server, replace(config, notify=replace(config.notify, dashboard_url=url))
 
 
 class _suppress_all:
@@ -336,7 +373,8 @@ def _summary(final: Any, config: Any, ws: Path, config_path: Path, seconds: floa
     say(f"  runner log:    {state_dir / config.project / 'runner.log'}")
     say(f"  failure brief: {state_dir / config.project / 'fix' / '1' / 'brief.md'}")
     say(f"  workspace:     {ws} (git log shows the planted defect and its fix)")
-    say(f"  try:           vpstest status --config {config_path}")
+    say(f"  try:           vpstest dashboard --config {config_path}")
+    say(f"                 vpstest status --config {config_path}")
     say(f"                 vpstest logs {config.project} --config {config_path}")
 
 
@@ -351,10 +389,14 @@ def register(sub: Any) -> None:
     p.add_argument("--topology", default="small", help="small (default, quick) or full (the 10-node fleet)")
     p.add_argument("--flavour", choices=("netns", "loopback"), default=None,
                    help="lab flavour (default: netns as root, else loopback)")
+    p.add_argument("--dashboard-port", type=int, default=8099, metavar="PORT",
+                   help="serve the dashboard on 127.0.0.1:PORT during the run (default 8099; 0: any port)")
+    p.add_argument("--no-dashboard", action="store_true", help="run without the dashboard")
     p.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     return run_demo(workspace=args.workspace, keep_lab=args.keep_lab, topology=args.topology,
-                    flavour=args.flavour)
+                    flavour=args.flavour,
+                    dashboard_port=None if args.no_dashboard else args.dashboard_port)

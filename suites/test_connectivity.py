@@ -14,7 +14,13 @@ import pytest
 from pytest_vpstest.fleet.judging import judge_connect
 from pytest_vpstest.fleet.probes import ProbeRunner
 from pytest_vpstest.nat_theory import expected_failure, may_fail
-from pytest_vpstest.plugin.fixtures import Recorder, RunContext, parametrize, skip_if_not_deployed
+from pytest_vpstest.plugin.fixtures import (
+    Recorder,
+    RunContext,
+    parametrize,
+    skip_if_not_deployed,
+    skip_if_unreachable,
+)
 from pytest_vpstest.plugin.pairs import Pair, connectivity_pairs
 from pytest_vpstest.suite import ConnectivityMeasurement
 
@@ -41,6 +47,7 @@ def test_connect(pair: Pair, probe: ProbeRunner, vps_run: RunContext, vps_record
     results = [
         probe.connect(pair.src, pair.dst, pair.method, settings.timeout_seconds) for _ in range(attempts)
     ]
+    skip_if_unreachable(vps_run, results)
     success = sum(connected(r, pair.method) for r in results)
     expected = expected_failure(pair.src_nat, pair.dst_nat, pair.method)
     verdict = judge_connect(

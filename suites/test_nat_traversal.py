@@ -16,7 +16,13 @@ import pytest
 from pytest_vpstest.fleet.judging import judge_connect
 from pytest_vpstest.fleet.probes import ProbeRunner
 from pytest_vpstest.nat_theory import expected_failure
-from pytest_vpstest.plugin.fixtures import Recorder, RunContext, parametrize, skip_if_not_deployed
+from pytest_vpstest.plugin.fixtures import (
+    Recorder,
+    RunContext,
+    parametrize,
+    skip_if_not_deployed,
+    skip_if_unreachable,
+)
 from pytest_vpstest.plugin.pairs import Pair, nat_traversal_pairs
 from pytest_vpstest.suite import NatTraversalMeasurement
 
@@ -38,6 +44,7 @@ def test_hole_punch(pair: Pair, probe: ProbeRunner, vps_run: RunContext, vps_rec
         if i:
             time.sleep(settings.nat_cooloff_seconds)
         results.append(probe.connect(pair.src, pair.dst, "holepunch", settings.timeout_seconds))
+    skip_if_unreachable(vps_run, results)
     success = sum(connected(r, "holepunch") for r in results)
     expected = expected_failure(pair.src_nat, pair.dst_nat, "holepunch")
     verdict = judge_connect(f"{pair.id} ({pair.nat_group})", results, "holepunch", expected)

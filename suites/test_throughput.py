@@ -16,7 +16,13 @@ import pytest
 from pytest_vpstest.fleet.judging import path_of
 from pytest_vpstest.fleet.probes import ProbeRunner, Transport
 from pytest_vpstest.fleet.remote import quote_command
-from pytest_vpstest.plugin.fixtures import Recorder, RunContext, parametrize, skip_if_not_deployed
+from pytest_vpstest.plugin.fixtures import (
+    Recorder,
+    RunContext,
+    parametrize,
+    skip_if_not_deployed,
+    skip_if_unreachable,
+)
 from pytest_vpstest.plugin.pairs import Pair, throughput_pairs
 from pytest_vpstest.suite import ThroughputMeasurement
 
@@ -89,6 +95,7 @@ def test_throughput(pair: Pair, probe: ProbeRunner, vps_run: RunContext, vps_rec
         probe.throughput(pair.src, pair.dst, seconds, seconds + settings.timeout_seconds)
         for _ in range(attempts)
     ]
+    skip_if_unreachable(vps_run, results)
     measured = [r for r in results if r.ok and isinstance(r.get("mbps"), int | float)]
     mbps = [round(float(r.get("mbps")), 3) for r in measured]
     ceiling, note = iperf3_ceiling(probe, vps_run, pair, seconds)

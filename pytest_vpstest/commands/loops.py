@@ -17,7 +17,7 @@ from typing import Any
 from pytest_vpstest.commands.loading import add_state_dir_option, state_dir_of
 from pytest_vpstest.errors import StateError
 
-__all__ = ["project_status", "register"]
+__all__ = ["node_health", "project_status", "register"]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -75,7 +75,18 @@ def project_status(state_dir: Path, project: str) -> dict[str, Any]:
         "commits": len(doc.get("commits") or []),
         "runner_alive": holder is not None,
         "runner_pid": holder.pid if holder is not None else None,
+        "nodes": node_health(doc),
     }
+
+
+def node_health(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each node's health as the loop last recorded it in the state file's ``nodes`` map."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, entry in (doc.get("nodes") or {}).items():
+        if isinstance(entry, dict):
+            out[str(name)] = {k: entry.get(k) for k in ("health", "health_reason", "respawns", "status",
+                                                        "health_checked")}
+    return out
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -102,6 +113,14 @@ def _status(args: argparse.Namespace) -> int:
               f"{until:<21} {counters:<16} {last:<12} {alive}")
         if r["stop_reason"]:
             print(f"{'':<16} stop reason: {r['stop_reason']}")
+        tracked = {n: h for n, h in r["nodes"].items() if h.get("health")}
+        if tracked:
+            live = sum(1 for h in tracked.values() if h["health"] == "Live")
+            print(f"{'':<16} nodes: {live}/{len(tracked)} live")
+            for name, h in sorted(tracked.items()):
+                if h["health"] != "Live":
+                    respawns = f", {h['respawns']} respawn(s)" if h.get("respawns") else ""
+                    print(f"{'':<16}   {name}: {h['health']} ({h.get('health_reason') or '-'}{respawns})")
     return 0
 
 

@@ -67,15 +67,33 @@ def check_reachability(inventory: Inventory, timeout: float = 10.0) -> dict[str,
     return out
 
 
+def _loop_health(args: argparse.Namespace, config: ProjectConfig | None) -> dict[str, dict[str, Any]]:
+    """The project's loop's last recorded health of each node (empty without a config or a run)."""
+    if config is None:
+        return {}
+    from pytest_vpstest.commands.loading import state_dir_of
+    from pytest_vpstest.commands.loops import node_health
+    from pytest_vpstest.records.store import StateStore
+
+    try:
+        doc = StateStore(state_dir_of(args, config), config.project).load()
+    except VpsTestError:
+        return {}
+    return node_health(doc or {})
+
+
 def _nodes(args: argparse.Namespace) -> int:
-    inventory, _ = _inventory_for(args)
+    inventory, config = _inventory_for(args)
     reach = check_reachability(inventory, timeout=args.timeout)
+    health = _loop_health(args, config)
     rows: list[dict[str, Any]] = []  # also the --json output
     for n in inventory.nodes:
+        h = health.get(n.name) or {}
         rows.append({"name": n.name, "host": n.host, "fallback_ip": n.fallback_ip, "role": n.role,
                      "nat": n.nat, "provider": n.provider, "region": n.region, "notes": n.notes,
                      "status": "ONLINE" if reach.get(n.name) is None else "UNREACHABLE",
-                     "error": reach.get(n.name)})
+                     "error": reach.get(n.name), "loop_health": h.get("health"),
+                     "loop_health_reason": h.get("health_reason")})
     if args.json:
         print(json.dumps({"checked_at": iso_now(), "nodes": rows}, indent=2))
         return 0 if all(r["status"] == "ONLINE" for r in rows) else 1
@@ -91,9 +109,13 @@ def _nodes(args: argparse.Namespace) -> int:
         notes = f"  [{r['notes']}]" if r["notes"] else ""
         line = (f"{r['name']:<{width}}  ({role}){'':<{max(0, 16 - len(role))}} {r['host']:<17} {where:<19} "
                 f"{r['status']:<11}{notes}")
+        if r["loop_health"]:
+            line += f" loop: {r['loop_health']}"
         print(line.rstrip())
         if r["error"]:
             print(f"{'':<{width}}  -> {r['error']}")
+        if r["loop_health"] and r["loop_health"] != "Live" and r["loop_health_reason"]:
+            print(f"{'':<{width}}  -> loop: {r['loop_health_reason']}")
     nat_rows = [r for r in rows if r["nat"] != "none"]
     if nat_rows:
         print()

@@ -21,7 +21,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -259,12 +259,14 @@ def run_build(
     *,
     log: Callable[[str], None] | None = None,
     binary: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> BuildResult:
     """Run the build command locally and return what happened (never raises for a failed build).
 
     ``build`` is the project's :class:`BuildConfig` (with ``workspace``, and ``binary`` naming
     the first module's binary for artifact resolution) or the whole :class:`ProjectConfig`.
-    Each output line (stdout and stderr merged) goes to ``log`` as it arrives.
+    Each output line (stdout and stderr merged) goes to ``log`` as it arrives. ``env`` is added to
+    the build's environment (the loop's child marker, so a crashed runner's build can be found).
     """
     if isinstance(build, ProjectConfig):
         if build.build is None:
@@ -289,6 +291,7 @@ def run_build(
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
+        env={**os.environ, **env} if env else None,
     )
 
     def expire() -> None:

@@ -8,7 +8,8 @@ Per node (stop, upload, restart, verify, made safe):
    and ``mv`` it into place (atomic: the path always names a whole binary);
 4. **start** it through the node's service manager with ``deploy.start_command`` filled by
    :func:`~pytest_vpstest.fleet.remote.quote_command`;
-5. **verify** it is still running after a few seconds.
+5. **verify** it is still running a few seconds after its start — one window per node, all
+   nodes' windows at once (a node does not hold a fan-out slot while it is being watched).
 
 Then, once for all nodes, wait for each started node to appear in the registry
 (``deploy.registration_timeout_seconds``); nodes that never register fail at stage ``register``.
@@ -23,6 +24,7 @@ import hashlib
 import posixpath
 import secrets
 import shlex
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,12 +36,14 @@ from pytest_vpstest.errors import ConfigError, DeployError, NodeError, Unreachab
 from pytest_vpstest.fleet.node import NodePlan, plan_node
 from pytest_vpstest.fleet.remote import Pool, Session, query_registry, quote_command
 from pytest_vpstest.fleet.services import ServiceManager, service_manager
+from pytest_vpstest.redact import redact_url
 
 __all__ = [
     "DeployReport",
     "NodeDeploy",
     "Stage",
     "deploy",
+    "owner_of",
     "registered_names",
     "rollback",
     "start_command",
@@ -170,6 +174,7 @@ def _deploy_one(
     try:
         manager = service_manager(session, install_path=plan.install_path, log_dir=plan.log_dir)
         stage = "stop"
+        _claim(session, manager, plan, config)
         manager.stop(plan.service)
         log(f"{node.name}: stopped {plan.service}")
 
@@ -201,10 +206,6 @@ def _deploy_one(
         status = manager.start(plan.service, start_command(plan, inventory, config))
         started_at = time.monotonic()
         log(f"{node.name}: started {plan.service} (pid {status.pid})")
-
-        stage = "verify"
-        _verify_running(manager, plan.service, verify_seconds)
-        log(f"{node.name}: {plan.service} running")
     except (_StageFailed, NodeError, ConfigError) as exc:
         if upload is not None:
             _discard(session, upload)
@@ -216,6 +217,32 @@ def _deploy_one(
         return _Started(NodeDeploy(node.name, False, failed, error, time.monotonic() - began), 0.0)
     return _Started(
         NodeDeploy(node.name, True, None, None, time.monotonic() - began, previous_kept), started_at
+    )
+
+
+def owner_of(config: ProjectConfig) -> str:
+    """Who deploys: the project, the machine and the workspace (two checkouts of one project differ)."""
+    return f"{config.project} on {socket.gethostname()} from {config.workspace}"
+
+
+def _claim(session: Session, manager: ServiceManager, plan: NodePlan, config: ProjectConfig) -> None:
+    """Refuse to replace a running service another project deployed under the same name; else
+    record this project as the service's owner (``<install_path>/run/<service>.owner``)."""
+    marker = posixpath.join(plan.install_path, "run", f"{plan.service}.owner")
+    me = owner_of(config)
+    found = session.run(f"cat {shlex.quote(marker)} 2>/dev/null || true", timeout=30, check=True)
+    found_owner = found.stdout.strip()
+    if found_owner and found_owner != me and manager.status(plan.service).running:
+        raise _StageFailed(
+            "stop",
+            f"service {plan.service} on {session.node.name} is running for another project ({found_owner}); "
+            "not replacing it: give this project its own deploy.service_prefix, or stop the other run",
+        )
+    run_dir = posixpath.dirname(marker)
+    session.run(
+        f"mkdir -p {shlex.quote(run_dir)} && printf '%s\\n' {shlex.quote(me)} > {shlex.quote(marker)}",
+        timeout=30,
+        check=True,
     )
 
 
@@ -238,6 +265,22 @@ def _verify_running(manager: ServiceManager, service: str, seconds: float) -> No
         if remaining <= 0:
             return
         time.sleep(min(0.5, remaining))
+
+
+def _verify_started(
+    session: Session, config: ProjectConfig, artifact: Path, started_at: float, seconds: float, log: Log
+) -> str | None:
+    """Watch a started node until ``seconds`` after its start; None if it kept running, else why not."""
+    plan = plan_node(session.node, config, artifact)
+    manager = service_manager(session, install_path=plan.install_path, log_dir=plan.log_dir)
+    try:
+        _verify_running(manager, plan.service, started_at + seconds - time.monotonic())
+    except _StageFailed as exc:
+        return str(exc)
+    except (NodeError, ConfigError) as exc:
+        return _message(exc)
+    log(f"{session.node.name}: {plan.service} running")
+    return None
 
 
 def registered_names(peers: Sequence[Mapping[str, Any]]) -> set[str]:
@@ -279,11 +322,11 @@ def _wait_registration(
             name = peer.get("name", peer.get("node"))
             if name in pending and _fresh(peer, now - started[str(name)]):
                 pending.discard(str(name))
-                log(f"{name}: registered with {registry.url}")
+                log(f"{name}: registered with {redact_url(registry.url)}")
         if not pending or now >= deadline:
             break
         time.sleep(min(1.0, max(0.0, deadline - now)))
-    cause = f"not registered with {registry.url} within {timeout:g} s"
+    cause = f"not registered with {redact_url(registry.url)} within {timeout:g} s"
     if last_error:
         cause += f" (last registry error: {last_error})"
     return dict.fromkeys(sorted(pending), cause)
@@ -360,7 +403,7 @@ def deploy(
     outcomes = pool.fan_out(
         targets,
         lambda s: _deploy_one(s, inventory, project_config, artifact, digest, verify_seconds, say),
-        parallelism=project_config.deploy.parallelism,
+        parallelism=project_config.deploy.parallelism or len(targets),
     )
     per_node: dict[str, NodeDeploy] = {}
     started: dict[str, float] = {}
@@ -372,6 +415,17 @@ def deploy(
             per_node[name] = outcome.ok
             if outcome.ok.ok:
                 started[name] = outcome.started_at
+    verified = pool.fan_out(
+        list(started),
+        lambda s: _verify_started(s, project_config, artifact, started[s.node.name], verify_seconds, say),
+        parallelism=max(1, len(started)),
+    )
+    for name, problem in verified.items():
+        if problem is not None:
+            cause = _message(problem) if isinstance(problem, NodeError) else problem
+            d = per_node[name]
+            per_node[name] = NodeDeploy(name, False, "verify", cause, d.duration, d.previous_kept)
+            del started[name]
     registry = _registry(inventory, project_config)
     readiness = project_config.deploy.readiness
     if readiness == "status" and started:
@@ -385,7 +439,8 @@ def deploy(
         say("deploy.readiness is none: not waiting for the nodes to be ready")
     elif registry is not None and started:
         timeout = project_config.deploy.registration_timeout_seconds
-        say(f"waiting up to {timeout:g} s for {len(started)} node(s) to register with {registry.url}")
+        say(f"waiting up to {timeout:g} s for {len(started)} node(s) to register with "
+            f"{redact_url(registry.url)}")
         for name, cause in _wait_registration(pool, registry, started, timeout, registry_query, say).items():
             d = per_node[name]
             per_node[name] = NodeDeploy(name, False, "register", cause, d.duration, d.previous_kept)
@@ -472,7 +527,7 @@ def rollback(
     outcomes = pool.fan_out(
         list(nodes),
         lambda s: _rollback_one(s, inventory, project_config, verify_seconds, say),
-        parallelism=project_config.deploy.parallelism,
+        parallelism=project_config.deploy.parallelism or max(1, len(nodes)),
     )
     per_node = {
         name: (o if isinstance(o, NodeDeploy) else NodeDeploy(name, False, "connect", _message(o)))

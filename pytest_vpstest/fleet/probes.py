@@ -86,6 +86,8 @@ class ProbeResult:
     timed_out: bool = False
     data: Mapping[str, Any] | None = None
     error: str | None = None
+    # The command could not be run on the node at all (SSH connection failed or was lost).
+    transport_error: bool = False
 
     @property
     def valid(self) -> bool:
@@ -294,6 +296,7 @@ class ProbeRunner:
                     "",
                     time.monotonic() - start,
                     error=f"{type(exc).__name__}: {exc}".splitlines()[0],
+                    transport_error=True,
                 )
         data: Mapping[str, Any] | None = None
         if outcome.timed_out:

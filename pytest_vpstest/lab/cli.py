@@ -17,7 +17,11 @@ def register(sub: Any) -> None:
     lab_sub = p.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
 
     up = lab_sub.add_parser("up", help="build the lab (removing a previous or half-built one first)")
-    up.add_argument("--topology", default="full", help="full, small or a topology YAML file (default: full)")
+    up.add_argument(
+        "--topology",
+        default="full",
+        help="full, small, scale:N (N = 10-120 generated nodes) or a topology YAML file (default: full)",
+    )
     up.add_argument(
         "--flavour",
         choices=("netns", "loopback"),

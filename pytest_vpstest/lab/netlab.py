@@ -26,6 +26,7 @@ from pytest_vpstest.lab.plan import (
     LabPlan,
     NodePlan,
     choose_mgmt_octet,
+    mac,
     make_plan,
 )
 from pytest_vpstest.lab.record import LabRecord, NodeRecord, ServiceRecord, prepare_lab_dir, tcp_open
@@ -39,6 +40,7 @@ __all__ = [
     "build_network",
     "ensure_mount_points",
     "field_conditions",
+    "mgmt_router_ruleset",
     "pick_mgmt_octet",
     "prepare_node_fs",
     "taken_networks",
@@ -81,24 +83,43 @@ def pick_mgmt_octet(prefix: str) -> int:
 
 
 def _root_link_commands(plan: LabPlan) -> list[str]:
-    inet = plan.inet_ns
-    cmds = []
+    """Every link, each end created in its namespace with its fixed MAC address (plan.mac)."""
+    inet, mgmt = plan.inet_ns, plan.mgmt_ns
+    root_if = plan.mgmt_root_if
+    cmds = [
+        f"link add {root_if} address {mac('mgmt-root')} type veth "
+        f"peer name harness address {mac('mgmt-up')} netns {mgmt}",
+        f"link set {root_if} addrgenmode none",
+        f"addr add {plan.harness_ip}/32 peer {plan.mgmt_router_ip}/32 dev {root_if}",
+        f"link set {root_if} up",
+        f"route add {plan.mgmt_subnet} via {plan.mgmt_router_ip} dev {root_if}",
+        f"neigh replace {plan.mgmt_router_ip} lladdr {mac('mgmt-up')} dev {root_if} nud permanent",
+    ]
     for n in plan.nodes:
+        station = f"address {mac('data', n.number)}"
         if n.carrier_ns:
-            cmds.append(f"link add d{n.number} netns {inet} type veth peer name wan netns {n.carrier_ns}")
-            cmds.append(f"link add lan netns {n.carrier_ns} type veth peer name wan netns {n.router_ns}")
-            cmds.append(f"link add lan netns {n.router_ns} type veth peer name eth0 netns {n.ns}")
+            cmds.append(
+                f"link add d{n.number} netns {inet} type veth peer name wan {station} netns {n.carrier_ns}"
+            )
+            cmds.append(
+                f"link add lan netns {n.carrier_ns} address {mac('carrier-lan', n.number)} type veth "
+                f"peer name wan address {mac('router-wan', n.number)} netns {n.router_ns}"
+            )
         elif n.router_ns:
-            cmds.append(f"link add d{n.number} netns {inet} type veth peer name wan netns {n.router_ns}")
-            cmds.append(f"link add lan netns {n.router_ns} type veth peer name eth0 netns {n.ns}")
+            cmds.append(
+                f"link add d{n.number} netns {inet} type veth peer name wan {station} netns {n.router_ns}"
+            )
+        if n.router_ns:
+            cmds.append(
+                f"link add lan netns {n.router_ns} address {mac('lan-router', n.number)} type veth "
+                f"peer name eth0 address {mac('lan-node', n.number)} netns {n.ns}"
+            )
         else:
-            cmds.append(f"link add d{n.number} netns {inet} type veth peer name eth0 netns {n.ns}")
-        cmds += [
-            f"link add {n.mgmt_host_if} type veth peer name mgmt netns {n.ns}",
-            f"link set {n.mgmt_host_if} addrgenmode none",
-            f"addr add {plan.harness_ip}/32 peer {n.mgmt_ip}/32 dev {n.mgmt_host_if}",
-            f"link set {n.mgmt_host_if} up",
-        ]
+            cmds.append(f"link add d{n.number} netns {inet} type veth peer name eth0 {station} netns {n.ns}")
+        cmds.append(
+            f"link add {n.mgmt_port} netns {mgmt} address {mac('mgmt-port', n.number)} type veth "
+            f"peer name mgmt address {mac('mgmt-node', n.number)} netns {n.ns}"
+        )
     return cmds
 
 
@@ -109,40 +130,82 @@ def _inet_commands(plan: LabPlan) -> list[str]:
     return cmds
 
 
-def _node_commands(plan: LabPlan, n: NodePlan) -> list[str]:
-    cmds = ["link set lo up"]
-    if n.router_ns:
+def _mgmt_commands(plan: LabPlan) -> list[str]:
+    """The management router: the harness on ``harness``, node N on ``n<N>``, all neighbours static."""
+    router = plan.mgmt_router_ip
+    cmds = [
+        "link set lo up",
+        f"addr add {router}/32 peer {plan.harness_ip}/32 dev harness",
+        "link set harness up",
+        f"neigh replace {plan.harness_ip} lladdr {mac('mgmt-root')} dev harness nud permanent",
+    ]
+    for n in plan.nodes:
         cmds += [
-            f"addr add {n.data_ip}/24 dev eth0",
-            "link set eth0 up",
-            f"route add 198.18.0.0/24 via {n.lan_router_ip}",
+            f"addr add {router}/32 peer {n.mgmt_ip}/32 dev {n.mgmt_port}",
+            f"link set {n.mgmt_port} up",
+            f"neigh replace {n.mgmt_ip} lladdr {mac('mgmt-node', n.number)} dev {n.mgmt_port} nud permanent",
         ]
-    else:
-        cmds += [f"addr add {n.data_ip}/24 dev eth0", "link set eth0 up"]
-    cmds += [f"addr add {n.mgmt_ip}/32 peer {plan.harness_ip}/32 dev mgmt", "link set mgmt up"]
     return cmds
 
 
-def _router_commands(n: NodePlan) -> list[str]:
+def _data_neighbours(plan: LabPlan, n: NodePlan, dev: str) -> list[str]:
+    """Static entries for every other station on the data bridge (public nodes and outermost NAT
+    routers: a node's public address is always its station's)."""
+    return [
+        f"neigh replace {other.public_ip} lladdr {mac('data', other.number)} dev {dev} nud permanent"
+        for other in plan.nodes
+        if other.number != n.number
+    ]
+
+
+def _node_commands(plan: LabPlan, n: NodePlan) -> list[str]:
+    cmds = ["link set lo up", f"addr add {n.data_ip}/24 dev eth0", "link set eth0 up"]
+    if n.router_ns:
+        cmds += [
+            f"route add 198.18.0.0/24 via {n.lan_router_ip}",
+            f"neigh replace {n.lan_router_ip} lladdr {mac('lan-router', n.number)} dev eth0 nud permanent",
+        ]
+    else:
+        cmds += _data_neighbours(plan, n, "eth0")
+    cmds += [
+        f"addr add {n.mgmt_ip}/32 peer {plan.mgmt_router_ip}/32 dev mgmt",
+        "link set mgmt up",
+        f"route add {plan.harness_ip}/32 via {plan.mgmt_router_ip} dev mgmt",
+        f"neigh replace {plan.mgmt_router_ip} lladdr {mac('mgmt-port', n.number)} dev mgmt nud permanent",
+    ]
+    return cmds
+
+
+def _router_commands(plan: LabPlan, n: NodePlan) -> list[str]:
     cmds = [
         "link set lo up",
         f"addr add {n.router_wan_ip or n.wan_ip}/24 dev wan",
         "link set wan up",
         f"addr add {n.lan_router_ip}/24 dev lan",
         "link set lan up",
+        f"neigh replace {n.data_ip} lladdr {mac('lan-node', n.number)} dev lan nud permanent",
     ]
     if n.carrier_ns:
-        cmds.append(f"route add 198.18.0.0/24 via {n.carrier_lan_ip}")
+        # Behind a carrier NAT the router's wan sees only the carrier's lan, its way to the bridge.
+        cmds += [
+            f"neigh replace {n.carrier_lan_ip} lladdr {mac('carrier-lan', n.number)} dev wan nud permanent",
+            f"route add 198.18.0.0/24 via {n.carrier_lan_ip}",
+        ]
+    else:
+        cmds += _data_neighbours(plan, n, "wan")
     return cmds
 
 
-def _carrier_commands(n: NodePlan) -> list[str]:
+def _carrier_commands(plan: LabPlan, n: NodePlan) -> list[str]:
+    """The carrier router: a station on the data bridge (wan) in front of the node's router (lan)."""
     return [
         "link set lo up",
         f"addr add {n.wan_ip}/24 dev wan",
         "link set wan up",
         f"addr add {n.carrier_lan_ip}/24 dev lan",
         "link set lan up",
+        f"neigh replace {n.router_wan_ip} lladdr {mac('router-wan', n.number)} dev lan nud permanent",
+        *_data_neighbours(plan, n, "wan"),
     ]
 
 
@@ -156,7 +219,7 @@ def _router_options(n: NodePlan, wan_ip: str) -> nat.RouterOptions:
     )
 
 
-def _router_jobs(n: NodePlan, forward: dict[str, str]) -> list[Callable[[], None]]:
+def _router_jobs(plan: LabPlan, n: NodePlan, forward: dict[str, str]) -> list[Callable[[], None]]:
     """Addresses and NAT rulesets of the node's router, and of its carrier router for a double NAT."""
     assert n.router_ns is not None and n.wan_ip is not None
     home_wan = n.router_wan_ip or n.wan_ip
@@ -164,14 +227,14 @@ def _router_jobs(n: NodePlan, forward: dict[str, str]) -> list[Callable[[], None
         n.node.nat, f"198.19.{n.number}.0/24", n.data_ip, _router_options(n, home_wan)
     )
     jobs: list[Callable[[], None]] = [
-        partial(netns.ip_batch, _router_commands(n), netns=n.router_ns),
+        partial(netns.ip_batch, _router_commands(plan, n), netns=n.router_ns),
         partial(_ns_setup, n.router_ns, forward, home),
     ]
     if n.carrier_ns and n.node.carrier_nat and n.router_wan_ip:
         carrier = nat.router_ruleset(
             n.node.carrier_nat, f"198.18.{n.number}.0/24", n.router_wan_ip, _router_options(n, n.wan_ip)
         )
-        jobs.append(partial(netns.ip_batch, _carrier_commands(n), netns=n.carrier_ns))
+        jobs.append(partial(netns.ip_batch, _carrier_commands(plan, n), netns=n.carrier_ns))
         jobs.append(partial(_ns_setup, n.carrier_ns, forward, carrier))
     return jobs
 
@@ -234,6 +297,27 @@ def _far_end_loss_jobs(plan: LabPlan) -> list[Callable[[], None]]:
     ]
 
 
+def mgmt_router_ruleset(plan: LabPlan) -> str:
+    """The management router forwards only SSH between the harness and a node: never node to node,
+    and it answers nothing itself."""
+    harness = plan.harness_ip
+    return "\n".join(
+        [
+            "table inet vpslab_mgmt {",
+            "  chain forward {",
+            "    type filter hook forward priority filter; policy drop;",
+            f'    iifname "harness" oifname "n*" ip saddr {harness} tcp dport {SSH_PORT} accept',
+            f'    iifname "n*" oifname "harness" ip daddr {harness} tcp sport {SSH_PORT} accept',
+            "  }",
+            "  chain input {",
+            "    type filter hook input priority filter; policy drop;",
+            "  }",
+            "}",
+            "",
+        ]
+    )
+
+
 def build_network(plan: LabPlan) -> None:
     """Namespaces, links, addresses, routes, shaping and nftables of ``plan`` (no processes)."""
     netns.ip_batch(f"netns add {ns}" for ns in plan.namespaces)
@@ -241,15 +325,19 @@ def build_network(plan: LabPlan) -> None:
     netns.nft_load(nat.host_guard_ruleset(plan.prefix))
     node_forward = {"net.ipv4.ip_forward": "0", "net.ipv6.conf.all.disable_ipv6": "1"}
     router_forward = nat.ROUTER_SYSCTLS
+    # The management router forwards but is no NAT router: it has no "lan" and loads no conntrack.
+    mgmt_forward = {"net.ipv4.ip_forward": "1", "net.ipv6.conf.all.disable_ipv6": "1"}
     jobs: list[Callable[[], None]] = [
         partial(netns.ip_batch, _inet_commands(plan), netns=plan.inet_ns),
         partial(_ns_setup, plan.inet_ns, node_forward, None),
+        partial(netns.ip_batch, _mgmt_commands(plan), netns=plan.mgmt_ns),
+        partial(_ns_setup, plan.mgmt_ns, mgmt_forward, mgmt_router_ruleset(plan)),
     ]
     for n in plan.nodes:
         jobs.append(partial(netns.ip_batch, _node_commands(plan, n), netns=n.ns))
         jobs.append(partial(_ns_setup, n.ns, node_forward, _node_ruleset(plan, n)))
         if n.router_ns:
-            jobs += _router_jobs(n, router_forward)
+            jobs += _router_jobs(plan, n, router_forward)
     _parallel(jobs)
     _parallel([partial(_tc_batch, ns, cmds) for ns, cmds in _shaping_jobs(plan)])
     _parallel(_far_end_loss_jobs(plan))

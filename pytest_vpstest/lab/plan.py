@@ -3,16 +3,23 @@
 Names (everything carries the prefix, so ``lab down`` can find it after a crash)::
 
     <prefix>-inet          namespace of the data network ("the internet"), bridge ``br0`` inside
+    <prefix>-mgmt          management router: link ``harness`` to the root namespace, ``n<N>`` to node N
     <prefix>-<node>        a node's namespace
     <prefix>-r-<node>      the NAT router in front of a NATed node
-    <prefix>-m<N>          root-namespace end of node N's management veth (node side: ``mgmt``)
+    <prefix>-c-<node>      the carrier-grade NAT router in front of that router (double NAT only)
+    <prefix>-m0            the root namespace's one link into the lab (to ``harness`` in ``<prefix>-mgmt``)
 
 Addresses (node N is the node's 1-based position in the topology)::
 
-    198.18.0.N/24          data address of public node N, or WAN address of node N's router
+    198.18.0.N/24          data address of public node N, or WAN address of node N's outermost router
     198.19.N.1/24          router N's LAN side; 198.19.N.2 is the NATed node's data address
-    198.19.M.N/32          node N's management address (point-to-point to 198.19.M.254)
-    198.19.M.254           the harness's address on every management link
+    198.19.M.N/32          node N's management address (point-to-point to 198.19.M.253)
+    198.19.M.253           the management router, on ``harness`` and on every ``n<N>``
+    198.19.M.254           the harness (root namespace, ``<prefix>-m0``); 198.19.M.0/24 routes via .253
+
+Every link has a fixed MAC address (:func:`mac`) and every neighbour entry is static, so the lab adds
+no entry to the kernel's neighbour (ARP) table, which all namespaces share and whose garbage-collection
+limit (``gc_thresh3``, 1024 by default) a 50-node lab of learnt entries would overflow.
 
 A NATed node with a carrier-grade NAT (``carrier_nat``) has a second router, ``<prefix>-c-<node>``,
 between its own router and the data bridge: the carrier's WAN is ``198.18.0.N`` (the node's public
@@ -36,14 +43,18 @@ __all__ = [
     "DATA_SUBNET",
     "DEFAULT_PREFIX",
     "HARNESS_HOST",
+    "MAC_KINDS",
     "MGMT_OCTETS",
+    "MGMT_ROUTER_HOST",
     "PREFIX_RE",
     "REGISTRY_PORT",
+    "RESERVED_NODE_NAMES",
     "SSH_PORT",
     "LabPlan",
     "NodePlan",
     "check_prefix",
     "choose_mgmt_octet",
+    "mac",
     "make_plan",
     "preferred_mgmt_octet",
 ]
@@ -51,6 +62,9 @@ __all__ = [
 DATA_SUBNET = "198.18.0.0/24"
 DATA_PREFIXLEN = 24
 HARNESS_HOST = 254
+MGMT_ROUTER_HOST = 253
+# Namespace names a node may not take: the lab's own namespaces are <prefix>-inet and <prefix>-mgmt.
+RESERVED_NODE_NAMES = ("inet", "mgmt")
 # Management /24s are 198.19.M.0 with M in this range (NAT LANs use 198.19.1-120.0).
 MGMT_OCTETS = range(128, 254)
 DEFAULT_PREFIX = "vps"
@@ -93,6 +107,26 @@ def choose_mgmt_octet(prefix: str, taken: list[ipaddress.IPv4Network]) -> int:
     raise ConfigError("no free management subnet in 198.19.128.0/17", key="prefix")
 
 
+# The second octet of every lab MAC address says which end of which link it is (first octet 02:
+# locally administered, unicast); the last two octets are the node number.
+MAC_KINDS = {
+    "data": 1,  # public node's eth0, router's wan or carrier's wan: the station on the data bridge
+    "lan-router": 2,
+    "lan-node": 3,
+    "mgmt-node": 4,  # node side of the management link
+    "mgmt-port": 5,  # the management router's n<N>
+    "mgmt-up": 6,  # the management router's link to the root namespace
+    "mgmt-root": 7,  # the root namespace's <prefix>-m0
+    "carrier-lan": 8,  # double NAT: the carrier router's lan
+    "router-wan": 9,  # double NAT: the node's router's wan (on the carrier's segment)
+}
+
+
+def mac(kind: str, number: int = 0) -> str:
+    """The fixed MAC address of one end of a lab link (``kind`` from :data:`MAC_KINDS`)."""
+    return f"02:76:{MAC_KINDS[kind]:02x}:00:{number >> 8:02x}:{number & 0xFF:02x}"
+
+
 @dataclass(frozen=True)
 class NodePlan:
     node: LabNode
@@ -100,7 +134,7 @@ class NodePlan:
     ns: str
     data_ip: str
     mgmt_ip: str
-    mgmt_host_if: str
+    mgmt_port: str
     router_ns: str | None = None
     wan_ip: str | None = None
     lan_router_ip: str | None = None
@@ -135,12 +169,25 @@ class LabPlan:
         return f"198.19.{self.mgmt_octet}.{HARNESS_HOST}"
 
     @property
+    def mgmt_router_ip(self) -> str:
+        return f"198.19.{self.mgmt_octet}.{MGMT_ROUTER_HOST}"
+
+    @property
+    def mgmt_ns(self) -> str:
+        return f"{self.prefix}-mgmt"
+
+    @property
+    def mgmt_root_if(self) -> str:
+        """The root namespace's only link into the lab."""
+        return f"{self.prefix}-m0"
+
+    @property
     def mgmt_subnet(self) -> str:
         return f"198.19.{self.mgmt_octet}.0/24"
 
     @property
     def namespaces(self) -> tuple[str, ...]:
-        names = [self.inet_ns]
+        names = [self.inet_ns, self.mgmt_ns]
         for n in self.nodes:
             if n.carrier_ns:
                 names.append(n.carrier_ns)
@@ -169,10 +216,12 @@ def make_plan(topology: Topology, prefix: str, mgmt_octet: int) -> LabPlan:
     check_prefix(prefix)
     nodes = []
     for number, node in enumerate(topology.nodes, start=1):
-        mgmt = dict(
-            mgmt_ip=f"198.19.{mgmt_octet}.{number}",
-            mgmt_host_if=f"{prefix}-m{number}",
-        )
+        if node.name in RESERVED_NODE_NAMES:
+            raise ConfigError(
+                f"node name '{node.name}' is reserved for the lab's own namespace <prefix>-{node.name}",
+                key="name",
+            )
+        mgmt = dict(mgmt_ip=f"198.19.{mgmt_octet}.{number}", mgmt_port=f"n{number}")
         if node.natted:
             nodes.append(
                 NodePlan(

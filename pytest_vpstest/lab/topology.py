@@ -11,6 +11,8 @@ A topology is a YAML file (``topologies/full.yaml``, ``topologies/small.yaml`` o
 A node's position in the list (1-based) is its number in the addressing plan. Loading validates
 everything once and reports the first problem as a one-line :class:`ConfigError` naming the file,
 line and key.
+
+``scale:N`` (10 <= N <= ``MAX_NODES``) is generated instead of read: :func:`scale_topology`.
 """
 
 from __future__ import annotations
@@ -29,16 +31,34 @@ from pytest_vpstest.errors import ConfigError
 __all__ = [
     "BUILTIN_TOPOLOGIES",
     "MAX_NODES",
+    "MIN_SCALE_NODES",
+    "SCALE_CYCLE",
+    "SCALE_PREFIX",
     "LabNode",
     "MappingTimeout",
     "Shaping",
     "Topology",
     "load_topology",
+    "parse_scale_spec",
     "parse_topology",
+    "scale_topology",
     "topology_source",
 ]
 
 BUILTIN_TOPOLOGIES: tuple[str, ...] = ("full", "small")
+SCALE_PREFIX = "scale:"
+MIN_SCALE_NODES = 10
+# After the registry and two bootstraps, node kinds repeat in this cycle: the full topology's mix of
+# four NATed nodes (one per type) to three public test nodes.
+SCALE_CYCLE: tuple[NatType, ...] = (
+    "full-cone",
+    "none",
+    "address-restricted",
+    "none",
+    "port-restricted",
+    "none",
+    "symmetric",
+)
 # NAT LANs are 198.19.N.0/24 and management subnets live at 198.19.128.0 and above.
 MAX_NODES = 120
 
@@ -121,6 +141,36 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any,
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+def scale_topology(count: int) -> Topology:
+    """A generated ``count``-node topology: ``saorsa-1`` registry, ``saorsa-2``/``-3`` bootstraps, then
+    :data:`SCALE_CYCLE` repeated (NATed nodes of every type and public test nodes, 4 : 3)."""
+    if not MIN_SCALE_NODES <= count <= MAX_NODES:
+        raise ConfigError(
+            f"a scale topology has {MIN_SCALE_NODES} to {MAX_NODES} nodes, got {count}", key="topology"
+        )
+    nodes = [
+        LabNode(name="saorsa-1", role="registry"),
+        LabNode(name="saorsa-2", role="bootstrap"),
+        LabNode(name="saorsa-3", role="bootstrap"),
+    ]
+    for number in range(4, count + 1):
+        nat = SCALE_CYCLE[(number - 4) % len(SCALE_CYCLE)]
+        nodes.append(LabNode(name=f"saorsa-{number}", role="nat" if nat != "none" else "test", nat=nat))
+    return Topology(name=f"scale-{count}", nodes=tuple(nodes))
+
+
+def parse_scale_spec(spec: str) -> int | None:
+    """N for ``scale:N``; None for any other spec; ConfigError for a malformed ``scale:``."""
+    if not spec.startswith(SCALE_PREFIX):
+        return None
+    text = spec[len(SCALE_PREFIX) :]
+    if not text.isdigit():
+        raise ConfigError(
+            f"'{spec}' is not scale:N with a node count N", key="topology", allowed=("scale:50",)
+        )
+    return int(text)
+
+
 def topology_source(spec: str) -> Path:
     """Where the topology named by ``spec`` (``full``, ``small`` or a file path) is read from."""
     if spec in BUILTIN_TOPOLOGIES:
@@ -128,12 +178,17 @@ def topology_source(spec: str) -> Path:
         return Path(str(ref))
     path = Path(spec)
     if not path.is_file():
-        raise ConfigError(f"no topology file '{spec}'", key="topology", allowed=(*BUILTIN_TOPOLOGIES, "PATH"))
+        raise ConfigError(
+            f"no topology file '{spec}'", key="topology", allowed=(*BUILTIN_TOPOLOGIES, "scale:N", "PATH")
+        )
     return path
 
 
 def load_topology(spec: str) -> Topology:
-    """Load and validate a builtin topology (``full``/``small``) or a topology file."""
+    """Load and validate a builtin topology (``full``/``small``), ``scale:N`` or a topology file."""
+    count = parse_scale_spec(spec)
+    if count is not None:
+        return scale_topology(count)
     path = topology_source(spec)
     return parse_topology(path.read_text(encoding="utf-8"), path=path)
 

@@ -13,12 +13,18 @@ step and feeds the outcome back as the next event.
     any non-terminal state ─► STOPPED (user stop, fatal error, or a rule below)
 
 Rules:
-- SETUP: fewer than ``min_reachable_fraction`` (50%) of nodes reachable → STOPPED.
+- SETUP: fewer than ``min_reachable_fraction`` (50%) of nodes reachable → STOPPED, naming each
+  unreachable node and why.
 - BUILD: failure → FIX; the ``max_build_failures``-th (3rd) consecutive failure → STOPPED.
 - DEPLOY: fewer than ``min_deployed_fraction`` (50%) of nodes deployed → STOPPED, else TEST.
 - TEST: failure → FIX in the initial phase, → RESTART in the soak phase; a pass moves to the next
-  enabled soak checkpoint: WAIT_1HR, then WAIT_6HR, then COMPLETE.
-- FIX: a commit → BUILD; no commit → another fix run (attempts unlimited unless configured).
+  enabled soak checkpoint: WAIT_1HR, then WAIT_6HR, then COMPLETE. A failure whose causes are all
+  infrastructure (unreachable or unhealthy nodes, timed-out SSH) is not the software's fault: it
+  never enters FIX (STOPPED in the initial phase, RESTART in the soak phase).
+- FIX: a commit → BUILD; no commit → another fix run, at most ``max_fix_attempts`` (5) attempts in
+  all, then STOPPED with the reason.
+- Node health (``NodesHealth``, any running state): fewer than ``min_live_fraction`` (50%) of the
+  nodes Live → STOPPED naming each node that is not Live and why; otherwise nothing changes.
 - WAIT_*: ``WaitElapsed`` is accepted only once ``now >= wait_until`` → TEST.
 - RESTART: ``RestartDone`` → SETUP, back in the initial phase.
 
@@ -52,6 +58,7 @@ __all__ = [
     "FixFinished",
     "InvalidEvent",
     "MachineConfig",
+    "NodesHealth",
     "Notify",
     "Phase",
     "Restart",
@@ -124,10 +131,11 @@ class MachineConfig:
     wait_1hr: bool = True
     wait_6hr: bool = True
     max_build_failures: int = 3
-    # None: unlimited fix attempts (the loop keeps fixing until a fix works or it is stopped).
-    max_fix_attempts: int | None = None
+    # Fix attempts in a run before it stops; None: unlimited (only when configured so explicitly).
+    max_fix_attempts: int | None = 5
     min_reachable_fraction: float = 0.5
     min_deployed_fraction: float = 0.5
+    min_live_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         if self.wait_1hr_seconds < 0 or self.wait_6hr_seconds < 0:
@@ -136,7 +144,7 @@ class MachineConfig:
             raise ValueError("max_build_failures must be at least 1")
         if self.max_fix_attempts is not None and self.max_fix_attempts < 1:
             raise ValueError("max_fix_attempts must be at least 1 (or None for unlimited)")
-        for name in ("min_reachable_fraction", "min_deployed_fraction"):
+        for name in ("min_reachable_fraction", "min_deployed_fraction", "min_live_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
 
@@ -153,6 +161,8 @@ class Start:
 class SetupFinished:
     reachable: int
     total: int
+    # (node, cause) of each node that could not be reached, for the stop reason.
+    unreachable: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.reachable <= self.total:
@@ -185,6 +195,24 @@ class TestFinished:
 
     passed: bool
     summary: str = ""
+    # A failure whose every cause is infrastructure (unreachable/unhealthy node, SSH timeout).
+    infrastructure: bool = False
+
+
+@dataclass(frozen=True)
+class NodesHealth:
+    """The runner's liveness round: ``live`` of ``total`` nodes are Live; ``unhealthy`` names the others.
+
+    Accepted in every running state; it changes nothing unless too few nodes are Live.
+    """
+
+    live: int
+    total: int
+    unhealthy: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.live <= self.total:
+            raise ValueError(f"NodesHealth needs 0 <= live <= total, got {self.live}/{self.total}")
 
 
 @dataclass(frozen=True)
@@ -226,6 +254,7 @@ Event: TypeAlias = (
     | FixFinished
     | WaitElapsed
     | RestartDone
+    | NodesHealth
     | UserStop
     | Fatal
 )
@@ -324,6 +353,8 @@ def step(state: RunState, event: Event, now: datetime, cfg: MachineConfig | None
         return _stop(state, now, event.reason.strip() or "fatal error", critical=True)
 
     s = state.state
+    if isinstance(event, NodesHealth) and s is not State.IDLE:
+        return _on_health(state, event, now, cfg)
     if s is State.IDLE and isinstance(event, Start):
         nxt = replace(state, started_at=now)
         return _enter(
@@ -388,10 +419,25 @@ def _on_setup(state: RunState, ev: SetupFinished, now: datetime, cfg: MachineCon
     if ev.total == 0 or ev.reachable < cfg.min_reachable_fraction * ev.total:
         reason = (
             f"only {ev.reachable} of {ev.total} nodes reachable at SETUP "
-            f"(need at least {_pct(cfg.min_reachable_fraction)})"
+            f"(need at least {_pct(cfg.min_reachable_fraction)})" + _named(ev.unreachable)
         )
         return _stop(state, now, reason, critical=True)
     return _enter(state, State.BUILD, now)
+
+
+def _on_health(state: RunState, ev: NodesHealth, now: datetime, cfg: MachineConfig) -> Step:
+    if ev.total > 0 and ev.live >= cfg.min_live_fraction * ev.total:
+        return state, ()
+    reason = (
+        f"only {ev.live} of {ev.total} nodes live (need at least {_pct(cfg.min_live_fraction)})"
+        + _named(ev.unhealthy)
+    )
+    return _stop(state, now, reason, critical=True)
+
+
+def _named(nodes: tuple[tuple[str, str], ...]) -> str:
+    """``: n1 (cause); n2 (cause)`` for a stop reason, or nothing."""
+    return (": " + "; ".join(f"{name} ({cause})" for name, cause in nodes)) if nodes else ""
 
 
 def _on_build(state: RunState, ev: BuildFinished, now: datetime, cfg: MachineConfig) -> Step:
@@ -429,6 +475,12 @@ def _on_test(state: RunState, ev: TestFinished, now: datetime, cfg: MachineConfi
         )
     if state.phase == "soak":
         return _enter(failed, State.RESTART, now, notes)
+    if ev.infrastructure:
+        # Nothing for a fix to change in the code: the nodes are at fault.
+        summary = ev.summary or "no summary"
+        reason = f"tests failed for infrastructure reasons only (not a software failure): {summary}"
+        stopped, effects = _stop(failed, now, reason)
+        return stopped, (*notes, *effects)
     return _enter_fix(failed, now, cfg, error, notes)
 
 

@@ -37,6 +37,7 @@ import requests
 
 from pytest_vpstest._files import write_text_atomic
 from pytest_vpstest.config import ChannelConfig, NotifyConfig
+from pytest_vpstest.redact import redact_url
 
 __all__ = [
     "EVENT_KINDS",
@@ -241,9 +242,12 @@ class WebhookChannel:
     """HTTP POST of the event JSON; any non-2xx answer or network error is retried later."""
 
     def __init__(self, url: str, *, timeout: float = 10.0, name: str | None = None,
-                 transitions: bool = False, notifications: bool = True) -> None:
+                 transitions: bool = False, notifications: bool = True,
+                 token: Callable[[], str | None] | None = None) -> None:
         self.url = url
         self.timeout = timeout
+        # Asked at every delivery: a dashboard started after the runner writes its token later.
+        self._token = token
         self.name = name or f"webhook-{_digest(url)}"
         self._transitions = transitions
         self._notifications = notifications
@@ -258,12 +262,19 @@ class WebhookChannel:
                 self.url,
                 json=event.to_json(),
                 timeout=self.timeout,
-                headers={"Idempotency-Key": event.id},
+                headers=self._headers(event),
             )
         except requests.RequestException as exc:
-            raise DeliveryError(f"{self.url}: {type(exc).__name__}") from exc
+            raise DeliveryError(f"{redact_url(self.url)}: {type(exc).__name__}") from exc
         if not 200 <= resp.status_code < 300:
-            raise DeliveryError(f"{self.url}: HTTP {resp.status_code}")
+            raise DeliveryError(f"{redact_url(self.url)}: HTTP {resp.status_code}")
+
+    def _headers(self, event: OutboxEvent) -> dict[str, str]:
+        headers = {"Idempotency-Key": event.id}
+        token = self._token() if self._token is not None else None
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
 
 
 class CommandChannel:
@@ -328,8 +339,15 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
-def build_channels(config: NotifyConfig, log: Callable[[str], None]) -> list[Channel]:
-    """The log channel, the configured channels and the dashboard, in that order."""
+def build_channels(
+    config: NotifyConfig,
+    log: Callable[[str], None],
+    dashboard_token: Callable[[], str | None] | None = None,
+) -> list[Channel]:
+    """The log channel, the configured channels and the dashboard, in that order.
+
+    ``dashboard_token`` gives the bearer token the dashboard's POSTs carry (asked at each delivery).
+    """
     channels: list[Channel] = [LogChannel(log)]
     for ch in config.channels:
         built = _build_one(ch, log)
@@ -338,7 +356,7 @@ def build_channels(config: NotifyConfig, log: Callable[[str], None]) -> list[Cha
     if config.dashboard_url:
         channels.append(
             WebhookChannel(config.dashboard_url, name=f"dashboard-{_digest(config.dashboard_url)}",
-                           transitions=True, notifications=True)
+                           transitions=True, notifications=True, token=dashboard_token)
         )
     return channels
 

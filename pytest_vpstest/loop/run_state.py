@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from pytest_vpstest.errors import StateError
 from pytest_vpstest.records.state_doc import PHASES, Phase, iso_time
 
-__all__ = ["TERMINAL", "WAIT_STATES", "Commit", "Counters", "RunState", "State"]
+__all__ = ["TERMINAL", "WAIT_STATES", "Commit", "Counters", "RunState", "State", "count_interrupted_stage"]
 
 
 class State(enum.StrEnum):
@@ -127,6 +127,22 @@ class RunState:
 
 
 # --------------------------------------------------------------------------- documents
+
+
+def count_interrupted_stage(state: RunState) -> RunState:
+    """``state`` resumed in a stage that a crash cut off: that run of the stage counts too.
+
+    BUILD and DEPLOY are counted when entered, so the rerun that resuming starts is one more;
+    a TEST is counted when it finishes, so the interrupted one is added here. Other states: unchanged.
+    """
+    c = state.counters
+    if state.state is State.BUILD:
+        c = replace(c, build_count=c.build_count + 1)
+    elif state.state is State.DEPLOY:
+        c = replace(c, deploy_count=c.deploy_count + 1)
+    elif state.state is State.TEST:
+        c = replace(c, test_count=c.test_count + 1)
+    return replace(state, counters=c)
 
 
 def _iso(dt: datetime | None) -> str | None:

@@ -13,7 +13,10 @@
    the transition is also sent to the notifier's outbox (log, dashboard) and ``runner.log``;
 4. waits (WAIT_1HR/WAIT_6HR, the pause between fix attempts) sleep on a ``threading.Event`` that a
    stop request (SIGTERM / SIGINT, or ``stop.request`` written by ``vpstest stop``) sets — no busy
-   polling; a stop ends the run as STOPPED with reason "user stop" at the next safe point.
+   polling; a stop ends the run as STOPPED with reason "user stop" at the next safe point;
+5. node health: before every TEST and every ``health.check_seconds`` of a WAIT a round of
+   ``loop.health_keeper`` (checks, liveness machine, respawns, record); the nodes not Live go to the
+   TEST as unhealthy, and ``NodesHealth`` to the machine (which stops the run under half Live).
 
 Stages are a seam: unit tests pass fake stage functions; ``loop.stages.FleetStages`` does the real
 work over SSH with the build, deploy, pytest-plugin and fixer modules.
@@ -22,7 +25,6 @@ work over SSH with the build, deploy, pytest-plugin and fixer modules.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import threading
@@ -34,32 +36,47 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pytest_vpstest._files import write_text_atomic
-from pytest_vpstest._proc import pid_alive
 from pytest_vpstest.config import Inventory, ProjectConfig
 from pytest_vpstest.errors import StaleLeaseError, StateError, VpsTestError
 from pytest_vpstest.loop import machine as m
+from pytest_vpstest.loop.event_text import event_reason, failure_event
+from pytest_vpstest.loop.health import infrastructure_only
+from pytest_vpstest.loop.health_keeper import HealthKeeper, NodeChecker
 from pytest_vpstest.loop.notify import Notifier, build_channels
+from pytest_vpstest.loop.project_files import (
+    finished_marker,
+    nothing_to_resume,
+    project_dir,
+    read_stop_request,
+    reap_orphans,
+    request_stop,
+    write_finished_marker,
+)
+from pytest_vpstest.loop.run_state import count_interrupted_stage
 from pytest_vpstest.loop.stage_context import (
     CHILD_MARKER,
     StageContext,
     Stages,
     TestOutcome,
     child_env,
+    machine_config,
     utcnow,
 )
 from pytest_vpstest.loop.stage_context import iso as _iso
 from pytest_vpstest.records.store import Lease, StateStore
+from pytest_vpstest.redact import redact_text
 
 __all__ = [
     "CHILD_MARKER",
     "LOG_LIMIT",
+    "NodeChecker",
     "Runner",
     "StageContext",
     "Stages",
     "TestOutcome",
     "child_env",
     "machine_config",
+    "nothing_to_resume",
     "project_dir",
     "read_stop_request",
     "reap_orphans",
@@ -71,76 +88,16 @@ __all__ = [
 LOG_LIMIT = 200
 
 
-def project_dir(state_dir: Path, project: str) -> Path:
-    return Path(state_dir) / project
-
-
-def request_stop(state_dir: Path, project: str, reason: str = "user stop") -> Path:
-    """Write ``stop.request`` for the project's runner (read at its next safe point)."""
-    d = project_dir(state_dir, project)
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / "stop.request"
-    write_text_atomic(path, json.dumps({"reason": reason, "time": _iso(utcnow()), "pid": os.getpid()}) + "\n")
-    return path
-
-
-def read_stop_request(state_dir: Path, project: str) -> str | None:
-    path = project_dir(state_dir, project) / "stop.request"
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return "user stop"
-    return str(doc.get("reason") or "user stop")
-
-
-def reap_orphans(project_dir: Path, *, grace_seconds: float = 5.0) -> list[int]:
-    """End processes carrying this project's child marker (left by a crashed runner); return their pids.
-
-    Called by the lease holder only, so every such process belongs to a runner that is gone.
-    """
-    marker = f"{CHILD_MARKER}={project_dir.resolve()}".encode()
-    me = os.getpid()
-    found: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == me:
-            continue
-        try:
-            env = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if marker in env.split(b"\0"):
-            found.append(int(entry.name))
-    for pid in found:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = threading.Event()
-    waited = 0.0
-    while waited < grace_seconds and any(pid_alive(p) for p in found):
-        deadline.wait(0.1)
-        waited += 0.1
-    for pid in found:
-        if pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-    return found
-
-
-def machine_config(config: ProjectConfig) -> m.MachineConfig:
-    """The machine's knobs from the project config (waits, build failure limit)."""
-    build_limit = config.build.max_consecutive_failures if config.build is not None else 3
-    return m.MachineConfig(
-        wait_1hr_seconds=config.soak.wait_1hr_seconds,
-        wait_6hr_seconds=config.soak.wait_6hr_seconds,
-        wait_1hr=config.soak.wait_1hr,
-        wait_6hr=config.soak.wait_6hr,
-        max_build_failures=max(1, build_limit),
-    )
-
-
 class _Interrupted(Exception):
     """A stop request arrived while a stage or a wait was running."""
+
+
+class _HealthStop(Exception):
+    """A health round stopped the run (too few Live nodes); carries the machine's effects."""
+
+    def __init__(self, effects: tuple[m.Effect, ...]) -> None:
+        super().__init__("too few live nodes")
+        self.effects = effects
 
 
 Sleeper = Callable[[float, threading.Event], bool]
@@ -174,6 +131,7 @@ class Runner:
         stop_poll_seconds: float = 2.0,
         machine_cfg: m.MachineConfig | None = None,
         install_signal_handlers: bool = False,
+        checker: NodeChecker | None = None,
     ) -> None:
         self.config = config
         self.inventory = inventory
@@ -193,25 +151,47 @@ class Runner:
         self._install_signals = install_signal_handlers
         self._log_lock = threading.Lock()
         self.runner_log = self.dir / "runner.log"
-        channels = build_channels(config.notify, self._log_line)
+        channels = build_channels(config.notify, self._log_line, self._dashboard_token)
         self.notifier = notifier or Notifier(self.dir / "outbox", self.project, channels, log=self._log_line)
         if stages is None:
             from pytest_vpstest.loop.stages import FleetStages
 
-            stages = FleetStages()
+            fleet = FleetStages()
+            stages, checker = fleet, checker or fleet
         self.stages: Stages = stages
+        # None: node health is not tracked (custom stages without a checker).
+        self.keeper = None if checker is None else HealthKeeper(
+            checker, config.health, project=self.project, clock=clock, log=self.log,
+            notify=lambda kind, text, data: self.notifier.emit(kind, text, data))
         self._lease: Lease | None = None
         self._lease_lost = threading.Event()
         self._heartbeat_stop = threading.Event()
         self.state: m.RunState | None = None
         self.extra: dict[str, Any] = {}
 
+    def _run_files(self) -> dict[str, Any]:
+        """Where this run's config and inventory are, for readers that act on the fleet (the dashboard)."""
+        files: dict[str, Any] = {}
+        if self.config.path is not None:
+            files["config"] = str(self.config.path)
+        if self.inventory.path is not None:
+            files["inventory"] = str(self.inventory.path)
+        return files
+
+    def _dashboard_token(self) -> str | None:
+        """The token the dashboard accepts POSTs with: the config's, else the one it wrote at start-up."""
+        if self.config.dashboard.token:
+            return self.config.dashboard.token
+        from pytest_vpstest.dashboard.token import read_token
+
+        return read_token(self.state_dir)
+
     # ------------------------------------------------------------------ logging
 
     def _log_line(self, message: str) -> None:
-        """One timestamped line in runner.log (and on the progress output, if any)."""
+        """One timestamped line in runner.log (and on the progress output, if any); URLs redacted."""
         state = self.state.state if self.state is not None else "-"
-        line = f"{_iso(utcnow())} [{state}] {message}"
+        line = f"{_iso(utcnow())} [{state}] {redact_text(message)}"
         with self._log_lock, self.runner_log.open("a", encoding="utf-8") as fh:
             fh.write(line + "\n")
         if self.out is not None:
@@ -222,7 +202,7 @@ class Runner:
         self._log_line(message)
         state = str(self.state.state) if self.state is not None else "IDLE"
         logs = self.extra.setdefault("logs", [])
-        logs.append({"time": _iso(self.clock()), "state": state, "message": message[:500]})
+        logs.append({"time": _iso(self.clock()), "state": state, "message": redact_text(message)[:500]})
         del logs[:-LOG_LIMIT]
 
     # ------------------------------------------------------------------ stop
@@ -356,12 +336,17 @@ class Runner:
         if doc is not None:
             previous = m.RunState.from_document(doc)
             runner_doc = doc.get("runner") or {}
-            if previous.state is m.State.COMPLETE and not runner_doc.get("finished"):
-                # Crashed during the final proof: the run is complete, finish its paperwork once.
+            finished_at = finished_marker(self.dir, previous)
+            if previous.state is m.State.COMPLETE and not runner_doc.get("finished") and not finished_at:
+                # Crashed during the final proof: the run is complete, finish its paperwork once, and
+                # send the "complete" notification the crash may have cut off.
                 self.state = previous
                 self.extra = {k: doc.get(k) for k in ("test_results", "nodes", "logs", "runner") if k in doc}
                 self.log("resuming the final proof of a completed run")
                 self._execute(m.Finish(), retry_pause=False)
+                if not self.extra.setdefault("runner", {}).get("complete_notified"):
+                    self._execute(m.Notify("complete", f"VPS test complete for {self.project}"),
+                                  retry_pause=False)
                 return self.state
             if previous.state in m.TERMINAL or previous.state is m.State.IDLE:
                 if resume_only:
@@ -376,6 +361,7 @@ class Runner:
                 self.extra.setdefault("logs", [])
                 self.extra.setdefault("runner", {})
                 self.log(f"resuming {self.project} in {previous.state} (pid {os.getpid()})")
+                self.state = count_interrupted_stage(previous)
                 effects = m.resume_effects(previous, self.clock())
                 if not effects and m.wait_is_over(previous, self.clock()):
                     pending.extend(self._apply(m.WaitElapsed()))
@@ -385,7 +371,7 @@ class Runner:
             if resume_only:
                 raise StateError(f"project '{self.project}': no state file to resume in {self.dir}")
             self.state = m.initial_state(self.project, self.clock())
-            self.extra = {"test_results": {}, "nodes": {}, "logs": [], "runner": {}}
+            self.extra = {"test_results": {}, "nodes": {}, "logs": [], "runner": self._run_files()}
             self.log(f"new run of {self.project} (pid {os.getpid()})")
             pending.extend(self._apply(m.Start()))
         try:
@@ -404,11 +390,19 @@ class Runner:
                 self._stop_now(self._stop_reason or "user stop")
                 return
             effect = pending.popleft()
+            if isinstance(effect, m.RunTest):
+                stopping = self._health_round(stop_allowed=True)
+                if stopping:
+                    pending.extend(stopping)
+                    continue
             try:
                 event = self._execute(effect, retry_pause=previous_fix_failed)
             except _Interrupted:
                 self._stop_now(self._stop_reason or "user stop")
                 return
+            except _HealthStop as stop:
+                pending.extend(stop.effects)
+                continue
             if event is None:
                 continue
             previous_fix_failed = isinstance(event, m.FixFinished) and event.commit is None
@@ -443,7 +437,7 @@ class Runner:
                 "from": str(before.state),
                 "to": str(after.state),
                 "event": type(event).__name__,
-                "reason": _event_reason(event),
+                "reason": event_reason(event),
             }
             self.log(f"{before.state} -> {after.state} ({transition['reason']})")
             seq = self._save(transition)
@@ -461,6 +455,9 @@ class Runner:
         ctx = self._ctx()
         if isinstance(effect, m.Notify):
             self.notifier.emit(effect.kind, effect.message)
+            if effect.kind == "complete":
+                self.extra.setdefault("runner", {})["complete_notified"] = _iso(self.clock())
+                self._save(None)
             return None
         if isinstance(effect, m.RunSetup):
             return self._guard("SETUP", lambda: self.stages.setup(ctx))
@@ -480,7 +477,7 @@ class Runner:
             left = (effect.until - self.clock()).total_seconds()
             self.log(f"{effect.stage}: waiting until {_iso(effect.until)} ({max(left, 0):.0f}s)")
             self._save(None)
-            if self._wait(left):
+            if self._wait_checking_health(effect.until):
                 raise _Interrupted()
             return m.WaitElapsed()
         if isinstance(effect, m.Restart):
@@ -488,8 +485,13 @@ class Runner:
             return m.RestartDone()
         if isinstance(effect, m.Finish):
             self._guard_none("COMPLETE", lambda: self.stages.finish(ctx))
-            self.extra.setdefault("runner", {})["finished"] = _iso(self.clock())
+            finished = _iso(self.clock())
+            self.extra.setdefault("runner", {})["finished"] = finished
             self._save(None)
+            # Also beside the state file: a damaged state file recovered from the transitions log
+            # (whose last snapshot predates this step) must not make the run look unfinished.
+            assert self.state is not None
+            write_finished_marker(self.dir, self.state, finished)
             return None
         if isinstance(effect, m.Stop):
             self.log(f"stopped: {effect.reason}")
@@ -502,6 +504,14 @@ class Runner:
         outcome = self.stages.test(ctx, checkpoint)
         if ctx.stop.is_set():
             raise _Interrupted()
+        infrastructure = False
+        if not outcome.passed and self.keeper is not None:
+            # Was it the nodes? Look again: a node that went bad during TEST shows now.
+            self._health_round(stop_allowed=False)
+            # Unhealthy now, found bad by that round (even if it respawned them), or skipped as such.
+            bad = self.keeper.found_bad | set(ctx.runner.get("unhealthy") or {})
+            bad |= set((outcome.results or {}).get("unhealthy") or {})
+            infrastructure = infrastructure_only(outcome.results is not None, outcome.failed_nodes, bad)
         if outcome.results is not None:
             tr = outcome.results.get("test_results")
             merged = dict(tr) if isinstance(tr, Mapping) else {}
@@ -514,7 +524,44 @@ class Runner:
         checkpoints.append({"checkpoint": checkpoint, "passed": outcome.passed, "time": _iso(self.clock()),
                             "summary": outcome.summary[:300]})
         del checkpoints[:-50]
-        return m.TestFinished(outcome.passed, outcome.summary)
+        if infrastructure:
+            self.log("every failed test involves a node that is not healthy: an infrastructure failure")
+        return m.TestFinished(outcome.passed, outcome.summary, infrastructure=infrastructure)
+
+    # ------------------------------------------------------------------ node health
+
+    def _wait_checking_health(self, until: datetime) -> bool:
+        """Wait until ``until``, with a health round every ``health.check_seconds``; True when stopped."""
+        period = self.config.health.check_seconds
+        while True:
+            left = (until - self.clock()).total_seconds()
+            if left <= 0:
+                return False
+            if self.keeper is None:
+                return self._wait(left)
+            if self._wait(min(left, period)):
+                return True
+            if (until - self.clock()).total_seconds() > 0:
+                stopping = self._health_round(stop_allowed=True)
+                if stopping:
+                    raise _HealthStop(stopping)
+
+    def _health_round(self, *, stop_allowed: bool) -> tuple[m.Effect, ...]:
+        """One health round (``loop.health_keeper``); return the run's stop effects, if it stops.
+
+        With ``stop_allowed`` false (after a TEST) the run is not stopped here: the verdict decides.
+        """
+        if self.keeper is None:
+            return ()
+        health = self.keeper.round(self._ctx(), self.extra)
+        self._save(None)
+        if health is None or not stop_allowed:
+            return ()
+        unhealthy = tuple(sorted(health.unhealthy().items()))
+        event = m.NodesHealth(health.live_count(), len(health.names), unhealthy)
+        effects = self._apply(event)
+        assert self.state is not None
+        return effects if self.state.state in m.TERMINAL else ()
 
     def _fix(self, ctx: StageContext, reason: str) -> m.FixFinished:
         event = self.stages.fix(ctx, reason)
@@ -533,7 +580,8 @@ class Runner:
         except VpsTestError as exc:
             if self.stop_event.is_set():
                 raise _Interrupted() from exc
-            return self._failure_event(stage, str(exc))
+            self.log(f"{stage}: {exc}")
+            return failure_event(stage, str(exc))
         except Exception as exc:
             if self.stop_event.is_set():
                 raise _Interrupted() from exc
@@ -543,40 +591,8 @@ class Runner:
             raise _Interrupted()
         return event
 
-    def _failure_event(self, stage: str, error: str) -> m.Event:
-        """A stage's own error (one line) as the stage's failure event."""
-        self.log(f"{stage}: {error}")
-        if stage == "BUILD":
-            return m.BuildFinished(False, error)
-        if stage == "TEST":
-            return m.TestFinished(False, error)
-        if stage == "FIX":
-            return m.FixFinished(None, error)
-        return m.Fatal(f"{stage}: {error}")
-
     def _guard_none(self, stage: str, call: Callable[[], None]) -> None:
         try:
             call()
         except Exception as exc:  # the terminal/cleanup actions must not lose the recorded state
             self._log_line(f"{stage} action failed: {type(exc).__name__}: {exc}")
-
-
-def _event_reason(event: m.Event) -> str:
-    if isinstance(event, m.Start):
-        return "loop started"
-    if isinstance(event, m.SetupFinished):
-        return f"{event.reachable}/{event.total} nodes reachable"
-    if isinstance(event, m.BuildFinished):
-        return "build ok" if event.ok else f"build failed: {event.error or 'no detail'}"
-    if isinstance(event, m.DeployFinished):
-        return f"deployed {event.succeeded}/{event.total}"
-    if isinstance(event, m.TestFinished):
-        verdict = "tests passed" if event.passed else "tests failed"
-        return verdict + (f": {event.summary}" if event.summary else "")
-    if isinstance(event, m.FixFinished):
-        return f"fix committed {event.commit.sha[:12]}" if event.commit else f"fix failed: {event.error}"
-    if isinstance(event, m.WaitElapsed):
-        return "wait elapsed"
-    if isinstance(event, m.RestartDone):
-        return "restart done"
-    return event.reason

@@ -17,7 +17,16 @@ from typing import Any, Protocol
 from pytest_vpstest.config import Inventory, ProjectConfig
 from pytest_vpstest.loop import machine as m
 
-__all__ = ["CHILD_MARKER", "StageContext", "Stages", "TestOutcome", "child_env", "iso", "utcnow"]
+__all__ = [
+    "CHILD_MARKER",
+    "StageContext",
+    "Stages",
+    "TestOutcome",
+    "child_env",
+    "iso",
+    "machine_config",
+    "utcnow",
+]
 
 
 def utcnow() -> datetime:
@@ -48,6 +57,8 @@ class TestOutcome:
     summary: str = ""
     results: Mapping[str, Any] | None = None
     results_path: Path | None = None
+    # Nodes of the tests that failed (every failed test's nodes; empty when unknown).
+    failed_nodes: tuple[frozenset[str], ...] = ()
 
 
 @dataclass
@@ -88,3 +99,17 @@ class Stages(Protocol):
     def finish(self, ctx: StageContext) -> None: ...
 
     def stopped(self, ctx: StageContext, reason: str) -> None: ...
+
+
+def machine_config(config: ProjectConfig) -> m.MachineConfig:
+    """The machine's knobs from the project config (waits, build and fix limits, live nodes needed)."""
+    build_limit = config.build.max_consecutive_failures if config.build is not None else 3
+    return m.MachineConfig(
+        wait_1hr_seconds=config.soak.wait_1hr_seconds,
+        wait_6hr_seconds=config.soak.wait_6hr_seconds,
+        wait_1hr=config.soak.wait_1hr,
+        wait_6hr=config.soak.wait_6hr,
+        max_build_failures=max(1, build_limit),
+        max_fix_attempts=config.fix.max_attempts,
+        min_live_fraction=config.health.min_live_fraction,
+    )

@@ -17,11 +17,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_vpstest._files import write_json_atomic
 from pytest_vpstest.errors import VpsTestError
 from pytest_vpstest.fleet.build import run_build
 from pytest_vpstest.fleet.node import plan_node
 from pytest_vpstest.inventory import Node
 from pytest_vpstest.loop import machine as m
+from pytest_vpstest.loop.health import NodeCheck
 from pytest_vpstest.loop.stage_context import StageContext, TestOutcome, child_env, utcnow
 from pytest_vpstest.loop.stage_context import iso as _iso
 from pytest_vpstest.suite import FULL_SUITE
@@ -126,11 +128,13 @@ class FleetStages:
         results = self.pool(ctx).fan_out(inv.names, check, parallelism=max(1, min(16, len(inv.names))))
         nodes = ctx.document.setdefault("nodes", {})
         reachable = 0
+        unreachable: list[tuple[str, str]] = []
         now = _iso(utcnow())
         for name, res in results.items():
             if isinstance(res, NodeError):
                 nodes[name] = {"status": "offline", "last_check": now, "error": str(res)}
                 ctx.log(f"  {name}: unreachable: {res}")
+                unreachable.append((name, str(res).splitlines()[0] if str(res) else "unreachable"))
                 continue
             free, note = res
             reachable += 1
@@ -142,7 +146,61 @@ class FleetStages:
                 ctx.log(f"  {name}: {note}")
             nodes[name] = entry
         ctx.log(f"verified {reachable}/{len(inv.nodes)} nodes")
-        return m.SetupFinished(reachable, len(inv.nodes))
+        return m.SetupFinished(reachable, len(inv.nodes), tuple(unreachable))
+
+    # -- node health (the runner's NodeChecker) ----------------------------------------------
+    def health_targets(self, ctx: StageContext) -> tuple[str, ...]:
+        from pytest_vpstest.fleet.deploy import target_nodes
+
+        return tuple(target_nodes(ctx.inventory, ctx.config, None))
+
+    def check_nodes(self, ctx: StageContext, nodes: tuple[str, ...]) -> dict[str, NodeCheck]:
+        """One SSH round: the service manager's status of the service, and whether the binary is there."""
+        from pytest_vpstest.fleet.remote import quote_command
+        from pytest_vpstest.fleet.services import service_manager
+
+        def check(session: Session) -> NodeCheck:
+            plan = plan_node(session.node, ctx.config, self._artifact(ctx))
+            status = service_manager(session, install_path=plan.install_path,
+                                     log_dir=plan.log_dir).status(plan.service)
+            present = session.run(quote_command("test -e {b}", b=plan.binary), timeout=30).ok
+            if status.running:
+                return NodeCheck(True, True, "", present)
+            detail = f"service {plan.service} not running" + (f": {status.detail}" if status.detail else "")
+            return NodeCheck(True, False, detail if present else f"{detail}; binary {plan.binary} missing",
+                             present)
+
+        out: dict[str, NodeCheck] = {}
+        for name, res in self.pool(ctx).fan_out(list(nodes), check,
+                                                parallelism=max(1, min(16, len(nodes)))).items():
+            if isinstance(res, Exception):
+                text = (str(res).splitlines() or [type(res).__name__])[0].strip("'\"")
+                out[name] = NodeCheck(False, False, f"ssh: {text}")
+            else:
+                out[name] = res
+        return out
+
+    def respawn(self, ctx: StageContext, node: str, *, redeploy: bool) -> str | None:
+        from pytest_vpstest.errors import DeployError
+        from pytest_vpstest.fleet.deploy import deploy, start_command
+        from pytest_vpstest.fleet.services import service_manager
+
+        artifact = self._artifact(ctx)
+        try:
+            if redeploy:
+                if artifact is None:
+                    return "the binary is missing and there is no artifact to deploy"
+                report = deploy(self.pool(ctx), ctx.inventory, ctx.config, artifact, nodes=[node],
+                                log=ctx.log)
+                return None if report.succeeded == 1 else "; ".join(report.failure_lines())
+            session = self.pool(ctx).session(node)
+            plan = plan_node(session.node, ctx.config, artifact)
+            manager = service_manager(session, install_path=plan.install_path, log_dir=plan.log_dir)
+            manager.stop(plan.service)
+            status = manager.start(plan.service, start_command(plan, ctx.inventory, ctx.config))
+            return None if status.running else f"service did not start: {status.detail or 'not running'}"
+        except (DeployError, VpsTestError) as exc:
+            return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
     # -- BUILD -------------------------------------------------------------------------------
     def build(self, ctx: StageContext) -> m.BuildFinished:
@@ -151,7 +209,7 @@ class FleetStages:
             ctx.log("no build configured; deploying the configured artifact as it is")
             return m.BuildFinished(True)
         ctx.log(f"building: {cfg.build.command} (in {cfg.workspace})")
-        result = run_build(cfg, log=ctx.log)
+        result = run_build(cfg, log=ctx.log, env=child_env(ctx.project_dir))
         if result.ok:
             if result.artifact:
                 ctx.runner["artifact"] = str(result.artifact)
@@ -192,7 +250,8 @@ class FleetStages:
                 entry["status"] = "online"
                 entry.pop("error", None)
             else:
-                entry["status"] = "degraded"
+                # A node that could not be reached stays "offline"; one that was, but failed, is degraded.
+                entry["status"] = "offline" if d.stage_failed == "connect" else "degraded"
                 entry["error"] = f"deploy {d.stage_failed}: {d.error}"
             nodes[name] = entry
         return m.DeployFinished(report.succeeded, report.total)
@@ -218,8 +277,16 @@ class FleetStages:
             argv += ["--vps-nodes", str(ctx.inventory.path)]
         if cfg.criteria_expr:
             argv += ["--vps-criteria-expr", cfg.criteria_expr]
+        unhealthy = dict(ctx.runner.get("unhealthy") or {})
+        if unhealthy:
+            # Nodes that are not Live: the plugin skips their pairs as "node unhealthy".
+            write_json_atomic(run_dir / "unhealthy.json", unhealthy)
+            argv += ["--vps-unhealthy", str(run_dir / "unhealthy.json")]
+            ctx.log(f"leaving out {len(unhealthy)} unhealthy node(s): "
+                    + "; ".join(f"{n} ({why})" for n, why in sorted(unhealthy.items())))
         label = ("initial", "after-1hr", "after-6hr")[min(checkpoint, 2)]
         env = {**os.environ, "VPSTEST_RUNNER_TOKEN": str(ctx.token), "VPSTEST_LOOP_STATE": f"TEST:{label}",
+               "VPSTEST_RUNNER_PID": str(os.getpid()),
                **child_env(ctx.project_dir)}
         ctx.log(f"running the {cfg.focus or 'full-suite'} suites ({label} checkpoint) -> {run_dir}")
         timeout = 3600.0
@@ -248,7 +315,9 @@ class FleetStages:
         if not passed and not summary:
             summary = f"pytest exited {rc}"
         ctx.log(f"tests {'passed' if passed else 'failed'}" + (f": {summary}" if summary else ""))
-        return TestOutcome(passed, summary, results, results_path)
+        failed_nodes = tuple(frozenset(str(n) for n in f.get("nodes") or ())
+                             for f in results.get("failed_tests") or ())
+        return TestOutcome(passed, summary, results, results_path, failed_nodes)
 
     # -- FIX ---------------------------------------------------------------------------------
     def fix(self, ctx: StageContext, reason: str) -> m.FixFinished:

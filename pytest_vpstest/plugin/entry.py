@@ -63,6 +63,7 @@ _OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("attempts", "attempts per pair (default: tests.<suite>.attempts)", {"type": int}),
     ("results-json", "write the run's results.json here instead of the run directory", {}),
     ("node-concurrency", "probes touching one node at a time, across workers (default 4)", {"type": int}),
+    ("unhealthy", "JSON file {node: reason} of nodes not to test (their pairs skip as unhealthy)", {}),
 )
 _FLAGS = (
     ("skip-build", "do not build; use the artifact already deployed"),
@@ -181,6 +182,7 @@ def _make_run(config: pytest.Config, config_path: Path) -> RunContext:
         parse(str(expr))
     attempts = _setting(config, "attempts")
     concurrency = _setting(config, "node_concurrency")
+    unhealthy = _read_unhealthy(_path_setting(config, "unhealthy"))
     return RunContext(
         config_path=config_path,
         project_config=project_config,
@@ -198,8 +200,26 @@ def _make_run(config: pytest.Config, config_path: Path) -> RunContext:
         skip_deploy=bool(_setting(config, "skip_deploy")),
         results_json=results_json,
         node_concurrency=int(concurrency) if concurrency not in (None, "") else 4,
+        unhealthy=unhealthy,
         is_worker=worker is not None,
     )
+
+
+def _read_unhealthy(path: Path | None) -> dict[str, str]:
+    """The ``--vps-unhealthy`` file: a JSON object {node: reason}."""
+    import json
+
+    from pytest_vpstest.errors import ConfigError
+
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--vps-unhealthy {path}: not a readable JSON file: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--vps-unhealthy {path}: must be a JSON object {{node: reason}}")
+    return {str(k): str(v) for k, v in data.items()}
 
 
 class _XdistController:
@@ -284,7 +304,8 @@ class VpsPlugin:
         from pytest_vpstest.plugin.results import finish_run
 
         try:
-            self.outcome = finish_run(self.config, self.run, self.collector)
+            self.outcome = finish_run(self.config, self.run, self.collector,
+                                      interrupted=_interrupted(session, exitstatus))
         except Exception as exc:  # a run whose results could not be recorded must not look passed
             self.failure = f"pytest-vpstest: results not recorded: {type(exc).__name__}: {exc}"
             if session.exitstatus == pytest.ExitCode.OK:
@@ -322,6 +343,22 @@ class VpsPlugin:
 
             report.extras = [*getattr(report, "extras", []), *html_extras(item.user_properties)]
         return report
+
+
+def _interrupted(session: pytest.Session, exitstatus: int) -> str | None:
+    """Why this run is only a part of one (then it is recorded as interrupted), or None.
+
+    Interrupted (Ctrl-C), or left behind by a loop runner that died (``VPSTEST_RUNNER_PID``): the
+    runner resumed after a crash runs the TEST again, so this partial run must not count.
+    """
+    from pytest_vpstest._proc import pid_alive
+
+    if exitstatus == pytest.ExitCode.INTERRUPTED or session.shouldstop:
+        return "interrupted before the end of the run"
+    runner = os.environ.get("VPSTEST_RUNNER_PID", "")
+    if runner.isdigit() and not pid_alive(int(runner)):
+        return f"the loop runner (pid {runner}) that started this run is gone"
+    return None
 
 
 def _junit_suite_properties(config: pytest.Config, metrics: dict[str, float]) -> None:

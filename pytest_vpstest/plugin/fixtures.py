@@ -8,6 +8,7 @@ directory does the work and leaves a JSON marker with the result; the others rea
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -33,6 +34,7 @@ if TYPE_CHECKING:  # the SSH stack is imported only when a fixture needs it
 __all__ = [
     "NOT_CONFIGURED",
     "RUN_KEY",
+    "UNHEALTHY_PREFIX",
     "Recorder",
     "RunContext",
     "build_artifact",
@@ -42,6 +44,7 @@ __all__ = [
     "deployment",
     "failed_nodes",
     "fleet",
+    "mark_unhealthy",
     "node",
     "node_pool",
     "once",
@@ -49,6 +52,8 @@ __all__ = [
     "probe",
     "run_of",
     "skip_if_not_deployed",
+    "skip_if_unreachable",
+    "unhealthy_nodes",
     "vps_config",
     "vps_record",
     "vps_run",
@@ -78,6 +83,8 @@ class RunContext:
     skip_deploy: bool = False
     results_json: Path | None = None
     node_concurrency: int = 4
+    # Nodes the loop found not Live before this run (``--vps-unhealthy``): {node: reason}.
+    unhealthy: dict[str, str] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
     is_worker: bool = False
     # Filled lazily per process.
@@ -371,10 +378,47 @@ def vps_record(request: pytest.FixtureRequest) -> Recorder:
     return Recorder(request.node)
 
 
+UNHEALTHY_PREFIX = "node unhealthy: "
+
+
+def unhealthy_nodes(run: RunContext) -> dict[str, str]:
+    """Nodes not to test: those the loop handed over, and those found unreachable during this run
+    (one file per node in ``<run dir>/unhealthy/``, shared by every xdist worker)."""
+    found = dict(run.unhealthy)
+    with contextlib.suppress(OSError):
+        for path in sorted((run.run_dir / "unhealthy").iterdir()):
+            if not path.name.startswith("."):
+                found.setdefault(path.name, path.read_text(encoding="utf-8").strip() or "unreachable")
+    return found
+
+
+def mark_unhealthy(run: RunContext, node: str, reason: str) -> None:
+    """Record that ``node`` went bad during this run: its remaining pairs skip as unhealthy."""
+    from pytest_vpstest._files import write_text_atomic
+
+    where = run.run_dir / "unhealthy"
+    where.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(where / node, reason.splitlines()[0][:300] + "\n")
+
+
 def skip_if_not_deployed(run: RunContext, *nodes: str) -> None:
+    """Skip a test touching a node that is unhealthy (first) or whose deployment failed."""
+    sick = {n: why for n, why in unhealthy_nodes(run).items() if n in nodes}
+    if sick:
+        pytest.skip(UNHEALTHY_PREFIX + "; ".join(f"{n} ({why})" for n, why in sick.items()))
     bad = {n: why for n, why in failed_nodes(run).items() if n in nodes}
     if bad:
         pytest.skip("not deployed: " + "; ".join(f"{n} ({why})" for n, why in bad.items()))
+
+
+def skip_if_unreachable(run: RunContext, results: Any) -> None:
+    """When every attempt failed because the node could not be reached over SSH, the node is at
+    fault, not the software: mark it unhealthy for the rest of the run and skip this test."""
+    attempts = list(results)
+    if attempts and all(getattr(r, "transport_error", False) for r in attempts):
+        node, reason = attempts[0].node, attempts[-1].reason
+        mark_unhealthy(run, node, f"unreachable during the run: {reason}")
+        pytest.skip(f"{UNHEALTHY_PREFIX}{node} (unreachable during the run: {reason})")
 
 
 def parametrize(

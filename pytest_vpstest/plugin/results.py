@@ -55,11 +55,17 @@ def _iso(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
-def finish_run(config: pytest.Config, run: RunContext, collector: Collector) -> RunOutcome:
+def finish_run(
+    config: pytest.Config, run: RunContext, collector: Collector, *, interrupted: str | None = None
+) -> RunOutcome:
     """Judge the run and record it everywhere it belongs; never raises for a recording problem
-    (a failed step becomes a warning line, the verdict still decides the exit status)."""
+    (a failed step becomes a warning line, the verdict still decides the exit status).
+
+    An ``interrupted`` run (the reason) is a part of a run: results.json says so and nothing else is
+    recorded (no state merge, no history row, so no ``improvement`` baseline, no proof)."""
     from pytest_vpstest.criteria import CriteriaSpec, judge
     from pytest_vpstest.errors import CriteriaError
+    from pytest_vpstest.plugin.fixtures import unhealthy_nodes
 
     finished = time.time()
     counts = collector.counts()
@@ -95,11 +101,27 @@ def finish_run(config: pytest.Config, run: RunContext, collector: Collector) -> 
         "metrics": metrics,
         "test_results": test_results,
         "pairs": pairs,
+        # Nodes left out as unhealthy, and what failed (the loop tells node faults from software).
+        "unhealthy": unhealthy_nodes(run),
+        "failed_tests": [
+            {"test": t.nodeid, "nodes": list(t.nodes), "message": t.message}
+            for t in collector.vps_tests
+            if t.outcome in ("failed", "error")
+        ],
         "evidence": evidence,
         "config": str(run.config_path),
         "inventory": str(run.inventory_path),
         "reproduce": run.reproduce(),
     }
+    if interrupted:
+        document["passed"] = False
+        document["interrupted"] = interrupted
+        write_json_atomic(results_path, document)
+        lines.append(f"interrupted ({interrupted}): recorded as interrupted in {results_path}; "
+                     "no state, history or proof written")
+        notes = (*verdict.notes, f"interrupted: {interrupted}")
+        failed = Verdict(False, verdict.criteria, verdict.checks, notes, verdict.expression)
+        return RunOutcome(failed, document, results_path, None, lines)
     write_json_atomic(results_path, document)
     lines.append(f"results: {results_path}")
     state = _merge_state(run, test_results, lines)

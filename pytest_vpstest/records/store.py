@@ -248,6 +248,10 @@ class StateStore:
         self._pid_alive = pid_alive
         # One line per repair done by the last load() / transitions(), for the CLI to print.
         self.recovered: list[str] = []
+        # How much of the log has been read and found whole: (byte offset, lines, the file's mtime
+        # then), so a commit checks only what was appended since, unless the file was changed
+        # otherwise (then all of it again): a damaged middle line refuses the next append.
+        self._intact: tuple[int, int, int] = (0, 0, -1)
 
     # ----------------------------------------------------------------- lease
 
@@ -346,16 +350,33 @@ class StateStore:
                     state = self._state_document(document, lease.token, last_seq)
                     _write_atomic(self.state_path, self._encode_state(state), "before-update-replace")
                     return last_seq
+                self._check_intact(fd, tail.committed_end)
                 seq = last_seq + 1
                 state = self._state_document(document, lease.token, seq)
                 line = self._encode_line(transition, state, seq, lease.token, now)
                 self._append(fd, line, tail.committed_end)
+                self._intact = (tail.committed_end + len(line), self._intact[1] + 1, os.fstat(fd).st_mtime_ns)
             finally:
                 os.close(fd)
             if _pause_hook is not None:
                 _pause_hook("after-append")
             _write_atomic(self.state_path, self._encode_state(state), "before-replace")
             return seq
+
+    def _check_intact(self, fd: int, committed_end: int) -> None:
+        """Refuse to append after a damaged line anywhere in the log (appending would hide the damage)."""
+        offset, lines, mtime = self._intact
+        if offset > committed_end or os.fstat(fd).st_mtime_ns != mtime:
+            offset, lines = 0, 0  # changed by someone else since our last look: read it all again
+        data = os.pread(fd, committed_end - offset, offset) if committed_end > offset else b""
+        for raw in data.split(b"\n")[:-1]:
+            lines += 1
+            if _parse_entry(raw) is None:
+                raise StateError(
+                    f"{self.log_path}:{lines}: not a valid transition entry; no transition is appended "
+                    "until the log is repaired (see docs/state-store.md, 'Other damage')"
+                )
+        self._intact = (committed_end, lines, os.fstat(fd).st_mtime_ns)
 
     def _append(self, fd: int, line: bytes, committed_end: int) -> None:
         """Append one whole line and fsync it; on any failure, cut the log back so no part of it stays."""

@@ -46,7 +46,8 @@ def _wait_for(state_dir: Path, target: str, proc: subprocess.Popen[str], *, nth_
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         doc = _state(state_dir)
-        if doc and doc["state"] == target and (nth_test is None or doc["counters"]["test_count"] == nth_test):
+        finished_tests = len((doc or {}).get("runner", {}).get("checkpoints") or [])
+        if doc and doc["state"] == target and (nth_test is None or finished_tests == nth_test):
             return
         assert proc.poll() is None, f"runner exited early: {proc.communicate()}"
         time.sleep(0.02)
@@ -85,7 +86,9 @@ def test_sigkill_in_every_state_then_resume(tmp_path: Path) -> None:
     doc = _state(tmp_path)
     assert doc is not None
     assert [c["message"] for c in doc["commits"]] == ["fix 1"]
-    assert doc["counters"]["test_count"] == 4
+    # Four TESTs finished, and the four the kills cut off count too.
+    assert len(doc["runner"]["checkpoints"]) == 4
+    assert doc["counters"]["test_count"] == 4 + sum(1 for target, _ in kills if target == "TEST")
     assert doc["test_results"]["passed"] is True
     log = (tmp_path / "crashy" / "runner.log").read_text()
     assert log.count("resuming crashy in") == len(kills)

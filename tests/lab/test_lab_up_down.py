@@ -66,9 +66,38 @@ def test_everything_carries_the_prefix(lab: Lab) -> None:
     names = netns.namespaces(prefix)
     natted = [n.name for n in lab.record.nodes if n.nat != "none"]
     nodes = {f"{prefix}-{n}" for n in FULL_FLEET}
-    expected = {f"{prefix}-inet"} | nodes | {f"{prefix}-r-{n}" for n in natted}
+    expected = {f"{prefix}-inet", f"{prefix}-mgmt"} | nodes | {f"{prefix}-r-{n}" for n in natted}
     assert set(names) == expected
-    assert netns.root_links(prefix) == sorted(f"{prefix}-m{i}" for i in range(1, 11))
+    # The root namespace holds one link into the lab, whatever the number of nodes.
+    assert netns.root_links(prefix) == [f"{prefix}-m0"]
+
+
+def test_the_lab_learns_no_neighbour_entries(lab: Lab) -> None:
+    """The kernel's neighbour table is shared by every namespace and overflows past gc_thresh3 learnt
+    entries (a 50-node lab learning its data network needs ~2,500): every entry the lab uses is
+    static, so traffic across the data network and SSH on the management network learn none."""
+    send = (
+        "import socket,sys,time; s=socket.socket(2,2); "
+        "[s.sendto(b'x',(a,9)) for a in sys.argv[1:]]; time.sleep(0.3)"
+    )
+    for a in lab.record.nodes:
+        others = [b.public_ip for b in lab.record.nodes if b is not a]
+        sent = lab.python_in(str(a.ns), send, *others)
+        assert sent.returncode == 0, (a.name, sent.stderr)
+    lab.ssh(lab.record.nodes[0].name, "true")
+    for ns in netns.namespaces(lab.record.prefix):
+        entries = json.loads(lab.in_ns(ns, ["ip", "-j", "-4", "neigh", "show"]).stdout or "[]")
+        learnt = [e for e in entries if e.get("state") != ["PERMANENT"]]
+        assert learnt == [], f"{ns} learnt neighbour entries: {learnt}"
+    root = json.loads(
+        subprocess.run(
+            ["ip", "-j", "-4", "neigh", "show", "dev", f"{lab.record.prefix}-m0"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    assert [e.get("state") for e in root] == [["PERMANENT"]]
 
 
 def test_constrained_nodes_are_shaped(lab: Lab) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_vpstest.config import Inventory, Node
+from pytest_vpstest.errors import UnreachableNodeError
 from pytest_vpstest.fleet.remote import CommandResult, SessionPool
 
 
@@ -29,6 +30,8 @@ class LocalSession:
         return self._node
 
     def run(self, command: str, *, timeout: float | None = None, check: bool = False) -> CommandResult:
+        if self._node.name in os.environ.get("FAKE_UNREACHABLE", "").split(","):
+            raise UnreachableNodeError(self._node.name, "connection refused")
         if "iperf3" in command:  # this fake fleet has no iperf3
             return CommandResult(self._node.name, command, 127, "", "iperf3: not found", 0.0)
         start = time.monotonic()

@@ -395,3 +395,52 @@ def test_a_broken_status_template_is_one_clear_error_before_any_probe(fake_fleet
     # the session's status check ran once, not once per test, and no throughput probe ran
     status = json.loads(next((fleet.state_dir / "demo" / "runs").glob("*/status.json")).read_text())
     assert set(status["answers"]) == {"p1", "p2", "n1", "n2"} and status["ok"] is False
+
+
+def test_nodes_handed_over_as_unhealthy_are_skipped_and_left_out_of_the_rates(
+    fake_fleet: MakeFleet,
+) -> None:
+    fleet = fake_fleet()
+    unhealthy = fleet.dir / "unhealthy.json"
+    unhealthy.write_text(json.dumps({"n2": "provisioning: ssh: connection refused"}))
+    result = fleet.run("--vps-focus=throughput", "--vps-unhealthy", str(unhealthy), "-rs")
+    result.assert_outcomes(passed=2, skipped=2)
+    result.stdout.fnmatch_lines(["*node unhealthy: n2 (provisioning: ssh: connection refused)*"])
+    results = fleet.results()
+    assert results["unhealthy"] == {"n2": "provisioning: ssh: connection refused"}
+    assert results["passed"] is True and results["tests"]["failed"] == 0
+    assert all("n2" not in (p["from"], p["to"]) for p in results["pairs"])
+
+
+def test_a_node_unreachable_during_the_run_skips_its_pairs_as_unhealthy(
+    fake_fleet: MakeFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = fake_fleet()
+    monkeypatch.setenv("FAKE_UNREACHABLE", "p2")
+    result = fleet.run("--vps-focus=throughput", "--vps-skip-deploy", "-rs")
+    # p2 sends in one pair and receives in another: the first probe from p2 finds it unreachable.
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["*node unhealthy: p2 (unreachable during the run*"])
+    results = fleet.results()
+    assert "p2" in results["unhealthy"]
+    assert all(p["from"] != "p2" for p in results["pairs"])
+
+
+def test_a_run_left_behind_by_a_dead_loop_runner_records_nothing_but_its_interruption(
+    fake_fleet: MakeFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+    import sys
+
+    fleet = fake_fleet()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that is no longer running: the runner that started this pytest died
+    monkeypatch.setenv("VPSTEST_RUNNER_PID", str(dead.pid))
+    result = fleet.run("--vps-focus=throughput")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    results = fleet.results()
+    assert results["passed"] is False and "is gone" in results["interrupted"]
+    assert not (fleet.state_dir / "history.sqlite").exists()
+    assert not list((fleet.state_dir / "demo").glob("proof-*.md"))
+    assert not (fleet.state_dir / "demo" / "state.json").exists()

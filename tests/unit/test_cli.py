@@ -126,3 +126,36 @@ def test_diagnose_of_an_unreachable_node_is_one_line(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1 and res.stderr.startswith("vpstest: error: far-1")
     assert "Traceback" not in res.stderr
+
+
+def test_output_into_a_closed_pipe_is_not_an_error(tmp_path: Path) -> None:
+    """``vpstest ... | head -1``: the reader is gone; no traceback, no "Broken pipe" error."""
+    import os
+
+    _finished_project(tmp_path)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before we write
+    try:
+        res = subprocess.run([sys.executable, "-m", "pytest_vpstest.cli", "status", "--state-dir",
+                              str(tmp_path)], cwd=ROOT,
+                             stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert res.stderr == ""
+    assert res.returncode == 0
+
+
+def test_resume_of_a_finished_run_says_so_without_starting_a_runner(tmp_path: Path) -> None:
+    _finished_project(tmp_path, "gamma")
+    config = tmp_path / "gamma.yaml"
+    config.write_text("project: gamma\n")
+    nodes = tmp_path / "nodes.yaml"
+    nodes.write_text("nodes:\n  - name: n1\n    host: 127.0.0.1\n")
+    before = (tmp_path / "gamma" / "runner.log").read_text()
+    res = _run("start", "--yes", "--resume", "--config", str(config), "--nodes", str(nodes),
+               "--state-dir", str(tmp_path))
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "nothing to resume" in res.stderr and res.stderr.count("\n") == 1
+    assert "runner started" not in res.stdout
+    assert not (tmp_path / "gamma" / "runner.out").exists()  # no runner process was started
+    assert (tmp_path / "gamma" / "runner.log").read_text() == before

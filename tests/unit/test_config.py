@@ -269,28 +269,33 @@ INV = "/srv/demo/nodes.yaml"
         ("project: p\ndeploy: {nodes: [ok, 'x y']}\n", 2, "deploy.nodes[1]", "not a safe name"),
         ("project: p\ndeploy: {nodes: some}\n", 2, "deploy.nodes", "expected 'all' or a list"),
         ("project: p\ndeploy: {install_path: opt/x}\n", 2, "deploy.install_path", "absolute path"),
-        ("project: p\ntests:\n  c: {attempts: 0}\n", 3, "tests.c.attempts", "at least 1, got 0"),
-        ("project: p\ntests:\n  c: {attempts: -2}\n", 3, "tests.c.attempts", "at least 1, got -2"),
-        ("project: p\ntests:\n  c: {timeout_seconds: 0}\n", 3, "tests.c.timeout_seconds", "greater than 0"),
+        ("project: p\ntests:\n  gossip: {attempts: 0}\n", 3, "tests.gossip.attempts", "at least 1, got 0"),
+        ("project: p\ntests:\n  gossip: {attempts: -2}\n", 3, "tests.gossip.attempts", "at least 1, got -2"),
         (
-            "project: p\ntests:\n  c: {timeout_seconds: -1.5}\n",
+            "project: p\ntests:\n  gossip: {timeout_seconds: 0}\n",
             3,
-            "tests.c.timeout_seconds",
+            "tests.gossip.timeout_seconds",
             "greater than 0",
         ),
         (
-            "project: p\ntests:\n  c: {nat_cooloff_seconds: -1}\n",
+            "project: p\ntests:\n  gossip: {timeout_seconds: -1.5}\n",
             3,
-            "tests.c.nat_cooloff_seconds",
+            "tests.gossip.timeout_seconds",
+            "greater than 0",
+        ),
+        (
+            "project: p\ntests:\n  gossip: {nat_cooloff_seconds: -1}\n",
+            3,
+            "tests.gossip.nat_cooloff_seconds",
             "negative",
         ),
         (
-            "project: p\ntests:\n  c:\n    success_criteria: {direct: -5}\n",
+            "project: p\ntests:\n  gossip:\n    success_criteria: {direct: -5}\n",
             4,
-            "tests.c.success_criteria.direct",
+            "tests.gossip.success_criteria.direct",
             "negative",
         ),
-        ("project: p\ntests:\n  c: {pairs: {a: 1}}\n", 3, "tests.c.pairs", "expected a plain value"),
+        ("project: p\ntests:\n  gossip: {pairs: {a: 1}}\n", 3, "tests.gossip.pairs", "expected a plain"),
         (
             "project: p\nbuild: {command: make, timeout_seconds: 0}\n",
             2,
@@ -532,3 +537,26 @@ def test_per_role_start_commands_readiness_and_optional_probes() -> None:
 def test_bad_readiness_roles_and_required_null_probes_are_refused(text: str, where: str) -> None:
     with pytest.raises(ConfigError, match=where.replace(".", r"\.")):
         parse_project_config(text, "/x/p/config.yaml")
+
+
+def test_a_huge_config_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "vps.yaml"
+    with path.open("wb") as f:
+        f.truncate(200 * 1024 * 1024)  # sparse: 200 MB without writing them
+    with pytest.raises(ConfigError, match=r"file is 200\.0 MiB; config and inventory files are limited to"):
+        load_project_config(path)
+    with pytest.raises(ConfigError, match=r"limited to 1 MiB"):
+        load_inventory(path)
+
+
+def test_a_misspelt_suite_key_is_an_error_naming_the_suites() -> None:
+    err = project_error("project: demo\ntests:\n  conectivity:\n    attempts: 2\n")
+    assert_error(err, "/srv/demo/vps.yaml", 3, "tests.conectivity", "unknown suite 'conectivity'")
+    assert "connectivity" in str(err) and "nat_traversal" in str(err)
+
+
+def test_a_broken_criteria_expression_is_an_error_at_load() -> None:
+    err = project_error("project: demo\ncriteria: custom\ncriteria_expr: 'connectivity.relay.rate >= '\n")
+    assert_error(err, "/srv/demo/vps.yaml", 3, "criteria_expr", "")
+    ok = parse_project_config("project: d\ncriteria_expr: 'connectivity.relay.rate >= 99'\n", "/srv/d/v.yaml")
+    assert ok.criteria_expr == "connectivity.relay.rate >= 99"

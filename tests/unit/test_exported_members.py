@@ -29,18 +29,20 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "pytest_vpstest.commands": [],
     "pytest_vpstest.commands.contract": ["peer_for", "register"],
+    "pytest_vpstest.commands.dashboard": ["register"],
     "pytest_vpstest.commands.loading": [
         "add_fleet_options", "add_state_dir_option", "config_path", "default_state_dir", "iso_now",
         "load_config", "load_inventory", "resolve_inventory_path", "state_dir_of",
     ],
-    "pytest_vpstest.commands.loops": ["project_status", "register"],
+    "pytest_vpstest.commands.loops": ["node_health", "project_status", "register"],
     "pytest_vpstest.commands.nodes": ["check_reachability", "register"],
     "pytest_vpstest.config": [
-        "CRITERIA", "FOCUSES", "INVENTORY_KEYS", "NAT_TYPES", "NODE_KEYS", "PROBE_PLACEHOLDERS",
-        "PROJECT_KEYS", "PROOFS", "ROLES", "SAFE_NAME_PATTERN", "SERVICE_MANAGERS",
+        "CRITERIA", "FOCUSES", "INVENTORY_KEYS", "NAT_TYPES", "NODE_KEYS", "NODE_TESTS",
+        "PROBE_PLACEHOLDERS", "PROJECT_KEYS", "PROOFS", "ROLES", "SAFE_NAME_PATTERN", "SERVICE_MANAGERS",
         "START_COMMAND_PLACEHOLDERS", "BootstrapConfig", "BuildConfig", "ChannelConfig", "ChannelKind",
-        "Criteria", "DeployConfig", "FixConfig", "Focus", "Inventory", "ModuleConfig", "NatType", "Node",
-        "NotifyConfig", "ProbeTemplates", "ProjectConfig", "Proof", "RegistryAccess", "Role",
+        "Criteria", "DashboardConfig", "DeployConfig", "FixConfig", "Focus", "HealthConfig", "Inventory",
+        "ModuleConfig", "NatType", "Node", "NodeTests", "NotifyConfig", "ProbeTemplates", "ProjectConfig",
+        "Proof", "RegistryAccess", "Role",
         "ServiceManagerKind", "SoakConfig", "SuiteConfig", "is_safe_name", "load_inventory",
         "load_project_config", "parse_inventory", "parse_project_config",
     ],
@@ -48,6 +50,23 @@ EXPECTED: dict[str, list[str]] = {
         "DEFAULT_TARGETS", "Check", "CriteriaSpec", "Op", "Verdict", "all_pass", "custom", "flatten_metrics",
         "improvement", "judge", "metric_key", "nat_default_checks", "rate", "threshold", "wilson_interval",
     ],
+    "pytest_vpstest.dashboard": ["DEFAULT_PORT"],
+    "pytest_vpstest.dashboard.actions": ["ActionRunner", "suites_dir"],
+    "pytest_vpstest.dashboard.app": ["CSP", "Settings", "create_app"],
+    "pytest_vpstest.dashboard.files": [
+        "append_rollback", "latest_test_run", "new_test_run_dir", "nodes_with_test_runs", "rollbacks",
+        "write_json_atomic",
+    ],
+    "pytest_vpstest.dashboard.hub": ["Hub"],
+    "pytest_vpstest.dashboard.markdown": ["render_markdown"],
+    "pytest_vpstest.dashboard.model": [
+        "NodeTestFacts", "TestsColour", "ago", "history_series", "matrix_cells", "node_tests_colour",
+        "node_tests_tooltip", "wilson",
+    ],
+    "pytest_vpstest.dashboard.nat": ["expected"],
+    "pytest_vpstest.dashboard.reader": ["ProjectFiles", "StateReader", "parse_time"],
+    "pytest_vpstest.dashboard.server": ["DashboardServer", "serve"],
+    "pytest_vpstest.dashboard.token": ["read_token", "token_path", "use_token"],
     "pytest_vpstest.demo": [
         "DEMO_PREFIX", "DEMO_PROJECT", "create_workspace", "plant_defect", "register", "run_demo",
     ],
@@ -73,8 +92,8 @@ EXPECTED: dict[str, list[str]] = {
         "CheckRow", "Status", "check_contract", "contract_passed", "judge", "render_table",
     ],
     "pytest_vpstest.fleet.deploy": [
-        "DeployReport", "NodeDeploy", "Stage", "deploy", "registered_names", "rollback", "start_command",
-        "target_nodes",
+        "DeployReport", "NodeDeploy", "Stage", "deploy", "owner_of", "registered_names", "rollback",
+        "start_command", "target_nodes",
     ],
     "pytest_vpstest.fleet.judging": [
         "PATHS", "PUNCHED_PATHS", "ConnectVerdict", "Outcome", "attempt_lines", "connected", "judge_connect",
@@ -100,6 +119,13 @@ EXPECTED: dict[str, list[str]] = {
         "INVENTORY_KEYS", "NAT_TYPES", "NODE_KEYS", "ROLES", "SERVICE_MANAGERS", "Inventory", "NatType",
         "Node", "RegistryAccess", "Role", "ServiceManagerKind", "load_inventory", "parse_inventory",
     ],
+    "pytest_vpstest.lab.agent.batch": [
+        "DEFAULT_CONCURRENCY", "DEFAULT_DEADLINE_S", "GRACE_S", "MAX_CONCURRENCY", "PARAMETERS",
+        "BadRequest", "Handler", "parse_request", "run_batch", "serve_batch",
+    ],
+    "pytest_vpstest.lab.theory": [
+        "METHODS", "Outcome", "expected_matrix", "expected_outcome", "peer_names", "punch_possible",
+    ],
     "pytest_vpstest.nat_theory": [
         "EXPECTED_RATES", "expected_failure", "group_target", "groups", "may_fail", "split_group",
     ],
@@ -115,13 +141,14 @@ EXPECTED: dict[str, list[str]] = {
     "pytest_vpstest.lab.agent.control": [
         "MAX_REQUEST", "AgentNotRunning", "AlreadyRunning", "Handler", "request", "start_server",
     ],
+    "pytest_vpstest.lab.agent.contract": ["CONTRACT_KEYS", "METHODS", "failure"],
     "pytest_vpstest.lab.agent.crdt": ["GCounter"],
     "pytest_vpstest.lab.agent.gossip": ["GossipLog", "Receipt"],
     "pytest_vpstest.lab.agent.node": [
         "ACK_EVERY", "ANTI_ENTROPY_INTERVAL", "GSO_BATCH", "HELLO_INTERVAL", "LINK_FRESH_SECONDS",
-        "PEER_STALE_SECONDS", "PING_INTERVAL", "PUNCH_INTERVAL", "REGISTER_INTERVAL", "SOL_UDP", "TX_WINDOW",
-        "UDP_SEGMENT", "ConnectFailed", "Link", "Node", "Punch", "Route", "RouteKind", "RxSession",
-        "TxSession", "run_node",
+        "PEER_CACHE_SECONDS", "PEER_STALE_SECONDS", "PING_INTERVAL", "PUNCH_INTERVAL",
+        "REGISTER_INTERVAL", "SOL_UDP", "TX_WINDOW", "UDP_SEGMENT", "ConnectFailed", "Link", "Node",
+        "Punch", "Route", "RouteKind", "RxSession", "TxSession", "run_node",
     ],
     "pytest_vpstest.lab.agent.paths": ["HOME_ENV", "MAX_SOCKET_PATH", "control_socket", "default_home"],
     "pytest_vpstest.lab.agent.probe": [
@@ -158,9 +185,8 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "pytest_vpstest.lab.netlab": [
         "SERVICE_START_TIMEOUT_S", "SSHD_START_TIMEOUT_S", "TBF_LATENCY", "WORKERS", "build_network",
-        "ensure_mount_points", "field_conditions", "pick_mgmt_octet", "prepare_node_fs", "taken_networks",
-        "teardown", "up",
-        "wait_for",
+        "ensure_mount_points", "field_conditions", "mgmt_router_ruleset", "pick_mgmt_octet",
+        "prepare_node_fs", "taken_networks", "teardown", "up", "wait_for",
     ],
     "pytest_vpstest.lab.netns": [
         "NETNS_DIR", "cmdline", "ip_batch", "is_lab_process", "kill_all", "lab_processes", "listening",
@@ -168,9 +194,10 @@ EXPECTED: dict[str, list[str]] = {
         "read_pid", "root_links", "run", "wait_for_orphaned_batches",
     ],
     "pytest_vpstest.lab.plan": [
-        "AGENT_PORT", "BOOTSTRAP_PORT", "DATA_PREFIXLEN", "DATA_SUBNET", "DEFAULT_PREFIX", "HARNESS_HOST",
-        "MGMT_OCTETS", "PREFIX_RE", "REGISTRY_PORT", "SSH_PORT", "LabPlan", "NodePlan", "check_prefix",
-        "choose_mgmt_octet", "make_plan", "preferred_mgmt_octet",
+        "AGENT_PORT", "BOOTSTRAP_PORT", "DATA_PREFIXLEN", "DATA_SUBNET", "DEFAULT_PREFIX",
+        "HARNESS_HOST", "MAC_KINDS", "MGMT_OCTETS", "MGMT_ROUTER_HOST", "PREFIX_RE", "REGISTRY_PORT",
+        "RESERVED_NODE_NAMES", "SSH_PORT", "LabPlan", "NodePlan", "check_prefix", "choose_mgmt_octet",
+        "mac", "make_plan", "preferred_mgmt_octet",
     ],
     "pytest_vpstest.lab.record": [
         "INVENTORY_NAME", "RECORD_NAME", "LabRecord", "NodeRecord", "NodeStatus", "ServiceRecord",
@@ -184,9 +211,9 @@ EXPECTED: dict[str, list[str]] = {
         "render_config", "spawn_detached", "write_config",
     ],
     "pytest_vpstest.lab.topology": [
-        "BUILTIN_TOPOLOGIES", "MAX_NODES", "LabNode", "MappingTimeout", "Shaping", "Topology",
-        "load_topology",
-        "parse_topology", "topology_source",
+        "BUILTIN_TOPOLOGIES", "MAX_NODES", "MIN_SCALE_NODES", "SCALE_CYCLE", "SCALE_PREFIX",
+        "LabNode", "MappingTimeout", "Shaping", "Topology", "load_topology", "parse_scale_spec",
+        "parse_topology", "scale_topology", "topology_source",
     ],
     "pytest_vpstest.loop": [],
     "pytest_vpstest.loop.fixer": [
@@ -194,6 +221,11 @@ EXPECTED: dict[str, list[str]] = {
         "is_error_line", "next_brief_dir", "normalise", "obtain_fix", "run_fix", "run_interruptible",
         "write_brief",
     ],
+    "pytest_vpstest.loop.event_text": ["event_reason", "failure_event"],
+    "pytest_vpstest.loop.health": [
+        "OBSERVERS", "NodeCheck", "NodeHealth", "health_label", "infrastructure_only",
+    ],
+    "pytest_vpstest.loop.health_keeper": ["HEALTH_EVENTS_KEPT", "HealthKeeper", "NodeChecker"],
     "pytest_vpstest.loop.liveness": [
         "BecameLive", "BecameSuspect", "Event", "Evicted", "Failed", "Live", "LivenessMachine", "Never",
         "NodeEvicted", "NodeFailed", "NodeState", "Observation", "OnFailure", "Provisioning",
@@ -203,7 +235,8 @@ EXPECTED: dict[str, list[str]] = {
     "pytest_vpstest.loop.machine": [
         "ALLOWED_TRANSITIONS", "NOTIFY_KINDS", "TERMINAL", "WAIT_STATES", "BuildFinished", "Commit",
         "Counters", "DeployFinished", "Effect", "Event", "Fatal", "Finish", "FixFinished", "InvalidEvent",
-        "MachineConfig", "Notify", "Phase", "Restart", "RestartDone", "RunBuild", "RunDeploy", "RunFix",
+        "MachineConfig", "NodesHealth", "Notify", "Phase", "Restart", "RestartDone", "RunBuild", "RunDeploy",
+        "RunFix",
         "RunSetup", "RunState", "RunTest", "SetupFinished", "Start", "StartWait", "State", "Stop",
         "TestFinished", "UserStop", "WaitElapsed", "initial_state", "resume_effects", "step", "wait_is_over",
     ],
@@ -211,13 +244,21 @@ EXPECTED: dict[str, list[str]] = {
         "EVENT_KINDS", "Channel", "CommandChannel", "DeliveryError", "LogChannel", "Notifier", "Outbox",
         "OutboxEvent", "VoiceChannel", "WebhookChannel", "build_channels",
     ],
-    "pytest_vpstest.loop.run_state": ["TERMINAL", "WAIT_STATES", "Commit", "Counters", "RunState", "State"],
+    "pytest_vpstest.loop.project_files": [
+        "finished_marker", "nothing_to_resume", "project_dir", "read_stop_request", "reap_orphans",
+        "request_stop", "write_finished_marker",
+    ],
+    "pytest_vpstest.loop.run_state": [
+        "TERMINAL", "WAIT_STATES", "Commit", "Counters", "RunState", "State", "count_interrupted_stage",
+    ],
     "pytest_vpstest.loop.runner": [
-        "CHILD_MARKER", "LOG_LIMIT", "Runner", "StageContext", "Stages", "TestOutcome", "child_env",
-        "machine_config", "project_dir", "read_stop_request", "reap_orphans", "request_stop", "utcnow",
+        "CHILD_MARKER", "LOG_LIMIT", "NodeChecker", "Runner", "StageContext", "Stages", "TestOutcome",
+        "child_env", "machine_config", "nothing_to_resume", "project_dir", "read_stop_request",
+        "reap_orphans", "request_stop", "utcnow",
     ],
     "pytest_vpstest.loop.stage_context": [
-        "CHILD_MARKER", "StageContext", "Stages", "TestOutcome", "child_env", "iso", "utcnow",
+        "CHILD_MARKER", "StageContext", "Stages", "TestOutcome", "child_env", "iso", "machine_config",
+        "utcnow",
     ],
     "pytest_vpstest.loop.stages": ["FleetStages", "suites_directory"],
     "pytest_vpstest.plugin": [],
@@ -230,9 +271,10 @@ EXPECTED: dict[str, list[str]] = {
         "vps_config", "vps_record", "vps_run",
     ],
     "pytest_vpstest.plugin.fixtures": [
-        "NOT_CONFIGURED", "RUN_KEY", "Recorder", "RunContext", "build_artifact", "default_build",
-        "default_deploy", "default_fetch_logs", "deployment", "failed_nodes", "fleet", "node", "node_pool",
-        "once", "parametrize", "probe", "run_of", "skip_if_not_deployed", "vps_config", "vps_record",
+        "NOT_CONFIGURED", "RUN_KEY", "UNHEALTHY_PREFIX", "Recorder", "RunContext", "build_artifact",
+        "default_build", "default_deploy", "default_fetch_logs", "deployment", "failed_nodes", "fleet",
+        "mark_unhealthy", "node", "node_pool", "once", "parametrize", "probe", "run_of",
+        "skip_if_not_deployed", "skip_if_unreachable", "unhealthy_nodes", "vps_config", "vps_record",
         "vps_run",
     ],
     "pytest_vpstest.plugin.hookspecs": [
@@ -259,6 +301,7 @@ EXPECTED: dict[str, list[str]] = {
     "pytest_vpstest.records.store": [
         "SCHEMA_VERSION", "Lease", "LeaseInfo", "LoadResult", "StateStore", "is_safe_identifier", "iso_utc",
     ],
+    "pytest_vpstest.redact": ["redact_text", "redact_url"],
     "pytest_vpstest.suite": [
         "CATEGORIES", "CATEGORY_OF", "CONNECTIVITY", "FOCUSES", "FULL_SUITE", "GOSSIP", "MARKER", "METHODS",
         "NAT_TRAVERSAL", "SUITES", "THROUGHPUT", "Category", "ConnectivityMeasurement", "Focus",

@@ -7,7 +7,6 @@ its JSON), 2 for usage errors, 1 when a service cannot start (e.g. its address i
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -75,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         from .probe import run_probe
 
         return run_probe(args)
+    import logging  # not on the probe path: a probe's start-up is most of its cost
+
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -1,14 +1,14 @@
 """The control socket: one JSON request line in, one JSON response line out (unix stream socket).
 
 Requests are ``{"action": NAME, ...arguments}``; the running node answers with the probe
-contract's JSON object for that action.
+contract's JSON object for that action. A first line ``{"action": "batch", ...}`` turns the
+connection into a batch instead: request lines in, result lines out as each finishes (``batch.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,7 +21,6 @@ from .paths import MAX_SOCKET_PATH
 
 __all__ = ["MAX_REQUEST", "AgentNotRunning", "AlreadyRunning", "Handler", "request", "start_server"]
 
-log = logging.getLogger("control")
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 MAX_REQUEST = 64 * 1024
@@ -68,16 +67,28 @@ async def start_server(path: Path, handler: Handler) -> asyncio.AbstractServer:
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await reader.readline()
+            batch: dict[str, Any] | None = None
             try:
                 request = json.loads(line[:MAX_REQUEST])
                 if not isinstance(request, dict) or not isinstance(request.get("action"), str):
                     raise ValueError("request must be an object with an 'action'")
-                response = await handler(request)
+                if request["action"] == "batch":
+                    batch = request
+                    response = {}
+                else:
+                    response = await handler(request)
             except ValueError as exc:
                 response = {"ok": False, "error": f"bad control request: {exc}"}
             except Exception as exc:  # one broken request must never take the agent down
-                log.exception("control request failed")
+                import logging  # the agent's side only: a probe's start-up stays lean
+
+                logging.getLogger("control").exception("control request failed")
                 response = {"ok": False, "error": f"agent error: {type(exc).__name__}: {exc}"}
+            if batch is not None:
+                from .batch import serve_batch
+
+                await serve_batch(reader, writer, handler, batch)
+                return
             writer.write(json.dumps(response).encode() + b"\n")
             await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):

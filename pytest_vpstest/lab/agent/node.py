@@ -45,6 +45,7 @@ __all__ = [
     "GSO_BATCH",
     "HELLO_INTERVAL",
     "LINK_FRESH_SECONDS",
+    "PEER_CACHE_SECONDS",
     "PEER_STALE_SECONDS",
     "PING_INTERVAL",
     "PUNCH_INTERVAL",
@@ -72,6 +73,8 @@ ANTI_ENTROPY_INTERVAL = 3.0
 LINK_FRESH_SECONDS = 20.0
 # Registry entries older than this are treated as gone when flooding.
 PEER_STALE_SECONDS = 60.0
+# A connect uses the peer list fetched this recently instead of asking the registry again.
+PEER_CACHE_SECONDS = 2.0
 PUNCH_INTERVAL = 0.1
 PING_INTERVAL = 0.25
 TX_WINDOW = 1024
@@ -152,6 +155,7 @@ class Node:
         self.registered = False
         self.peers: dict[str, dict[str, Any]] = {}
         self.peers_fetched = 0.0
+        self._peers_fetch: asyncio.Future[None] | None = None
         self.links: dict[str, Link] = {}
         self.pending: dict[str, asyncio.Future[tuple[Message, Route]]] = {}
         self.punches: dict[str, Punch] = {}
@@ -288,6 +292,12 @@ class Node:
                 await asyncio.wait_for(self._mapped_changed.wait(), interval)
 
     async def refresh_peers(self) -> None:
+        """Fetch the peer list; callers arriving while a fetch is under way share it."""
+        if self._peers_fetch is None or self._peers_fetch.done():
+            self._peers_fetch = asyncio.ensure_future(self._fetch_peers())
+        await asyncio.shield(self._peers_fetch)
+
+    async def _fetch_peers(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             found = await loop.run_in_executor(None, registry_client.peers, self.registry)
@@ -511,7 +521,11 @@ class Node:
     # ---- connect ---------------------------------------------------------------------------
 
     async def _peer_record(self, peer: str) -> dict[str, Any] | None:
-        await self.refresh_peers()
+        """The peer's registry record: from the list fetched in the last ``PEER_CACHE_SECONDS``
+        (a burst of probes costs the registry one request, not one each), else fetched anew."""
+        fresh = time.monotonic() - self.peers_fetched < PEER_CACHE_SECONDS
+        if not fresh or peer not in self.peers:
+            await self.refresh_peers()
         return self.peers.get(peer)
 
     async def connect(self, peer: str, method: str, timeout: float) -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import zipfile
 from pathlib import Path
 
 __all__ = ["HOME_ENV", "MAX_SOCKET_PATH", "control_socket", "default_home"]
@@ -25,6 +24,8 @@ def default_home() -> Path:
         return Path(env)
     entry = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
     if entry is not None and entry.is_file():
+        import zipfile  # only here: a probe given --home never pays for it
+
         entry = entry.resolve()
         package_dir = Path(__file__).resolve().parent
         if zipfile.is_zipfile(entry) or package_dir not in entry.parents:

@@ -14,22 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from . import control, wire
+from .contract import CONTRACT_KEYS, METHODS, failure
 from .paths import control_socket, default_home
 
 __all__ = ["CONTRACT_KEYS", "METHODS", "add_probe_parser", "build_request", "failure", "run_probe"]
-
-METHODS = ("direct", "holepunch", "relay")
-
-# The keys each action's answer always carries (besides "ok" and, on failure, "error").
-CONTRACT_KEYS: dict[str, tuple[str, ...]] = {
-    "status": ("node", "addresses", "mapped", "peers"),
-    "connect": ("method", "path", "rtt_ms", "error"),
-    "publish": ("message_id",),
-    "received": ("received", "latency_ms", "duplicates"),
-    "throughput": ("bytes", "seconds", "mbps"),
-    "crdt": ("value", "digest"),
-}
-
 
 def _positive(text: str) -> float:
     try:
@@ -44,6 +32,12 @@ def _positive(text: str) -> float:
 def _count(text: str) -> int:
     if not text.isdigit() or int(text) > 10**12:
         raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
+    return int(text)
+
+
+def _concurrency(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1024:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 1 to 1024")
     return int(text)
 
 
@@ -77,6 +71,8 @@ def add_probe_parser(sub: Any) -> None:
     p.add_argument("--seconds", type=_positive, default=5.0)
     p = action("crdt", "increment (0 = read) the replicated counter")
     p.add_argument("--increment", type=_count, default=0)
+    p = action("batch", "JSON request lines on stdin, one result line each as it finishes (docs/agent.md)")
+    p.add_argument("--concurrency", type=_concurrency, default=64, help="requests run at once (default 64)")
 
 
 def build_request(args: argparse.Namespace) -> tuple[dict[str, Any], float]:
@@ -100,17 +96,14 @@ def build_request(args: argparse.Namespace) -> tuple[dict[str, Any], float]:
     return {"action": action}, 10
 
 
-def failure(action: str, error: str, **known: Any) -> dict[str, Any]:
-    """A contract-shaped failed answer."""
-    answer: dict[str, Any] = {"ok": False}
-    answer.update(dict.fromkeys(CONTRACT_KEYS.get(action, ()), None))
-    answer.update(known)
-    answer["error"] = error
-    return answer
-
-
 def run_probe(args: argparse.Namespace) -> int:
     home: Path = args.home if args.home is not None else default_home()
+    if args.action == "batch":
+        import sys
+
+        from .batch import run_batch
+
+        return run_batch(control_socket(home), sys.stdin, sys.stdout, args.concurrency)
     payload, timeout = build_request(args)
     known = {"method": args.method} if args.action == "connect" else {}
     try:

@@ -257,6 +257,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _RegistryServer(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 resets connections when a fleet's agents start together.
+    request_queue_size = 256
     state: RegistryState
 
 

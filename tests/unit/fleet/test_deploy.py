@@ -336,7 +336,10 @@ def test_corrupt_upload_fails_and_leaves_no_temp_file(world: World) -> None:
         report = run_deploy(world, pool, write_artifact(world.tmp / "v1", "v1"))
     bad = report.per_node["n2"]
     assert (bad.stage_failed, bad.error) == ("upload", "uploaded file's SHA-256 differs from v1's")
-    assert sorted(p.name for p in Path(world.plan("n2").install_path).iterdir()) == ["logs"]
+    # No temp file left: only the log directory and run/ holding the owner marker.
+    install = Path(world.plan("n2").install_path)
+    assert sorted(p.name for p in install.iterdir()) == ["logs", "run"]
+    assert [p.name for p in (install / "run").iterdir()] == [f"{world.plan('n2').service}.owner"]
     assert report.succeeded == 2
 
 
@@ -386,3 +389,72 @@ def test_readiness_none_waits_for_nothing(world: World) -> None:
     with SessionPool(world.inventory, session_factory=local_session_factory()) as pool:
         report = run_deploy(world, pool, write_artifact(world.tmp / "v1", "v1"), registry_query=never)
     assert report.succeeded == 3
+
+
+def test_another_projects_running_service_of_the_same_name_is_not_replaced(world: World) -> None:
+    """Two workspaces whose services share a name (as every demo workspace's does) on shared nodes."""
+    with SessionPool(world.inventory, session_factory=local_session_factory()) as pool:
+        first = run_deploy(world, pool, write_artifact(world.tmp / "v1", "v1"))
+        assert first.succeeded == 3
+        plan = world.plan("n1")
+        manager = ProcessManager(pool.session("n1"), install_path=plan.install_path, log_dir=plan.log_dir)
+        running = manager.status(plan.service).pid
+        other = World.__new__(World)
+        other.__dict__.update(world.__dict__)
+        other.config = replace(world.config, workspace=world.tmp / "other-checkout")
+        with pytest.raises(DeployError) as info:
+            run_deploy(other, pool, write_artifact(world.tmp / "v2", "v2"))
+        refused = info.value.report.per_node["n1"]  # type: ignore[attr-defined]
+        assert refused.stage_failed == "stop"
+        assert "running for another project (demo on " in (refused.error or "")
+        assert "deploy.service_prefix" in (refused.error or "")
+        assert manager.status(plan.service).pid == running  # the other project's agent was left alone
+        assert "v1" in Path(plan.binary).read_text()
+        # The same project deploys again as before; once the other's service is stopped, taking over is fine.
+        assert run_deploy(world, pool, write_artifact(world.tmp / "v3", "v3")).succeeded == 3
+        for name in ("n1", "n2", "n3"):
+            p = world.plan(name)
+            ProcessManager(pool.session(name), install_path=p.install_path, log_dir=p.log_dir).stop(p.service)
+        assert run_deploy(other, pool, write_artifact(world.tmp / "v4", "v4")).succeeded == 3
+
+
+class _CountingPool(SessionPool):
+    """A pool that records the width of every fan-out."""
+
+    widths: list[int]
+
+    def fan_out(self, names: Any, fn: Any, *, parallelism: int = 8) -> Any:
+        self.widths = [*getattr(self, "widths", []), parallelism]
+        return super().fan_out(names, fn, parallelism=parallelism)
+
+
+def test_by_default_every_target_is_deployed_at_once(tmp_path: Path) -> None:
+    assert DeployConfig().parallelism is None
+    world = World(tmp_path, [f"n{i}" for i in range(1, 10)])
+    try:
+        with _CountingPool(world.inventory, session_factory=local_session_factory()) as pool:
+            report = run_deploy(world, pool, write_artifact(tmp_path / "v1", "v1"))
+    finally:
+        world.cleanup()
+    assert report.succeeded == 9
+    assert pool.widths[:2] == [9, 9]  # the deploy itself, then the verify windows
+
+
+def test_verify_windows_overlap_even_one_node_at_a_time(tmp_path: Path) -> None:
+    """With parallelism 1 every node is stopped, uploaded and started in turn, but none is watched
+    until all have started: the verify windows run together instead of one after another."""
+    world = World(tmp_path, ["n1", "n2", "n3"])
+    world.config = replace(world.config, deploy=replace(world.config.deploy, parallelism=1))
+    lines: list[str] = []
+    try:
+        with SessionPool(world.inventory, session_factory=local_session_factory()) as pool:
+            report = run_deploy(
+                world, pool, write_artifact(tmp_path / "v1", "v1"), log=lines.append, verify_seconds=0.3
+            )
+    finally:
+        world.cleanup()
+    assert report.succeeded == 3
+    started = [i for i, line in enumerate(lines) if " started " in line]
+    running = [i for i, line in enumerate(lines) if line.endswith(" running")]
+    assert len(started) == len(running) == 3
+    assert max(started) < min(running), lines

@@ -32,7 +32,21 @@ def test_zipapp_layout(pyz: Path) -> None:
     names = set(zipfile.ZipFile(pyz).namelist())
     assert "__main__.py" in names and "vpstest_agent/cli.py" in names and "vpstest_agent/node.py" in names
     files = {n for n in names if not n.endswith("/")}
-    assert all(n == "__main__.py" or (n.startswith("vpstest_agent/") and n.endswith(".py")) for n in files)
+    sources = {n for n in files if n.endswith(".py")}
+    assert all(n == "__main__.py" or n.startswith("vpstest_agent/") for n in sources)
+    # Every module ships compiled too, and nothing else is packed.
+    assert files == sources | {n + "c" for n in sources}
+
+
+def test_zipapp_modules_load_from_the_shipped_bytecode(pyz: Path) -> None:
+    """The building interpreter imports the agent from the packed .pyc, not by compiling sources."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import vpstest_agent.cli, vpstest_agent.probe as p; "
+        "print(vpstest_agent.cli.__file__, p.__file__)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(pyz)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert all(path.endswith(".pyc") for path in done.stdout.split()), done.stdout
 
 
 def test_build_from_a_copied_source_tree(tmp_path: Path) -> None:

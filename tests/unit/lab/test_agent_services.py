@@ -225,3 +225,37 @@ def test_bootstrap_discovery_and_relay(bootstrap: tuple[str, int]) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_registry_queues_a_fleet_connecting_at_once() -> None:
+    """Connections arriving before the registry accepts them wait in its listen backlog: a whole
+    fleet's agents registering at the same moment all get through (a backlog of 5 admits 6)."""
+    import select
+    import threading
+
+    from pytest_vpstest.lab.agent.registry import make_server
+
+    server = make_server(("127.0.0.1", 0))  # listening, not yet accepting
+    clients = [socket.socket() for _ in range(64)]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    try:
+        for c in clients:
+            c.setblocking(False)
+            c.connect_ex(server.server_address[:2])
+        pending, deadline = list(clients), time.monotonic() + 5
+        while pending and time.monotonic() < deadline:
+            _, writable, _ = select.select([], pending, [], 0.2)
+            pending = [c for c in pending if c not in writable]
+        assert not pending, f"{len(pending)} of {len(clients)} connections were not queued"
+        thread.start()
+        for c in clients[:: len(clients) // 4]:
+            c.setblocking(True)
+            c.settimeout(10)
+            c.sendall(b"GET /health HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n")
+            assert c.recv(64).startswith(b"HTTP/1.1 200 OK")
+    finally:
+        for c in clients:
+            c.close()
+        if thread.is_alive():
+            server.shutdown()
+        server.server_close()

@@ -16,9 +16,11 @@ from pytest_vpstest.errors import ConfigError
 from pytest_vpstest.lab import inventory as inv
 from pytest_vpstest.lab.nat import BEHAVIOUR, host_guard_ruleset, node_mgmt_ruleset, router_ruleset
 from pytest_vpstest.lab.plan import (
+    MAC_KINDS,
     MGMT_OCTETS,
     check_prefix,
     choose_mgmt_octet,
+    mac,
     make_plan,
     preferred_mgmt_octet,
 )
@@ -33,12 +35,13 @@ def test_full_plan_addresses() -> None:
     plan = make_plan(load_topology("full"), "vps", 200)
     assert plan.harness_ip == "198.19.200.254" and plan.mgmt_subnet == "198.19.200.0/24"
     reg = plan.node("saorsa-1")
-    assert (reg.ns, reg.data_ip, reg.mgmt_ip, reg.mgmt_host_if) == (
+    assert (reg.ns, reg.data_ip, reg.mgmt_ip, reg.mgmt_port) == (
         "vps-saorsa-1",
         "198.18.0.1",
         "198.19.200.1",
-        "vps-m1",
+        "n1",
     )
+    assert (plan.mgmt_ns, plan.mgmt_root_if, plan.mgmt_router_ip) == ("vps-mgmt", "vps-m0", "198.19.200.253")
     cone = plan.node("saorsa-4")
     assert (cone.router_ns, cone.wan_ip, cone.lan_router_ip, cone.data_ip, cone.public_ip) == (
         "vps-r-saorsa-4",
@@ -49,7 +52,7 @@ def test_full_plan_addresses() -> None:
     )
     assert plan.registry.name == "saorsa-1"
     assert [b.name for b in plan.bootstraps] == ["saorsa-2", "saorsa-3"]
-    assert len(plan.namespaces) == 1 + 10 + 4
+    assert len(plan.namespaces) == 2 + 10 + 4
 
 
 @given(
@@ -64,13 +67,14 @@ def test_any_plan_is_unique_in_range_and_fits_ifnamsiz(prefix: str, nats: list[s
     ]  # type: ignore[arg-type]
     plan = make_plan(Topology(name="t", nodes=tuple(nodes[:120])), prefix, octet)
     public = [n.public_ip for n in plan.nodes]
-    mgmt = [n.mgmt_ip for n in plan.nodes] + [plan.harness_ip]
+    mgmt = [n.mgmt_ip for n in plan.nodes] + [plan.harness_ip, plan.mgmt_router_ip]
     data = [n.data_ip for n in plan.nodes]
     for addr in public + mgmt + data:
         assert ipaddress.IPv4Address(addr) in LAB_RANGE
     assert len(set(public)) == len(public) and len(set(mgmt)) == len(mgmt) and len(set(data)) == len(data)
     assert not set(mgmt) & set(data + public)
-    assert all(len(n.mgmt_host_if) <= IFNAMSIZ for n in plan.nodes)
+    assert all(len(name) <= IFNAMSIZ for name in [plan.mgmt_root_if, *(n.mgmt_port for n in plan.nodes)])
+    assert len(set(plan.namespaces)) == len(plan.namespaces)
     assert all(ns.startswith(f"{prefix}-") for ns in plan.namespaces)
 
 
@@ -213,3 +217,18 @@ def test_inventory_document_matches_the_contract() -> None:
         "p2p_address": "198.19.2.2",
         "public_address": "198.18.0.2",  # its NAT's WAN address: {peer_public_address}
     }
+
+
+def test_every_link_end_has_its_own_fixed_mac() -> None:
+    plan = make_plan(load_topology("scale:120"), "vps", 200)
+    macs = [mac(kind, n.number) for kind in MAC_KINDS for n in plan.nodes]
+    assert len(set(macs)) == len(macs)
+    assert all(m.startswith("02:76:") and len(m) == 17 for m in macs)
+    assert mac("data", 300) == "02:76:01:00:01:2c"
+
+
+@pytest.mark.parametrize("name", ["inet", "mgmt"])
+def test_node_names_of_the_labs_own_namespaces_are_refused(name: str) -> None:
+    topo = Topology(name="t", nodes=(LabNode(name="reg", role="registry"), LabNode(name=name)))
+    with pytest.raises(ConfigError, match=f"node name '{name}' is reserved"):
+        make_plan(topo, "vps", 200)

@@ -26,6 +26,7 @@ from pytest_vpstest.loop.machine import (
     FixFinished,
     InvalidEvent,
     MachineConfig,
+    NodesHealth,
     Notify,
     Restart,
     RestartDone,
@@ -294,8 +295,12 @@ def test_fix_without_a_commit_stays_in_fix_and_counts_the_attempt() -> None:
     assert resume_effects(state, at(100)) == (RunFix(failure),)
 
 
-def test_fix_attempts_are_unlimited_by_default_and_limited_when_configured() -> None:
-    state, _ = drive([*TO_TEST, FAIL] + [FixFinished(None)] * 50)
+def test_fix_attempts_stop_after_five_by_default_and_the_limit_is_configurable() -> None:
+    state, effects = drive([*TO_TEST, FAIL] + [FixFinished(None)] * 5)
+    assert state.state is State.STOPPED and state.counters.fix_attempts == 5
+    assert (state.stop_reason or "").startswith("no fix committed after 5 attempts for: tests failed")
+    assert kinds(effects) == ["critical"]
+    state, _ = drive([*TO_TEST, FAIL] + [FixFinished(None)] * 50, MachineConfig(max_fix_attempts=None))
     assert state.state is State.FIX and state.counters.fix_attempts == 50
     cfg = MachineConfig(max_fix_attempts=2)
     state, effects = drive([*TO_TEST, FAIL, FixFinished(None), FixFinished(None)], cfg)
@@ -485,3 +490,39 @@ def test_resume_in_a_wait_waits_for_the_rest_or_goes_straight_on() -> None:
     resumed = RunState.from_document(waiting.to_document())
     nxt, effects = step(resumed, WaitElapsed(), waiting.wait_until, CFG)
     assert nxt.state is State.TEST and effects == (RunTest(2),)
+
+
+def test_a_test_failure_of_infrastructure_only_stops_instead_of_fixing() -> None:
+    infra = TestFinished(False, "n3 unreachable", infrastructure=True)
+    state, effects = drive([*TO_TEST, infra])
+    assert state.state is State.STOPPED and state.counters.fix_attempts == 0
+    assert "infrastructure reasons only" in (state.stop_reason or "")
+    assert "n3 unreachable" in (state.stop_reason or "")
+    assert not any(isinstance(e, RunFix) for e in effects)
+    # The same failure with a software cause goes to FIX.
+    state, _ = drive([*TO_TEST, TestFinished(False, "relay rate 40")])
+    assert state.state is State.FIX
+
+
+def test_too_few_live_nodes_stop_the_run_naming_each_node() -> None:
+    unhealthy = (("n1", "ssh: connection refused"), ("n2", "service not running"))
+    for target in (State.TEST, State.WAIT_1HR, State.FIX, State.BUILD):
+        before = reach(target)
+        same, effects = step(before, NodesHealth(5, 10, unhealthy), at(9000), CFG)
+        assert same == before and effects == ()  # half Live is enough
+        stopped, effects = step(before, NodesHealth(4, 10, unhealthy), at(9000), CFG)
+        assert stopped.state is State.STOPPED
+        assert stopped.stop_reason == (
+            "only 4 of 10 nodes live (need at least 50%): "
+            "n1 (ssh: connection refused); n2 (service not running)"
+        )
+        assert kinds(effects) == ["critical"]
+    with pytest.raises(InvalidEvent):
+        step(reach(State.IDLE), NodesHealth(0, 10), at(1), CFG)
+
+
+def test_setup_stop_reason_names_the_unreachable_nodes() -> None:
+    ev = SetupFinished(4, 10, tuple((f"n{i}", "ssh: timed out") for i in range(6)))
+    state, _ = drive([Start(), ev])
+    assert state.state is State.STOPPED
+    assert all(f"n{i} (ssh: timed out)" in (state.stop_reason or "") for i in range(6))

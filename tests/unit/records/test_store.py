@@ -372,6 +372,25 @@ def test_commit_refuses_a_log_with_a_corrupt_middle_line(tmp_path: Path, clock: 
         store.commit(lease, doc("DEPLOY"), step("BUILD", "DEPLOY"))
 
 
+def test_a_damaged_middle_line_stops_new_appends(tmp_path: Path, clock: FakeClock) -> None:
+    store = make_store(tmp_path, clock)
+    lease = store.acquire()
+    for i, (a, b) in enumerate([("IDLE", "SETUP"), ("SETUP", "BUILD"), ("BUILD", "DEPLOY")]):
+        store.commit(lease, doc(b), step(a, b))
+        assert i + 1 == len(log_lines(store))
+    lines = store.log_path.read_bytes().split(b"\n")
+    lines[1] = b"x" * len(lines[1])  # damaged in place: same length, the last line still whole
+    store.log_path.write_bytes(b"\n".join(lines))
+    before = store.log_path.read_bytes()
+    with pytest.raises(StateError, match=r"transitions.jsonl:2: not a valid transition entry"):
+        store.commit(lease, doc("TEST"), step("DEPLOY", "TEST"))
+    # A new writer (a restarted runner) is refused too; nothing was appended.
+    other = make_store(tmp_path, clock)
+    with pytest.raises(StateError, match=r":2: not a valid"):
+        other.commit(lease, doc("TEST"), step("DEPLOY", "TEST"))
+    assert store.log_path.read_bytes() == before
+
+
 def test_a_failed_append_leaves_no_partial_line(tmp_path: Path, clock: FakeClock) -> None:
     store = make_store(tmp_path, clock)
     lease = store.acquire()

@@ -1,0 +1,161 @@
+"""Node health in the loop: checks in, the liveness machine decides, the runner acts.
+
+The runner is the only writer of the :class:`~pytest_vpstest.loop.liveness.LivenessMachine` it
+owns through a :class:`NodeHealth`. A round is: the runner checks every node (its ``NodeChecker``
+seam: SSH answered, the service runs), :meth:`NodeHealth.observe` turns the checks into time-stamped
+observations and ticks the machine, and the runner carries out the events that come back
+(``Respawn``: restart the node's service, and report back with :meth:`NodeHealth.respawned` or
+:meth:`NodeHealth.respawn_failed`).
+
+Observers of a node: ``ssh`` (a command ran on it) and ``service`` (its service manager says the
+service runs). Both must have seen it (a 2-of-2 quorum): a node whose SSH works but whose service
+died is not Live, nor is one whose management connection is gone.
+
+Nothing here does I/O or reads a clock; the times are the runner's (seconds since the epoch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pytest_vpstest.config import HealthConfig
+from pytest_vpstest.loop import liveness as lv
+
+__all__ = ["OBSERVERS", "NodeCheck", "NodeHealth", "health_label", "infrastructure_only"]
+
+OBSERVERS: tuple[str, ...] = ("ssh", "service")
+
+
+@dataclass(frozen=True)
+class NodeCheck:
+    """One look at one node. ``detail`` says what was wrong (one line, '' when nothing was)."""
+
+    ssh: bool
+    service: bool
+    detail: str = ""
+    # False when SSH worked and the installed binary is gone (a respawn then redeploys).
+    binary_present: bool = True
+
+    @property
+    def good(self) -> bool:
+        return self.ssh and self.service
+
+
+def health_label(state: lv.NodeState | None) -> str:
+    """The state's name as written in the state file and shown by ``vpstest status``."""
+    return type(state).__name__ if state is not None else "Untracked"
+
+
+class NodeHealth:
+    """The loop's view of its nodes' liveness (one per runner; the runner is its only writer)."""
+
+    def __init__(self, nodes: Iterable[str], cfg: HealthConfig, now: float) -> None:
+        self.cfg = cfg
+        # Observations stay fresh for two check periods: one late round does not lose the quorum.
+        stale = max(2 * cfg.check_seconds, cfg.suspect_after_seconds)
+        self.machine = lv.LivenessMachine(
+            lv.QuorumConfig(
+                m=len(OBSERVERS),
+                n=len(OBSERVERS),
+                t1_secs=cfg.suspect_after_seconds,
+                t2_secs=cfg.evict_after_seconds,
+                stale_secs=stale,
+            )
+        )
+        self.names: tuple[str, ...] = tuple(nodes)
+        for name in self.names:
+            self.machine.track(name, restart_policy=lv.OnFailure(cfg.respawn_attempts), now=now)
+        self.last_check: dict[str, NodeCheck] = {}
+        self.respawns: dict[str, int] = dict.fromkeys(self.names, 0)
+        self.last_round: float | None = None
+
+    # -------------------------------------------------------------- input
+
+    def observe(self, now: float, checks: Mapping[str, NodeCheck]) -> list[lv.Event]:
+        """Feed one round of checks taken at ``now``; return the machine's events, in order."""
+        observations = []
+        for name, check in checks.items():
+            if name not in self.names:
+                continue
+            self.last_check[name] = check
+            if check.ssh:
+                observations.append(lv.Observation(name, "ssh", now, now))
+            if check.good:
+                observations.append(lv.Observation(name, "service", now, now))
+        self.last_round = now
+        return self.machine.tick(now, observations)
+
+    def tick(self, now: float) -> list[lv.Event]:
+        """Advance the time without new checks (a respawn's outcome is taken in at the next tick)."""
+        return self.machine.tick(max(now, self.last_round or now))
+
+    def respawned(self, node: str, now: float) -> None:
+        self.respawns[node] = self.respawns.get(node, 0) + 1
+        self.machine.notify_respawned(node, now)
+
+    def respawn_failed(self, node: str, reason: str) -> None:
+        self.respawns[node] = self.respawns.get(node, 0) + 1
+        self.machine.notify_respawn_failed(node, reason)
+
+    # -------------------------------------------------------------- decisions
+
+    def state_of(self, node: str) -> lv.NodeState | None:
+        return self.machine.state_of(node)
+
+    def usable(self, node: str) -> bool:
+        """Live, and its latest check was good: the only nodes a TEST may use."""
+        check = self.last_check.get(node)
+        return isinstance(self.state_of(node), lv.Live) and check is not None and check.good
+
+    def live_count(self) -> int:
+        return sum(1 for n in self.names if self.usable(n))
+
+    def reason(self, node: str) -> str:
+        """Why ``node`` is not usable, in a few words ('' when it is)."""
+        if self.usable(node):
+            return ""
+        state = self.state_of(node)
+        check = self.last_check.get(node)
+        detail = check.detail if check is not None and check.detail else ""
+        if isinstance(state, lv.Failed):
+            return f"failed: {state.reason}" + (f"; last check: {detail}" if detail else "")
+        label = health_label(state).lower()
+        if check is None:
+            return f"{label}: not checked yet"
+        return f"{label}: {detail or 'no quorum of checks'}"
+
+    def detail(self, node: str) -> str:
+        """What the latest check of ``node`` found wrong."""
+        check = self.last_check.get(node)
+        return (check.detail if check is not None else "") or "no quorum of checks"
+
+    def unhealthy(self) -> dict[str, str]:
+        """Every node that a TEST must leave out, with the reason."""
+        return {n: self.reason(n) for n in self.names if not self.usable(n)}
+
+    def record(self, node: str) -> dict[str, Any]:
+        """The health fields of ``node`` for the state file's ``nodes`` map."""
+        check = self.last_check.get(node)
+        out: dict[str, Any] = {
+            "health": health_label(self.state_of(node)),
+            "health_reason": self.reason(node) or None,
+            "respawns": self.respawns.get(node, 0),
+        }
+        if check is not None:
+            out["ssh"] = check.ssh
+            out["service"] = check.service
+        return out
+
+
+def infrastructure_only(
+    has_results: bool, failed_nodes: tuple[frozenset[str], ...], unhealthy: set[str]
+) -> bool:
+    """A failed TEST whose every failed test touched an unhealthy node (or, when pytest recorded no
+    results at all, any node was unhealthy): the nodes are at fault, not the software."""
+    if not unhealthy:
+        return False
+    if not failed_nodes:
+        return not has_results
+    return all(nodes & unhealthy for nodes in failed_nodes)
