@@ -30,6 +30,7 @@ from pytest_vpstest.errors import ConfigError
 
 __all__ = [
     "BUILTIN_TOPOLOGIES",
+    "MAX_MAPPING_TIMEOUT_S",
     "MAX_NODES",
     "MIN_SCALE_NODES",
     "SCALE_CYCLE",

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from pytest_vpstest import lab as lab_api
+from pytest_vpstest.lab import netns
 from pytest_vpstest.lab.nat import BEHAVIOUR
 from pytest_vpstest.lab.topology import parse_topology
 from tests.lab.conftest import Lab, netns_skip_reason, requires_netns, worker_prefix
@@ -373,3 +374,22 @@ def test_record_says_what_the_nat_labels_cover(lab: Lab) -> None:
     assert record.extra["nat_protocols"] == ["udp", "tcp"]
     assert record.extra["conditions"]["cgn-sym"] == {"carrier_nat": "symmetric", "home_nat": "full-cone"}
     assert record.extra["conditions"]["lossy"] == {"loss_percent": 30.0}
+
+
+def test_carrier_and_home_routers_learn_no_neighbour_entries(lab: Lab) -> None:
+    """Every link end of a double NAT (carrier wan and lan, home router wan) has static neighbours too:
+    traffic from each node to each other node's public address and to its own router learns none."""
+    send = (
+        "import socket,sys,time; s=socket.socket(2,2); "
+        "[s.sendto(b'x',(a,9)) for a in sys.argv[1:]]; time.sleep(0.3)"
+    )
+    for a in lab.record.nodes:
+        others = [b.public_ip for b in lab.record.nodes if b is not a]
+        sent = lab.python_in(str(a.ns), send, *others)
+        assert sent.returncode == 0, (a.name, sent.stderr)
+    carriers = [ns for ns in netns.namespaces(lab.record.prefix) if ns.startswith(f"{lab.record.prefix}-c-")]
+    assert len(carriers) == 2, carriers
+    for ns in netns.namespaces(lab.record.prefix):
+        entries = json.loads(lab.in_ns(ns, ["ip", "-j", "-4", "neigh", "show"]).stdout or "[]")
+        learnt = [e for e in entries if e.get("state") != ["PERMANENT"]]
+        assert learnt == [], f"{ns} learnt neighbour entries: {learnt}"

@@ -211,9 +211,9 @@ EXPECTED: dict[str, list[str]] = {
         "render_config", "spawn_detached", "write_config",
     ],
     "pytest_vpstest.lab.topology": [
-        "BUILTIN_TOPOLOGIES", "MAX_NODES", "MIN_SCALE_NODES", "SCALE_CYCLE", "SCALE_PREFIX",
-        "LabNode", "MappingTimeout", "Shaping", "Topology", "load_topology", "parse_scale_spec",
-        "parse_topology", "scale_topology", "topology_source",
+        "BUILTIN_TOPOLOGIES", "MAX_MAPPING_TIMEOUT_S", "MAX_NODES", "MIN_SCALE_NODES", "SCALE_CYCLE",
+        "SCALE_PREFIX", "LabNode", "MappingTimeout", "Shaping", "Topology", "load_topology",
+        "parse_scale_spec", "parse_topology", "scale_topology", "topology_source",
     ],
     "pytest_vpstest.loop": [],
     "pytest_vpstest.loop.fixer": [
