@@ -302,11 +302,13 @@ def _check_status(run: RunContext, runner: ProbeRunner) -> None:
     """The ``status`` probe on every deployed peer node, once per run, before any suite test.
 
     No valid ``ok`` answer anywhere fails session setup with one line (the template is broken,
-    not the network); nodes that alone fail are skipped like nodes whose deploy failed.
+    not the network); nodes that alone fail are skipped like nodes whose deploy failed. Unhealthy
+    nodes are not asked; a node that cannot be reached over SSH becomes unhealthy, and nodes that
+    could not be reached are no evidence against the template.
     """
     from pytest_vpstest.plugin.pairs import peer_nodes
 
-    already = failed_nodes(run)
+    already = failed_nodes(run) | unhealthy_nodes(run)
     names = [n.name for n in peer_nodes(run.inventory) if n.name not in already]
     if not names:
         return
@@ -321,8 +323,10 @@ def _check_status(run: RunContext, runner: ProbeRunner) -> None:
                 "command": r.command,
                 "stderr": r.stderr[-500:],
                 "peer_id": r.get("peer_id"),
+                "transport_error": r.transport_error,
             }
-        return {"ok": any(a["ok"] for a in answers.values()), "answers": answers}
+        reached = [a for a in answers.values() if not a["transport_error"]]
+        return {"ok": not reached or any(a["ok"] for a in reached), "answers": answers}
 
     result = once(run.run_dir, "status", status_all)
     answers: dict[str, dict[str, Any]] = result.get("answers") or {}
@@ -342,7 +346,9 @@ def _check_status(run: RunContext, runner: ProbeRunner) -> None:
     info = run.deployment_info if run.deployment_info is not None else {}
     failed = info.setdefault("failed", {})
     for name, answer in answers.items():
-        if not answer.get("ok"):
+        if answer.get("transport_error"):
+            mark_unhealthy(run, name, f"unreachable during the run: {answer.get('reason')}")
+        elif not answer.get("ok"):
             failed[name] = f"status probe: {answer.get('reason')}"
     run.deployment_info = info
 

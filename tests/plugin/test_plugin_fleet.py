@@ -410,6 +410,8 @@ def test_nodes_handed_over_as_unhealthy_are_skipped_and_left_out_of_the_rates(
     assert results["unhealthy"] == {"n2": "provisioning: ssh: connection refused"}
     assert results["passed"] is True and results["tests"]["failed"] == 0
     assert all("n2" not in (p["from"], p["to"]) for p in results["pairs"])
+    status = json.loads(next((fleet.state_dir / "demo" / "runs").glob("*/status.json")).read_text())
+    assert set(status["answers"]) == {"p1", "p2", "n1"}  # an unhealthy node is not asked
 
 
 def test_a_node_unreachable_during_the_run_skips_its_pairs_as_unhealthy(
@@ -425,6 +427,9 @@ def test_a_node_unreachable_during_the_run_skips_its_pairs_as_unhealthy(
     results = fleet.results()
     assert "p2" in results["unhealthy"]
     assert all(p["from"] != "p2" for p in results["pairs"])
+    # Found at the session's status check: unreachable is the node's fault, not the status template's.
+    status = json.loads(next((fleet.state_dir / "demo" / "runs").glob("*/status.json")).read_text())
+    assert status["ok"] is True and status["answers"]["p2"]["transport_error"] is True
 
 
 def test_a_run_left_behind_by_a_dead_loop_runner_records_nothing_but_its_interruption(
@@ -444,3 +449,17 @@ def test_a_run_left_behind_by_a_dead_loop_runner_records_nothing_but_its_interru
     assert not (fleet.state_dir / "history.sqlite").exists()
     assert not list((fleet.state_dir / "demo").glob("proof-*.md"))
     assert not (fleet.state_dir / "demo" / "state.json").exists()
+
+
+def test_nodes_unreachable_at_the_status_check_are_unhealthy_not_a_broken_template(
+    fake_fleet: MakeFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = fake_fleet()
+    monkeypatch.setenv("FAKE_UNREACHABLE", "p1,p2,n1,n2")
+    result = fleet.run("--vps-focus=throughput", "--vps-skip-deploy", "-rs")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("errors", 0) == 0 and outcomes.get("failed", 0) == 0, result.stdout.str()
+    assert "status probe failed on every node" not in result.stdout.str()
+    result.stdout.fnmatch_lines(["*node unhealthy: *(unreachable during the run*"])
+    status = json.loads(next((fleet.state_dir / "demo" / "runs").glob("*/status.json")).read_text())
+    assert status["ok"] is True and all(a["transport_error"] for a in status["answers"].values())
