@@ -6,7 +6,7 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-pytest_plugins = ["pytester"]
+pytest_plugins = ["pytester", "tests.support.browser"]
 
 settings.register_profile("dev", max_examples=100, deadline=None)
 settings.register_profile(

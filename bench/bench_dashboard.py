@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 from pytest_vpstest.records.history import History, HostRun, RunRecord  # noqa: E402
 from pytest_vpstest.records.store import StateStore  # noqa: E402
-from tests.dashboard.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from tests.dashboard.fleetfiles import FakeProject, iso  # noqa: E402
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
 
 def build(state_dir: Path, projects: int, nodes: int, runs: int) -> list[FakeProject]:

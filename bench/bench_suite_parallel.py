@@ -39,7 +39,7 @@ def pytest_argv(args: argparse.Namespace, state: Path, *extra: str) -> list[str]
 
 def serial_probes(args: argparse.Namespace) -> tuple[float, int]:
     """Every probe of the suite, one after another, through one cached session per node."""
-    from pytest_vpstest.cli import load_config, load_inventory
+    from pytest_vpstest.commands.loading import load_config, load_inventory
     from pytest_vpstest.fleet.node import plan_node
     from pytest_vpstest.fleet.probes import NodeSlots, ProbeRunner
     from pytest_vpstest.fleet.remote import SessionPool

@@ -18,7 +18,8 @@ from typing import Literal, cast
 
 import yaml
 
-from pytest_vpstest._config_loop import (
+from pytest_vpstest._yaml_reader import SAFE_NAME_PATTERN, STR, Reader, is_safe_name, read_text
+from pytest_vpstest.config_operations import (
     NODE_TESTS,
     ChannelConfig,
     ChannelKind,
@@ -32,7 +33,6 @@ from pytest_vpstest._config_loop import (
     parse_health,
     parse_notify,
 )
-from pytest_vpstest._yaml_reader import SAFE_NAME_PATTERN, STR, Reader, is_safe_name, read_text
 from pytest_vpstest.inventory import (
     INVENTORY_KEYS,
     NAT_TYPES,
@@ -48,6 +48,7 @@ from pytest_vpstest.inventory import (
     load_inventory,
     parse_inventory,
 )
+from pytest_vpstest.modes import CRITERIA, PROOFS, Criteria, Proof
 from pytest_vpstest.suite import FOCUSES, SUITES, Focus, find_suite, suite_key
 
 __all__ = [
@@ -95,10 +96,6 @@ __all__ = [
     "parse_project_config",
 ]
 
-Criteria = Literal["all-pass", "threshold", "improvement", "custom"]
-CRITERIA: tuple[Criteria, ...] = ("all-pass", "threshold", "improvement", "custom")
-Proof = Literal["logs", "metrics", "manual-verify", "all-evidence"]
-PROOFS: tuple[Proof, ...] = ("logs", "metrics", "manual-verify", "all-evidence")
 
 
 @dataclass(frozen=True)
@@ -190,6 +187,9 @@ class ProbeTemplates:
     # Optional actions (docs/contract.md); None: not offered by the node.
     subscribe: str | None = None
     reset: str | None = None
+    # Optional: one command per node that reads probe requests as JSON lines on stdin and prints
+    # one JSON result line per request as each finishes (docs/plugin.md). None: single probes.
+    batch: str | None = None
 
 
 @dataclass(frozen=True)
@@ -531,14 +531,17 @@ def _soak(r: Reader, node: yaml.Node) -> SoakConfig:
 def _probes(r: Reader, node: yaml.Node) -> ProbeTemplates:
     names = tuple(f.name for f in dataclass_fields(ProbeTemplates))
     m = r.mapping(node, "probes", names)
+    # The batch command is per node: a request line carries the peer and the method.
     values: dict[str, str | None] = {}
     for k, v in m.items():
         if k in _OPTIONAL_PROBES and r.is_null(v):
             values[k] = None
         else:
-            values[k] = r.template(v, f"probes.{k}", PROBE_PLACEHOLDERS)
+            allowed = START_COMMAND_PLACEHOLDERS if k == "batch" else PROBE_PLACEHOLDERS
+            values[k] = r.template(v, f"probes.{k}", allowed)
     return ProbeTemplates(**values)  # type: ignore[arg-type]  # required ones are never None
 
 
-# Probe actions a node need not offer (a null template: their tests skip with the reason).
-_OPTIONAL_PROBES = frozenset({"crdt", "subscribe", "reset"})
+# Probe actions a node need not offer (a null template: their tests skip with the reason, or for
+# batch: single probes).
+_OPTIONAL_PROBES = frozenset({"crdt", "subscribe", "reset", "batch"})

@@ -14,10 +14,14 @@ aggregator in ``plugin/aggregate.py`` and a ``suites/test_<name>.py`` (docs/inte
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, NotRequired, TypedDict
+
+from pytest_vpstest.errors import VpsTestError
 
 __all__ = [
     "CATEGORIES",
@@ -44,6 +48,7 @@ __all__ = [
     "ThroughputMeasurement",
     "find_suite",
     "suite_key",
+    "suites_directory",
     "suites_of_focus",
 ]
 
@@ -202,3 +207,11 @@ Measurement = (
     | GossipCrdtMeasurement
     | ThroughputMeasurement
 )
+
+
+def suites_directory() -> Path:
+    """Where the installed suites are: ``pytest_vpstest.suites`` (the repository's ``suites/``)."""
+    spec = importlib.util.find_spec("pytest_vpstest.suites")
+    if spec is None or not spec.submodule_search_locations:
+        raise VpsTestError("the suites are not installed: reinstall pytest-vpstest (pytest_vpstest.suites)")
+    return Path(next(iter(spec.submodule_search_locations)))

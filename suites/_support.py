@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import pytest
 
@@ -13,6 +14,15 @@ from pytest_vpstest.fleet.probes import ProbeResult
 __all__ = ["MAX_EVIDENCE", "connected", "describe", "failure_evidence", "rtts", "settle"]
 
 MAX_EVIDENCE = 3
+T = TypeVar("T")
+
+
+def each(names: Sequence[str], ask: Callable[[str], T]) -> dict[str, T]:
+    """``ask(name)`` for every name at the same time; answers in the order of ``names``."""
+    if not names:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(32, len(names)), thread_name_prefix="vps-suite") as pool:
+        return dict(zip(names, pool.map(ask, names), strict=True))
 
 
 def settle(verdict: ConnectVerdict, item: pytest.Item) -> None:

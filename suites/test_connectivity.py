@@ -9,11 +9,14 @@ pass (fleet/judging.py). Success rates are judged by the criteria.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from pytest_vpstest.fleet.judging import judge_connect
-from pytest_vpstest.fleet.probes import ProbeRunner
+from pytest_vpstest.fleet.probes import ProbeResult
 from pytest_vpstest.nat_theory import expected_failure, may_fail
+from pytest_vpstest.plugin.engine import ProbeSpec
 from pytest_vpstest.plugin.fixtures import (
     Recorder,
     RunContext,
@@ -40,13 +43,25 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     )
 
 
-def test_connect(pair: Pair, probe: ProbeRunner, vps_run: RunContext, vps_record: Recorder) -> None:
+def matrix_cell(pair: Pair, run: RunContext) -> ProbeSpec:
+    """The pair's K connect attempts, measured by the run's matrix engine. No cool-off is asked
+    for here, so the attempts of one pair may run at the same time."""
+    return ProbeSpec(
+        action="connect",
+        node=pair.src,
+        peer=pair.dst,
+        attempts=run.attempts_for("connectivity"),
+        timeout=run.suite("connectivity").timeout_seconds,
+        method=pair.method,
+    )
+
+
+def test_connect(
+    pair: Pair, matrix_cell: Callable[[], list[ProbeResult]], vps_run: RunContext, vps_record: Recorder
+) -> None:
     skip_if_not_deployed(vps_run, pair.src, pair.dst)
-    settings = vps_run.suite("connectivity")
     attempts = vps_run.attempts_for("connectivity")
-    results = [
-        probe.connect(pair.src, pair.dst, pair.method, settings.timeout_seconds) for _ in range(attempts)
-    ]
+    results = matrix_cell()
     skip_if_unreachable(vps_run, results)
     success = sum(connected(r, pair.method) for r in results)
     expected = expected_failure(pair.src_nat, pair.dst_nat, pair.method)

@@ -25,7 +25,7 @@ from pytest_vpstest.plugin.fixtures import (
 from pytest_vpstest.plugin.pairs import gossip_publishers, peer_nodes
 from pytest_vpstest.suite import GossipCrdtMeasurement, GossipDeliveryMeasurement
 
-from ._support import describe
+from ._support import describe, each
 
 pytestmark = [pytest.mark.vps_suite("gossip"), pytest.mark.soak]
 
@@ -82,9 +82,11 @@ def test_broadcast(publisher: str, probe: ProbeRunner, vps_run: RunContext, vps_
     latencies: dict[str, float] = {}
     duplicates = 0
     last: dict[str, Any] = {}
+    timeout = settings.timeout_seconds
     while pending and time.monotonic() < deadline:
-        for name in sorted(pending):
-            r = probe.received(name, message_id, settings.timeout_seconds)
+        # One round asks every receiver still pending at once (bounded per node by the probe's slots).
+        answers = each(sorted(pending), lambda name: probe.received(name, message_id, timeout))
+        for name, r in answers.items():
             last[name] = r
             if r.ok and r.get("received") is True:
                 pending.discard(name)

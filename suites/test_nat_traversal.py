@@ -9,13 +9,14 @@ pass). Per group: attempts, success, rate and a 95% Wilson interval.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 
 import pytest
 
 from pytest_vpstest.fleet.judging import judge_connect
-from pytest_vpstest.fleet.probes import ProbeRunner
+from pytest_vpstest.fleet.probes import ProbeResult
 from pytest_vpstest.nat_theory import expected_failure
+from pytest_vpstest.plugin.engine import ProbeSpec
 from pytest_vpstest.plugin.fixtures import (
     Recorder,
     RunContext,
@@ -35,15 +36,27 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     parametrize(metafunc, "pair", lambda run: nat_traversal_pairs(run.inventory), lambda p: p.id)
 
 
-def test_hole_punch(pair: Pair, probe: ProbeRunner, vps_run: RunContext, vps_record: Recorder) -> None:
+def matrix_cell(pair: Pair, run: RunContext) -> ProbeSpec:
+    """The pair's K punches, one after another with the cool-off between them; other pairs punch
+    meanwhile."""
+    settings = run.suite("nat_traversal")
+    return ProbeSpec(
+        action="connect",
+        node=pair.src,
+        peer=pair.dst,
+        attempts=run.attempts_for("nat_traversal"),
+        timeout=settings.timeout_seconds,
+        method="holepunch",
+        cooloff=settings.nat_cooloff_seconds,
+    )
+
+
+def test_hole_punch(
+    pair: Pair, matrix_cell: Callable[[], list[ProbeResult]], vps_run: RunContext, vps_record: Recorder
+) -> None:
     skip_if_not_deployed(vps_run, pair.src, pair.dst)
-    settings = vps_run.suite("nat_traversal")
     attempts = vps_run.attempts_for("nat_traversal")
-    results = []
-    for i in range(attempts):
-        if i:
-            time.sleep(settings.nat_cooloff_seconds)
-        results.append(probe.connect(pair.src, pair.dst, "holepunch", settings.timeout_seconds))
+    results = matrix_cell()
     skip_if_unreachable(vps_run, results)
     success = sum(connected(r, "holepunch") for r in results)
     expected = expected_failure(pair.src_nat, pair.dst_nat, "holepunch")

@@ -6,7 +6,6 @@ shows them through the same reader as everything else, and after a restart.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -19,16 +18,9 @@ from typing import Any
 from pytest_vpstest.config import Inventory, ProjectConfig
 from pytest_vpstest.dashboard import files
 from pytest_vpstest.errors import VpsTestError
+from pytest_vpstest.suite import suites_directory as suites_dir
 
 __all__ = ["ActionRunner", "suites_dir"]
-
-
-def suites_dir() -> Path:
-    """The installed suites (``pytest_vpstest.suites``)."""
-    spec = importlib.util.find_spec("pytest_vpstest.suites")
-    if spec is None or not spec.submodule_search_locations:
-        raise VpsTestError("the suites are not installed: reinstall pytest-vpstest (pytest_vpstest.suites)")
-    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _count(results: dict[str, Any], key: str) -> int:

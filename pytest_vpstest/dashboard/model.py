@@ -44,12 +44,15 @@ class NodeTestFacts:
 
 
 def node_tests_colour(f: NodeTestFacts) -> TestsColour:
-    """gray disabled; blue running; yellow not run since the last deploy; red failed; green passed."""
+    """gray disabled; blue running; yellow not run since the last deploy (or nothing ran: every test
+    of the last run skipped, e.g. the node was unhealthy); red failed; green passed."""
     if f.mode == "disabled":
         return "gray"
     if f.running:
         return "blue"
     if f.deploying or f.tested_at is None or (f.changed_at is not None and f.tested_at < f.changed_at):
+        return "yellow"
+    if f.passed + f.failed == 0:
         return "yellow"
     return "red" if f.failed else "green"
 
@@ -82,6 +85,8 @@ def node_tests_tooltip(f: NodeTestFacts, now: float) -> str:
         return line + "; deploying now"
     if f.changed_at is not None and f.tested_at < f.changed_at:
         return line + f"; not run since the deploy {ago(now - f.changed_at)}"
+    if total == 0:
+        return line + "; no test ran (all skipped)"
     return line
 
 

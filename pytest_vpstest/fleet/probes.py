@@ -111,6 +111,38 @@ class ProbeResult:
             return f"probe said ok=false{': ' + str(err) if err else ''}"
         return ""
 
+    def to_json(self) -> dict[str, Any]:
+        """Every field, for the run's shared matrix file (``from_json`` reads it back)."""
+        return {
+            "action": self.action,
+            "node": self.node,
+            "command": self.command,
+            "exit_code": self.exit_code,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "duration": self.duration,
+            "timed_out": self.timed_out,
+            "data": None if self.data is None else dict(self.data),
+            "error": self.error,
+            "transport_error": self.transport_error,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> ProbeResult:
+        return cls(
+            action=str(doc["action"]),
+            node=str(doc["node"]),
+            command=str(doc["command"]),
+            exit_code=doc.get("exit_code"),
+            stdout=str(doc.get("stdout", "")),
+            stderr=str(doc.get("stderr", "")),
+            duration=float(doc.get("duration", 0.0)),
+            timed_out=bool(doc.get("timed_out", False)),
+            data=doc.get("data"),
+            error=doc.get("error"),
+            transport_error=bool(doc.get("transport_error", False)),
+        )
+
     def evidence(self, limit: int = 4000) -> dict[str, Any]:
         """The exact command and raw output, for reports (output truncated to ``limit`` chars)."""
         return {

@@ -39,6 +39,7 @@ from paramiko.ssh_exception import NoValidConnectionsError
 
 from pytest_vpstest.config import Inventory, Node, RegistryAccess
 from pytest_vpstest.errors import ConfigError, NodeError, UnreachableNodeError
+from pytest_vpstest.fleet.stream import ChannelStream
 
 __all__ = [
     "CommandResult",
@@ -265,6 +266,23 @@ class NodeSession:
                 self._node.name, f"{_short(command)} failed ({result.summary()})", address=self._address
             )
         return result
+
+    def open_stream(self, command: str) -> ChannelStream:
+        """Start ``command`` (already quoted) on its own channel of the cached connection, with
+        stdin open: lines go in with ``send`` while its output is read line by line (stderr
+        merged into stdout). For commands that answer many requests, such as a probe batch."""
+        conn = self._connection()
+        try:
+            channel = conn.transport.open_session()
+            channel.set_combine_stderr(True)
+            channel.exec_command(command)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            address = self._address
+            self._drop()
+            raise NodeError(
+                self._node.name, f"cannot start {_short(command)}: {_cause(exc)}", address=address
+            ) from None
+        return ChannelStream(channel)
 
     def _kill_marked(self, marker: str) -> None:
         """Best effort: KILL every process on the node whose environment holds ``marker``."""

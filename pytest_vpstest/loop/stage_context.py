@@ -18,14 +18,7 @@ from pytest_vpstest.config import Inventory, ProjectConfig
 from pytest_vpstest.loop import machine as m
 
 __all__ = [
-    "CHILD_MARKER",
-    "StageContext",
-    "Stages",
-    "TestOutcome",
-    "child_env",
-    "iso",
-    "machine_config",
-    "utcnow",
+    "CHILD_MARKER", "StageContext", "Stages", "TestOutcome", "child_env", "iso", "machine_config", "utcnow",
 ]
 
 

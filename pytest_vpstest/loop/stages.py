@@ -7,7 +7,6 @@ tests pass fakes instead.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import sys
@@ -26,25 +25,27 @@ from pytest_vpstest.loop import machine as m
 from pytest_vpstest.loop.health import NodeCheck
 from pytest_vpstest.loop.stage_context import StageContext, TestOutcome, child_env, utcnow
 from pytest_vpstest.loop.stage_context import iso as _iso
-from pytest_vpstest.suite import FULL_SUITE
+from pytest_vpstest.suite import FULL_SUITE, suites_directory
 
 if TYPE_CHECKING:  # the SSH stack is imported when the first stage needs a session
     from pytest_vpstest.fleet.deploy import DeployReport
     from pytest_vpstest.fleet.remote import Pool, Session
     from pytest_vpstest.loop.fixer import FixOutcome
 
-__all__ = ["FleetStages", "suites_directory"]
+__all__ = ["PLUGINS_OFF", "FleetStages", "suites_directory"]
 
-
-def suites_directory() -> Path:
-    """Where the installed suites are: ``pytest_vpstest.suites`` (the repository's ``suites/``)."""
-    spec = importlib.util.find_spec("pytest_vpstest.suites")
-    if spec is None or not spec.submodule_search_locations:
-        raise VpsTestError("the suites are not installed: reinstall pytest-vpstest (pytest_vpstest.suites)")
-    return Path(next(iter(spec.submodule_search_locations)))
 
 _DISK_WARN_KB = 1024 * 1024  # warn under 1 GB free
 _DISK_CRITICAL_KB = 200 * 1024  # clear old logs under 200 MB free
+
+
+# pytest plugins the suites' runs never use: each costs start-up time in every TEST stage
+# (Hypothesis's alone is about 1.6 s on a loaded 2-core machine).
+PLUGINS_OFF = ("cacheprovider", "hypothesispytest")
+
+
+def _plugins_off() -> list[str]:
+    return [arg for name in PLUGINS_OFF for arg in ("-p", f"no:{name}")]
 
 
 class FleetStages:
@@ -266,8 +267,8 @@ class FleetStages:
         run_dir.mkdir(parents=True, exist_ok=True)
         results_path = run_dir / "results.json"
         suites_dir = suites_directory()
-        argv = [sys.executable, "-m", "pytest", str(suites_dir), "-p", "no:cacheprovider", "-q",
-                "-o", "addopts=", "--rootdir", str(suites_dir),
+        argv = [sys.executable, "-m", "pytest", str(suites_dir), *_plugins_off(), "-q", "-o", "addopts=",
+                "--rootdir", str(suites_dir),
                 "--vps-config", str(cfg.path), "--vps-focus", cfg.focus or FULL_SUITE,
                 "--vps-criteria", cfg.criteria or "threshold", "--vps-proof", cfg.proof or "all-evidence",
                 "--vps-state-dir", str(ctx.state_dir), "--vps-results-json", str(results_path),

@@ -15,14 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_vpstest.config import CRITERIA, FOCUSES, PROOFS
+from pytest_vpstest.modes import CRITERIA, PROOFS
 from pytest_vpstest.plugin import hookspecs
 from pytest_vpstest.plugin.fixtures import (
+    DEFAULT_NODE_CONCURRENCY,
     RUN_KEY,
     RunContext,
     build_artifact,
     deployment,
     fleet,
+    nat_skip_reason,
     node,
     node_pool,
     probe,
@@ -31,7 +33,8 @@ from pytest_vpstest.plugin.fixtures import (
     vps_record,
     vps_run,
 )
-from pytest_vpstest.suite import FULL_SUITE, MARKER, SUITES, find_suite, suites_of_focus
+from pytest_vpstest.plugin.matrix import matrix_cell, vps_matrix
+from pytest_vpstest.suite import FOCUSES, FULL_SUITE, MARKER, SUITES, find_suite, suites_of_focus
 
 if TYPE_CHECKING:
     from pytest_vpstest.config import Inventory, ProjectConfig
@@ -43,10 +46,12 @@ __all__ = [
     "current_run",
     "deployment",
     "fleet",
+    "matrix_cell",
     "node",
     "node_pool",
     "probe",
     "vps_config",
+    "vps_matrix",
     "vps_record",
     "vps_run",
 ]
@@ -62,7 +67,7 @@ _OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("state-dir", "state directory (default: $VPSTEST_STATE_DIR or ~/.local/state/vpstest)", {}),
     ("attempts", "attempts per pair (default: tests.<suite>.attempts)", {"type": int}),
     ("results-json", "write the run's results.json here instead of the run directory", {}),
-    ("node-concurrency", "probes touching one node at a time, across workers (default 4)", {"type": int}),
+    ("node-concurrency", "probes touching one node at a time, across workers (default 8)", {"type": int}),
     ("unhealthy", "JSON file {node: reason} of nodes not to test (their pairs skip as unhealthy)", {}),
 )
 _FLAGS = (
@@ -199,7 +204,7 @@ def _make_run(config: pytest.Config, config_path: Path) -> RunContext:
         skip_build=bool(_setting(config, "skip_build")),
         skip_deploy=bool(_setting(config, "skip_deploy")),
         results_json=results_json,
-        node_concurrency=int(concurrency) if concurrency not in (None, "") else 4,
+        node_concurrency=int(concurrency) if concurrency not in (None, "") else DEFAULT_NODE_CONCURRENCY,
         unhealthy=unhealthy,
         is_worker=worker is not None,
     )
@@ -243,6 +248,7 @@ class VpsPlugin:
         self.collector = Collector()
         self.outcome: Any = None
         self.failure = ""
+        self.progress: Any = None
 
     # -- reporting ------------------------------------------------------------------------
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
@@ -272,11 +278,9 @@ class VpsPlugin:
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         if item.get_closest_marker("needs_nat") is None:
             return
-        inv = self.run.inventory
-        if inv.lab == "loopback":
-            pytest.skip("needs NAT: the loopback lab has no NAT routers (use the netns lab)")
-        if not any(n.nat != "none" for n in inv.nodes):
-            pytest.skip("needs NAT: no node of the inventory is behind a NAT")
+        reason = nat_skip_reason(self.run.inventory)
+        if reason:
+            pytest.skip(reason)
 
     # -- results (controller) -------------------------------------------------------------
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -295,6 +299,20 @@ class VpsPlugin:
         self.collector.add(
             report.nodeid, report.when, outcome, report.duration, report.user_properties, message[:300]
         )
+        if report.when == "call":
+            self._show_progress()
+
+    def _show_progress(self) -> None:
+        """The matrix engine's progress per suite (it may run in another process under xdist)."""
+        tr = self.config.pluginmanager.get_plugin("terminalreporter")
+        if tr is None:
+            return
+        if self.progress is None:
+            from pytest_vpstest.plugin.matrix import ProgressPrinter
+
+            self.progress = ProgressPrinter(self.run.run_dir)
+        for line in self.progress.lines():
+            tr.write_line(line)
 
     # tryfirst: before the JUnit XML writer, so the run's metrics become its suite properties.
     @pytest.hookimpl(tryfirst=True)
@@ -317,6 +335,8 @@ class VpsPlugin:
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         tr = terminalreporter
+        if not self.run.is_worker:
+            self._show_progress()  # final lines a suite's last report came too early for
         if self.failure:
             tr.section("pytest-vpstest", sep="=", bold=True)
             tr.write_line(self.failure, red=True)

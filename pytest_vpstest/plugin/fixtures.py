@@ -23,15 +23,17 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_vpstest._files import write_json_atomic
-from pytest_vpstest.config import Inventory, ProjectConfig, SuiteConfig
-from pytest_vpstest.fleet.node import NodePlan, plan_node
-from pytest_vpstest.suite import FULL_SUITE, Measurement
+from pytest_vpstest.suite import FULL_SUITE
 
-if TYPE_CHECKING:  # the SSH stack is imported only when a fixture needs it
+if TYPE_CHECKING:  # config (YAML) and the SSH stack load only once the plugin is configured
+    from pytest_vpstest.config import Inventory, ProjectConfig, SuiteConfig
+    from pytest_vpstest.fleet.node import NodePlan
     from pytest_vpstest.fleet.probes import ProbeRunner
     from pytest_vpstest.fleet.remote import Pool, Session
+    from pytest_vpstest.suite import Measurement
 
 __all__ = [
+    "DEFAULT_NODE_CONCURRENCY",
     "NOT_CONFIGURED",
     "RUN_KEY",
     "UNHEALTHY_PREFIX",
@@ -45,6 +47,7 @@ __all__ = [
     "failed_nodes",
     "fleet",
     "mark_unhealthy",
+    "nat_skip_reason",
     "node",
     "node_pool",
     "once",
@@ -60,6 +63,10 @@ __all__ = [
 ]
 
 RUN_KEY = pytest.StashKey["RunContext"]()
+# Probes touching one node at a time. A pair that must fail holds K slots on both its nodes for a whole
+# timeout, and so does the reverse pair: with K = 3 both directions wait together (6 slots) and the
+# node's other probes still run.
+DEFAULT_NODE_CONCURRENCY = 8
 NOT_CONFIGURED = "pytest-vpstest is not configured: pass --vps-config (or set vps_config in the ini file)"
 
 
@@ -82,7 +89,7 @@ class RunContext:
     skip_build: bool = False
     skip_deploy: bool = False
     results_json: Path | None = None
-    node_concurrency: int = 4
+    node_concurrency: int = DEFAULT_NODE_CONCURRENCY
     # Nodes the loop found not Live before this run (``--vps-unhealthy``): {node: reason}.
     unhealthy: dict[str, str] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
@@ -265,6 +272,8 @@ def failed_nodes(run: RunContext) -> dict[str, str]:
 def _deployed_plan(run: RunContext, name: str, artifact: str | None, reported: Mapping[str, Any]) -> NodePlan:
     """Node ``name``'s plan, with the paths a deploy hook reported for it (``bin``, ``install_path``,
     ``log_dir``) taking precedence: a custom ``pytest_vpstest_deploy`` may install elsewhere."""
+    from pytest_vpstest.fleet.node import plan_node
+
     plan = plan_node(run.inventory.node(name), run.project_config, artifact)
     return replace(
         plan,
@@ -384,6 +393,15 @@ def vps_record(request: pytest.FixtureRequest) -> Recorder:
     return Recorder(request.node)
 
 
+def nat_skip_reason(inventory: Inventory) -> str | None:
+    """Why tests that need NATs cannot run on this inventory, or None when they can."""
+    if inventory.lab == "loopback":
+        return "needs NAT: the loopback lab has no NAT routers (use the netns lab)"
+    if not any(n.nat != "none" for n in inventory.nodes):
+        return "needs NAT: no node of the inventory is behind a NAT"
+    return None
+
+
 UNHEALTHY_PREFIX = "node unhealthy: "
 
 
@@ -479,6 +497,7 @@ def default_deploy(run: RunContext, pool: Pool, artifact: str | None) -> dict[st
     """Deploy with ``deploy.deploy`` and summarise per node; fewer than half deployed is not ok."""
     from pytest_vpstest.errors import DeployError
     from pytest_vpstest.fleet import deploy as deploy_mod
+    from pytest_vpstest.fleet.node import plan_node
 
     cfg = run.project_config
     if artifact is None and cfg.build is not None and cfg.build.artifact:
@@ -512,6 +531,7 @@ def default_deploy(run: RunContext, pool: Pool, artifact: str | None) -> dict[st
 
 def default_fetch_logs(run: RunContext, pool: Pool, node: str) -> str:
     """The last lines of the node's service log, through its service manager (the paths deploy used)."""
+    from pytest_vpstest.fleet.node import plan_node
     from pytest_vpstest.fleet.services import service_manager
 
     plan = plan_node(run.inventory.node(node), run.project_config)

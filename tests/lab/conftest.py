@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -120,3 +121,28 @@ def lab_fixture(
             lab.down(prefix, where)
 
     return _lab
+
+
+@contextlib.contextmanager
+def reflector_pair(lab_: Lab, first: str, second: str, ports: tuple[int, int]) -> Iterator[tuple[str, str]]:
+    """RFC 5780-style reflectors (``lab.natcheck serve``) on two public nodes, each naming the other
+    as its alternate address; yields their data addresses and stops both afterwards."""
+    a, b = lab_.node(first), lab_.node(second)
+    procs = []
+    for me, alt in ((a, b), (b, a)):
+        argv = ["ip", "netns", "exec", str(me.ns), sys.executable, "-m", "pytest_vpstest.lab.natcheck",
+                "serve",
+                "--bind", me.data_ip, "--alt", alt.data_ip, "--ports", f"{ports[0]},{ports[1]}",
+                "--lifetime", "300"]
+        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            assert "reflector" in p.stdout.readline()
+        yield a.data_ip, b.data_ip
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=5)
+            if p.stdout:
+                p.stdout.close()

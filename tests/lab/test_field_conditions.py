@@ -21,7 +21,7 @@ from pytest_vpstest import lab as lab_api
 from pytest_vpstest.lab import netns
 from pytest_vpstest.lab.nat import BEHAVIOUR
 from pytest_vpstest.lab.topology import parse_topology
-from tests.lab.conftest import Lab, netns_skip_reason, requires_netns, worker_prefix
+from tests.lab.conftest import Lab, netns_skip_reason, reflector_pair, requires_netns, worker_prefix
 
 pytestmark = [pytest.mark.lab, requires_netns]
 
@@ -61,33 +61,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 @pytest.fixture(scope="module")
 def reflectors(lab: Lab) -> Iterator[tuple[str, str]]:
-    a, b = lab.node("pa"), lab.node("pb")
-    procs = []
-    for me, alt in ((a, b), (b, a)):
-        argv = ["ip", "netns", "exec", str(me.ns), sys.executable, "-m", "pytest_vpstest.lab.natcheck"]
-        argv += [
-            "serve",
-            "--bind",
-            me.data_ip,
-            "--alt",
-            alt.data_ip,
-            "--ports",
-            f"{P1},{P2}",
-            "--lifetime",
-            "300",
-        ]
-        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    try:
-        for p in procs:
-            assert p.stdout is not None
-            assert "reflector" in p.stdout.readline()
-        yield a.data_ip, b.data_ip
-    finally:
-        for p in procs:
-            p.terminate()
-            p.wait(timeout=5)
-            if p.stdout:
-                p.stdout.close()
+    with reflector_pair(lab, "pa", "pb", (P1, P2)) as addresses:
+        yield addresses
 
 
 # --- loss ----------------------------------------------------------------------------------------

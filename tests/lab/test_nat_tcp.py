@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from pytest_vpstest.lab.nat import BEHAVIOUR
-from tests.lab.conftest import Lab, lab_fixture, requires_netns
+from tests.lab.conftest import Lab, lab_fixture, reflector_pair, requires_netns
 
 pytestmark = [pytest.mark.lab, requires_netns]
 
@@ -37,33 +37,8 @@ EXPECTED_SEEN = {  # filtering -> (answer from another address arrives, from ano
 
 @pytest.fixture(scope="module")
 def reflectors(lab: Lab) -> Iterator[tuple[str, str]]:
-    a, b = lab.node(A), lab.node(B)
-    procs = []
-    for me, alt in ((a, b), (b, a)):
-        argv = ["ip", "netns", "exec", str(me.ns), sys.executable, "-m", "pytest_vpstest.lab.natcheck"]
-        argv += [
-            "serve",
-            "--bind",
-            me.data_ip,
-            "--alt",
-            alt.data_ip,
-            "--ports",
-            f"{P1},{P2}",
-            "--lifetime",
-            "300",
-        ]
-        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    try:
-        for p in procs:
-            assert p.stdout is not None
-            assert "reflector" in p.stdout.readline()
-        yield a.data_ip, b.data_ip
-    finally:
-        for p in procs:
-            p.terminate()
-            p.wait(timeout=5)
-            if p.stdout:
-                p.stdout.close()
+    with reflector_pair(lab, A, B, (P1, P2)) as addresses:
+        yield addresses
 
 
 def classify(lab: Lab, node: str, servers: tuple[str, str], protocol: str) -> dict[str, Any]:

@@ -87,12 +87,12 @@ def test_full_suite_against_the_lab(lab: Lab, workspace: Path) -> None:
     conn = suites["connectivity"]
     assert conn["relay"]["rate"] == 100.0
     rows = {(r["from"], r["to"], r["method"]): r for r in doc["pairs"] if r["suite"] == "connectivity"}
-    # The serial run's first test dials the NATed node before it ever sent to that port: the
-    # port-restricted NAT drops it. Punches and the relay reach it; a punch ends on a direct path.
-    assert rows[("saorsa-2", "saorsa-6", "direct")]["success"] == 0
+    # A direct dial into the port-restricted NAT is measured but decided by what crossed that NAT
+    # earlier (NAT theory: "depends"; the matrix engine runs the pairs at the same time). Punches and
+    # the relay reach the NATed node, a punch on a direct path; a public node takes every direct dial.
+    assert rows[("saorsa-2", "saorsa-6", "direct")]["attempts"] == 2
     assert rows[("saorsa-2", "saorsa-6", "holepunch")]["success"] >= 1
     assert all(p == "direct" for p in rows[("saorsa-2", "saorsa-6", "holepunch")]["paths"] if p)
-    assert conn["direct"]["rate"] < 100.0
     assert rows[("saorsa-2", "saorsa-7", "direct")]["success"] == 2
     nat = suites["nat_traversal"]["none~port-restricted"]
     assert nat["attempts"] == 4 and nat["success"] >= 1 and nat["ci95"][0] <= nat["rate"] <= nat["ci95"][1]

@@ -105,6 +105,7 @@ def fake_fleet(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Ca
         d = pytester.path
         shutil.copy(HERE / "fakefleet_plugin.py", d / "fakefleet_plugin.py")
         shutil.copy(HERE / "fakeagent.sh", d / "fakeagent.sh")
+        shutil.copy(HERE / "fakebatch.py", d / "fakebatch.py")
         (d / "inventory.yaml").write_text(inventory_extra + INVENTORY)
         state = d / "state"
         cfg = d / "vps.yaml"

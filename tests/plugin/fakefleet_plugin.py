@@ -50,6 +50,9 @@ class LocalSession:
             self._node.name, command, p.returncode, p.stdout, p.stderr, time.monotonic() - start
         )
 
+    def open_stream(self, command: str) -> LocalStream:
+        return LocalStream(command, self._node.name)
+
     def put(self, local: Any, remote: str) -> None:
         raise NotImplementedError
 
@@ -58,6 +61,44 @@ class LocalSession:
 
     def close(self) -> None:
         pass
+
+
+class LocalStream:
+    """A local command with open stdin, read line by line (the batch seam of ``NodeSession``)."""
+
+    def __init__(self, command: str, node: str) -> None:
+        self._proc = subprocess.Popen(
+            ["sh", "-c", command],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=os.environ | {"FAKE_NODE": node},
+        )
+
+    def send(self, text: str) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(text)
+        self._proc.stdin.flush()
+
+    def close_input(self) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()
+
+    def readline(self) -> str:
+        assert self._proc.stdout is not None
+        return self._proc.stdout.readline()
+
+    def exit_code(self) -> int | None:
+        return self._proc.poll()
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        for pipe in (self._proc.stdin, self._proc.stdout):
+            if pipe is not None and not pipe.closed:
+                pipe.close()
 
 
 def _count(name: str) -> None:

@@ -397,6 +397,47 @@ def test_a_broken_status_template_is_one_clear_error_before_any_probe(fake_fleet
     assert set(status["answers"]) == {"p1", "p2", "n1", "n2"} and status["ok"] is False
 
 
+def test_a_batch_sut_answers_the_matrix_through_one_command_per_node(fake_fleet: MakeFleet) -> None:
+    fleet = fake_fleet()
+    batch = f'  batch: "python3 {fleet.dir / "fakebatch.py"} {{node}}"\n'
+    fleet.config.write_text(fleet.config.read_text().replace("probes:\n", "probes:\n" + batch))
+    result = fleet.run("--vps-focus=connectivity", "--vps-attempts=2", "--vps-proof=all-evidence")
+    result.assert_outcomes(passed=28, xfailed=8)
+    doc = fleet.results()
+    assert doc["test_results"]["suites"]["connectivity"] == EXPECTED_SUITES["connectivity"]
+    # One batch command per source node answered all 72 probes; no single probe ran.
+    assert sorted((fleet.dir / "batch.calls").read_text().split()) == ["n1", "n2", "p1", "p2"]
+    evidence = json.loads(
+        next((fleet.state_dir / "demo" / "runs").glob("*/evidence/connections.json")).read_text()
+    )
+    failure = next(f for f in evidence["failed_attempts"] if "p1" in f["command"] and "n1" in f["command"])
+    assert failure["command"].startswith(f"python3 {fleet.dir / 'fakebatch.py'} p1 <<< {{")
+    assert '"peer": "n1"' in failure["command"] and '"ok": false' in failure["stdout"]
+    # A request says what a single probe's placeholders say of the peer.
+    peer_keys = ("peer_address", "peer_id", "peer_public_address")
+    assert all(f'"{key}": ' in failure["command"] for key in peer_keys)
+
+
+def test_matrix_progress_is_shown_per_suite(fake_fleet: MakeFleet) -> None:
+    fleet = fake_fleet()
+    result = fleet.run("--vps-focus=connectivity", "--vps-attempts=2")
+    result.assert_outcomes(passed=28, xfailed=8)
+    result.stdout.fnmatch_lines(["vpstest connectivity: 72/72 probes, *, done in * s"])
+
+
+def test_a_hanging_probe_times_out_and_holds_up_no_other_pair(
+    fake_fleet: MakeFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = fake_fleet()
+    monkeypatch.setenv("FAKE_HANG", "1")
+    result = fleet.run("--vps-focus=connectivity", "--vps-attempts=2", "-k", "p1- and p2[")
+    # Only p1->p2[direct] hangs; its attempts time out, the pair's other methods pass.
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        ["p1->p2?direct?: the probe never gave a valid answer", "*attempt 1: timed out after 10s*"]
+    )
+
+
 def test_nodes_handed_over_as_unhealthy_are_skipped_and_left_out_of_the_rates(
     fake_fleet: MakeFleet,
 ) -> None:

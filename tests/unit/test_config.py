@@ -99,6 +99,7 @@ def test_the_lab_config_example_loads() -> None:
     conn = cfg.suite("connectivity")
     assert (conn.target("direct"), conn.target("nat_traversed"), conn.target("relay")) == (99, 85, 100)
     assert cfg.soak.wait_1hr_seconds == 5 and cfg.soak.wait_6hr_seconds == 10
+    assert cfg.probes.batch == "{bin} probe batch" and conn.timeout_seconds == 3
 
 
 # ----------------------------------------------------------------- defaults and paths
@@ -344,6 +345,12 @@ INV = "/srv/demo/nodes.yaml"
             2,
             "probes.connect",
             "unknown placeholder {peer.name}",
+        ),
+        (
+            "project: p\nprobes: {batch: '{bin} probe batch --peer {peer}'}\n",
+            2,
+            "probes.batch",
+            "unknown placeholder {peer}",
         ),
         (
             "project: p\nprobes: {ping: '{bin} ping'}\n",

@@ -36,6 +36,10 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "pytest_vpstest.commands.loops": ["node_health", "project_status", "register"],
     "pytest_vpstest.commands.nodes": ["check_reachability", "register"],
+    "pytest_vpstest.config_operations": [
+        "NODE_TESTS", "ChannelConfig", "ChannelKind", "DashboardConfig", "FixConfig", "HealthConfig",
+        "NodeTests", "NotifyConfig", "parse_dashboard", "parse_fix", "parse_health", "parse_notify",
+    ],
     "pytest_vpstest.config": [
         "CRITERIA", "FOCUSES", "INVENTORY_KEYS", "NAT_TYPES", "NODE_KEYS", "NODE_TESTS",
         "PROBE_PLACEHOLDERS", "PROJECT_KEYS", "PROOFS", "ROLES", "SAFE_NAME_PATTERN", "SERVICE_MANAGERS",
@@ -80,6 +84,7 @@ EXPECTED: dict[str, list[str]] = {
         "check_expression", "compare", "evaluate", "parse", "render", "tokenize",
     ],
     "pytest_vpstest.fleet": [],
+    "pytest_vpstest.fleet.batch": ["REQUESTS", "BatchLane", "Stream", "batch_request"],
     "pytest_vpstest.fleet.build": [
         "BuildFailure", "BuildResult", "Diagnostic", "DiagnosticParser", "parse_diagnostics",
         "resolve_artifact", "run_build",
@@ -99,6 +104,7 @@ EXPECTED: dict[str, list[str]] = {
         "PATHS", "PUNCHED_PATHS", "ConnectVerdict", "Outcome", "attempt_lines", "connected", "judge_connect",
         "path_of", "stderr_tail",
     ],
+    "pytest_vpstest.fleet.iperf": ["iperf3_ceiling"],
     "pytest_vpstest.fleet.node": ["NodePlan", "binary_name", "install_path", "plan_node", "service_name"],
     "pytest_vpstest.fleet.probes": [
         "ACTIONS", "REQUIRED_KEYS", "CommandOutcome", "NodeSlots", "ProbeResult", "ProbeRunner", "Transport",
@@ -111,6 +117,7 @@ EXPECTED: dict[str, list[str]] = {
     "pytest_vpstest.fleet.services": [
         "ProcessManager", "ServiceManager", "ServiceStatus", "SystemdManager", "service_manager",
     ],
+    "pytest_vpstest.fleet.stream": ["ChannelStream"],
     "pytest_vpstest.interview": [
         "QUESTIONS", "Cancelled", "InterviewIO", "Option", "Plan", "Question", "console_io", "plan_summary",
         "prefill_from", "run_interview",
@@ -129,6 +136,7 @@ EXPECTED: dict[str, list[str]] = {
     "pytest_vpstest.nat_theory": [
         "EXPECTED_RATES", "expected_failure", "group_target", "groups", "may_fail", "split_group",
     ],
+    "pytest_vpstest.modes": ["CRITERIA", "PROOFS", "Criteria", "Proof"],
     "pytest_vpstest.nat_types": ["NAT_TYPES", "NatInfo", "NatType", "nat_info", "nat_rank"],
     "pytest_vpstest.lab": [
         "FLAVOURS", "Flavour", "LabRecord", "NodeStatus", "Topology", "choose_flavour", "down",
@@ -260,26 +268,31 @@ EXPECTED: dict[str, list[str]] = {
         "CHILD_MARKER", "StageContext", "Stages", "TestOutcome", "child_env", "iso", "machine_config",
         "utcnow",
     ],
-    "pytest_vpstest.loop.stages": ["FleetStages", "suites_directory"],
+    "pytest_vpstest.loop.stages": ["PLUGINS_OFF", "FleetStages", "suites_directory"],
     "pytest_vpstest.plugin": [],
     "pytest_vpstest.plugin.aggregate": [
         "AGGREGATORS", "MEASUREMENT_KEY", "NODES_KEY", "Collector", "RecordedTest", "aggregate",
         "build_test_results", "encode", "metric_rows", "metrics_of", "node_rows", "pair_rows", "percentile",
     ],
+    "pytest_vpstest.plugin.engine": ["Engine", "FleetSteps", "PhaseProgress", "ProbeSpec", "StepRunner"],
     "pytest_vpstest.plugin.entry": [
-        "VpsPlugin", "build_artifact", "current_run", "deployment", "fleet", "node", "node_pool", "probe",
-        "vps_config", "vps_record", "vps_run",
+        "VpsPlugin", "build_artifact", "current_run", "deployment", "fleet", "matrix_cell", "node",
+        "node_pool", "probe", "vps_config", "vps_matrix", "vps_record", "vps_run"
     ],
     "pytest_vpstest.plugin.fixtures": [
-        "NOT_CONFIGURED", "RUN_KEY", "UNHEALTHY_PREFIX", "Recorder", "RunContext", "build_artifact",
-        "default_build", "default_deploy", "default_fetch_logs", "deployment", "failed_nodes", "fleet",
-        "mark_unhealthy", "node", "node_pool", "once", "parametrize", "probe", "run_of",
-        "skip_if_not_deployed", "skip_if_unreachable", "unhealthy_nodes", "vps_config", "vps_record",
-        "vps_run",
+        "DEFAULT_NODE_CONCURRENCY", "NOT_CONFIGURED", "RUN_KEY", "UNHEALTHY_PREFIX", "Recorder", "RunContext",
+        "build_artifact", "default_build", "default_deploy", "default_fetch_logs", "deployment",
+        "failed_nodes", "fleet", "mark_unhealthy", "nat_skip_reason", "node", "node_pool", "once",
+        "parametrize", "probe", "run_of", "skip_if_not_deployed", "skip_if_unreachable", "unhealthy_nodes",
+        "vps_config", "vps_record", "vps_run"
     ],
     "pytest_vpstest.plugin.hookspecs": [
         "pytest_vpstest_build", "pytest_vpstest_deploy", "pytest_vpstest_fetch_logs",
         "pytest_vpstest_make_pool", "pytest_vpstest_results",
+    ],
+    "pytest_vpstest.plugin.matrix": [
+        "Matrix", "MatrixError", "ProgressPrinter", "matrix_cell", "plan_cells", "progress_line",
+        "read_progress", "vps_matrix"
     ],
     "pytest_vpstest.plugin.pairs": [
         "Pair", "connectivity_pairs", "gossip_publishers", "group_by_nat", "nat_group_key",
@@ -287,6 +300,7 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "pytest_vpstest.plugin.report": ["html_extras", "html_summary"],
     "pytest_vpstest.plugin.results": ["SCHEMA_VERSION", "RunOutcome", "finish_run"],
+    "pytest_vpstest.plugin.schedule": ["Cell", "Scheduler", "Task"],
     "pytest_vpstest.records": [],
     "pytest_vpstest.records.history": [
         "SCHEMA_VERSION", "History", "HostRun", "HostStatus", "MetricRow", "RunRecord",
@@ -307,7 +321,7 @@ EXPECTED: dict[str, list[str]] = {
         "NAT_TRAVERSAL", "SUITES", "THROUGHPUT", "Category", "ConnectivityMeasurement", "Focus",
         "GossipCrdtMeasurement", "GossipDeliveryMeasurement", "Measurement", "Method",
         "NatTraversalMeasurement", "Suite", "SuiteName", "ThroughputMeasurement", "find_suite", "suite_key",
-        "suites_of_focus",
+        "suites_directory", "suites_of_focus",
     ],
 }
 

@@ -231,6 +231,15 @@ function section(project, key, title, fill) {
   const body = el("div", { class: "section-body" });
   const d = el("details", { class: "section-" + key, open: openDetails.has(id) }, el("summary", {}, title), body);
   d.addEventListener("toggle", () => {
+    // The toggle event comes after the click; a live update may have replaced this card meanwhile.
+    // Then open the section of the card now on the page (its own toggle event fills it).
+    if (d.open && !d.isConnected) {
+      openDetails.add(id);
+      const card = document.getElementById("project-" + project);
+      const live = card && card.querySelector("details.section-" + key);
+      if (live && !live.open) live.open = true;
+      return;
+    }
     if (d.open) { openDetails.add(id); fill(body); }
     else { openDetails.delete(id); if (key === "log") { const es = logStreams.get(project); if (es) es.close(); logStreams.delete(project); } }
   });

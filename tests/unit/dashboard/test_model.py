@@ -38,6 +38,8 @@ def test_colour_follows_the_precedence_disabled_running_stale_failed_passed(f: N
         assert colour == "blue"
     elif f.deploying or f.tested_at is None or (f.changed_at is not None and f.tested_at < f.changed_at):
         assert colour == "yellow"
+    elif f.passed + f.failed == 0:
+        assert colour == "yellow"  # nothing ran: not "all passed"
     else:
         assert colour == ("red" if f.failed else "green")
 
@@ -46,6 +48,12 @@ def test_a_rollback_after_the_last_test_turns_the_node_yellow() -> None:
     tested = NodeTestFacts(tested_at=100.0, passed=8, changed_at=50.0)
     assert node_tests_colour(tested) == "green"
     assert node_tests_colour(NodeTestFacts(tested_at=100.0, passed=8, changed_at=150.0)) == "yellow"
+
+
+def test_a_run_whose_every_test_skipped_is_not_green() -> None:
+    skipped = NodeTestFacts(tested_at=100.0, passed=0, failed=0)
+    assert node_tests_colour(skipped) == "yellow"
+    assert node_tests_tooltip(skipped, 100.0) == "Last test: just now (0/0 passed); no test ran (all skipped)"
 
 
 def test_tooltip_wording() -> None:

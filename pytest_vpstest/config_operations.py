@@ -1,7 +1,7 @@
-"""The loop's own sections of the project config: fix, health, notify and dashboard.
+"""The config sections that steer what happens around the tests: fix, health, notify, dashboard.
 
-Types and section parsers, kept apart so that ``config.py`` stays within the module size limit;
-every name is re-exported from ``pytest_vpstest.config``, which is where callers import them.
+Their frozen types and their parsers; ``config.parse_project_config`` calls the parsers, and
+``pytest_vpstest.config`` re-exports the types.
 """
 
 from __future__ import annotations
@@ -186,9 +186,8 @@ def parse_dashboard(r: Reader, node: yaml.Node) -> DashboardConfig:
     )
     return DashboardConfig(
         token=token,
-        test_timeout_seconds=r.number(
-            m["test_timeout_seconds"], "dashboard.test_timeout_seconds", positive=True
-        )
+        test_timeout_seconds=r.number(m["test_timeout_seconds"], "dashboard.test_timeout_seconds",
+                                      positive=True)
         if "test_timeout_seconds" in m
         else DashboardConfig().test_timeout_seconds,
         node_tests=modes,

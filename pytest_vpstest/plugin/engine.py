@@ -1,0 +1,369 @@
+"""The matrix engine: runs every planned probe of a run concurrently and streams cell results.
+
+:class:`Engine` drives a :class:`~pytest_vpstest.plugin.schedule.Scheduler` with a
+:class:`StepRunner` (the seam: :class:`FleetSteps` reaches the nodes; unit tests give a fake). One
+coordinator thread starts the steps the scheduler allows, collects their results as they arrive,
+and hands each finished cell to ``on_cell``. A step whose answer has not come its runner's
+``deadline`` plus ``watchdog_slack`` seconds after it started is recorded as a timed-out attempt and
+its slots are freed: a hanging node costs its own cells one timeout each and holds up nothing else
+(a late answer is dropped).
+
+What a step is, for the fleet (:class:`ProbeSpec`): attempt *i* of a pair probe (``connect``,
+``throughput``, or a suite's own action taking a peer) from ``node`` to ``peer``; with ``ceiling`` the
+cell has one more step, the pair's iperf3 ceiling, recorded as a pseudo probe result (action
+``iperf3``, data ``{ok, mbps, note}``).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pytest_vpstest.fleet.batch import REQUESTS as BATCH_REQUESTS
+from pytest_vpstest.fleet.probes import ProbeResult
+from pytest_vpstest.plugin.schedule import Cell, Scheduler, Task
+
+if TYPE_CHECKING:
+    from pytest_vpstest.fleet.batch import BatchLane
+    from pytest_vpstest.fleet.probes import ProbeRunner
+    from pytest_vpstest.fleet.remote import Pool
+
+__all__ = ["Engine", "FleetSteps", "PhaseProgress", "ProbeSpec", "StepRunner"]
+
+StepDone = Callable[[ProbeResult], None]
+CellDone = Callable[[Cell, list[ProbeResult]], None]
+
+# Beyond a step's own deadline, time allowed for the transport to report before the engine gives up.
+WATCHDOG_SLACK = 5.0
+
+
+class StepRunner(Protocol):
+    """Starts one step and reports its result through ``done`` (from any thread, exactly once)."""
+
+    def start(self, task: Task, done: StepDone) -> None: ...
+
+    def deadline(self, task: Task) -> float:
+        """Seconds after the start when the step counts as hung."""
+        ...
+
+    def describe(self, task: Task) -> str:
+        """The command a step runs (evidence when the engine has to give up on it)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class PhaseProgress:
+    """How far one phase (a suite) is: steps done of total, and when it started and ended."""
+
+    phase: str
+    total: int
+    done: int = 0
+    started: float | None = None
+    ended: float | None = None
+
+    def rate(self, now: float) -> float:
+        if self.started is None or self.done == 0:
+            return 0.0
+        spent = (self.ended or now) - self.started
+        return self.done / spent if spent > 0 else 0.0
+
+    def eta(self, now: float) -> float | None:
+        rate = self.rate(now)
+        return (self.total - self.done) / rate if rate > 0 else None
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        eta = self.eta(now)
+        return {
+            "phase": self.phase,
+            "total": self.total,
+            "done": self.done,
+            "rate": round(self.rate(now), 2),
+            "eta": None if eta is None else round(eta, 1),
+            "elapsed": None if self.started is None else round((self.ended or now) - self.started, 2),
+            "finished": self.ended is not None,
+        }
+
+
+@dataclass
+class Engine:
+    """Runs ``cells`` through ``runner`` with at most ``per_node`` steps touching a node at once."""
+
+    cells: Sequence[Cell]
+    runner: StepRunner
+    per_node: int
+    on_cell: CellDone
+    clock: Callable[[], float] = time.monotonic
+    progress: dict[str, PhaseProgress] = field(default_factory=dict)
+    max_running: int = 0  # the most steps seen running at once (for benchmarks and tests)
+    watchdog_slack: float = WATCHDOG_SLACK
+
+    def __post_init__(self) -> None:
+        for cell in self.cells:
+            p = self.progress.setdefault(cell.phase, PhaseProgress(cell.phase, 0))
+            p.total += cell.steps
+        self._lock = threading.Lock()
+
+    def run(self) -> None:
+        """Run every cell to the end (blocking). ``on_cell`` is called from this thread."""
+        sched = Scheduler(self.cells, self.per_node)
+        arrived: queue.SimpleQueue[tuple[Task, ProbeResult]] = queue.SimpleQueue()
+        inflight: dict[tuple[str, int], tuple[Task, float, float]] = {}
+        results: dict[str, list[ProbeResult | None]] = {c.key: [None] * c.steps for c in self.cells}
+        try:
+            while not sched.done:
+                now = self.clock()
+                for task in sched.start(now):
+                    phase = self.progress[task.cell.phase]
+                    if phase.started is None:
+                        phase.started = now
+                    inflight[task.key] = (task, now, now + self.runner.deadline(task) + self.watchdog_slack)
+                    self.runner.start(task, _reporter(arrived, task))
+                self.max_running = max(self.max_running, len(inflight))
+                wake = [d for _, _, d in inflight.values()]
+                cool = sched.wake_at(now)
+                if cool is not None:
+                    wake.append(cool)
+                if not wake:
+                    raise RuntimeError("matrix engine stalled: nothing running and nothing to start")
+                try:
+                    got: tuple[Task, ProbeResult] | None = arrived.get(timeout=max(0.0, min(wake) - now))
+                except queue.Empty:
+                    got = None
+                while got is not None:
+                    self._record(sched, inflight, results, *got)
+                    try:
+                        got = arrived.get_nowait()
+                    except queue.Empty:
+                        got = None
+                self._expire(sched, inflight, results)
+        finally:
+            self.runner.close()
+
+    def _record(
+        self,
+        sched: Scheduler,
+        inflight: dict[tuple[str, int], tuple[Task, float, float]],
+        results: dict[str, list[ProbeResult | None]],
+        task: Task,
+        result: ProbeResult,
+    ) -> None:
+        if inflight.pop(task.key, None) is None:
+            return  # answered after the engine gave up on it
+        self._finish(sched, results, task, result)
+
+    def _expire(
+        self,
+        sched: Scheduler,
+        inflight: dict[tuple[str, int], tuple[Task, float, float]],
+        results: dict[str, list[ProbeResult | None]],
+    ) -> None:
+        now = self.clock()
+        for key, (task, started, deadline) in list(inflight.items()):
+            if now < deadline:
+                continue
+            del inflight[key]
+            spec = task.cell.spec
+            action = spec.step_action(task.index) if isinstance(spec, ProbeSpec) else "probe"
+            node = spec.node if isinstance(spec, ProbeSpec) else task.cell.nodes[0]
+            hung = ProbeResult(
+                action,
+                node,
+                self.runner.describe(task),
+                None,
+                "",
+                "",
+                now - started,
+                timed_out=True,
+                error=f"no answer within {now - started:.1f}s (the harness stopped waiting)",
+            )
+            self._finish(sched, results, task, hung)
+
+    def _finish(
+        self, sched: Scheduler, results: dict[str, list[ProbeResult | None]], task: Task, result: ProbeResult
+    ) -> None:
+        now = self.clock()
+        sched.finish(task, now)
+        cell_results = results[task.cell.key]
+        cell_results[task.index] = result
+        phase = self.progress[task.cell.phase]
+        with self._lock:
+            phase.done += 1
+            if phase.done == phase.total:
+                phase.ended = now
+        if sched.finished_steps(task.cell.key) == task.cell.steps:
+            self.on_cell(task.cell, [r for r in cell_results if r is not None])
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Progress of every phase, for the terminal and the progress file."""
+        now = self.clock()
+        with self._lock:
+            return [p.to_json(now) for p in self.progress.values()]
+
+
+def _reporter(arrived: queue.SimpleQueue[tuple[Task, ProbeResult]], task: Task) -> StepDone:
+    def done(result: ProbeResult) -> None:
+        arrived.put((task, result))
+
+    return done
+
+
+# --------------------------------------------------------------------------------------------
+# The fleet's steps
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """What a cell measures: ``attempts`` probes of ``action`` from ``node`` to ``peer``."""
+
+    action: str  # a probe action of the contract taking a peer: "connect", "throughput", ...
+    node: str
+    peer: str
+    attempts: int
+    timeout: float
+    method: str | None = None
+    seconds: float | None = None
+    cooloff: float = 0.0
+    exclusive: bool = False
+    ceiling: bool = False  # one more step after the attempts: the pair's iperf3 ceiling
+
+    @property
+    def steps(self) -> int:
+        return self.attempts + (1 if self.ceiling else 0)
+
+    def step_action(self, index: int) -> str:
+        return "iperf3" if self.ceiling and index == self.attempts else self.action
+
+    def cell(self, key: str, phase: str) -> Cell:
+        """The scheduler's cell: attempts may overlap when no cool-off is asked for."""
+        return Cell(
+            key=key,
+            phase=phase,
+            nodes=(self.node, self.peer),
+            steps=self.steps,
+            cooloff=self.cooloff,
+            overlap=self.cooloff == 0 and not self.exclusive,
+            exclusive=self.exclusive,
+            spec=self,
+        )
+
+
+class FleetSteps:
+    """Runs probe steps on the fleet: through a node's batch command when the config has one (and
+    the session can stream), else as single probes in threads over the node's cached connection."""
+
+    def __init__(self, runner: ProbeRunner, pool: Pool, *, threads: int, batch: bool = True) -> None:
+        self.runner = runner
+        self.pool = pool
+        self._threads = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="vps-matrix")
+        self._lanes: dict[str, BatchLane | None] = {}
+        self._lanes_lock = threading.Lock()
+        self._batch = batch and bool(runner.templates.batch)
+
+    def deadline(self, task: Task) -> float:
+        spec = _spec(task)
+        if spec.step_action(task.index) == "iperf3":
+            return (spec.seconds or 0) + 60.0
+        return spec.timeout + self.runner.grace
+
+    def describe(self, task: Task) -> str:
+        spec = _spec(task)
+        lane = self._lane(spec.node) if spec.step_action(task.index) != "iperf3" else None
+        if lane is not None:
+            return lane.command
+        return f"{spec.step_action(task.index)} {spec.node} -> {spec.peer}"
+
+    def start(self, task: Task, done: StepDone) -> None:
+        spec = _spec(task)
+        if spec.step_action(task.index) == "iperf3":
+            self._threads.submit(self._ceiling, spec, done)
+            return
+        lane = self._lane(spec.node) if spec.action in BATCH_REQUESTS else None  # else: no batch form
+        if lane is None:
+            self._threads.submit(lambda: done(self._single(spec)))
+            return
+        lane.submit(spec.action, self._values(spec), done)
+
+    def close(self) -> None:
+        with self._lanes_lock:
+            lanes = [lane for lane in self._lanes.values() if lane is not None]
+        for lane in lanes:
+            lane.close()
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def batch_starts(self) -> int:
+        """How many batch commands were started (one per node when nothing broke)."""
+        with self._lanes_lock:
+            return sum(lane.starts for lane in self._lanes.values() if lane is not None)
+
+    # -- internals ------------------------------------------------------------------------
+    def _values(self, spec: ProbeSpec) -> dict[str, Any]:
+        values: dict[str, Any] = {**self.runner.peer_values(spec.peer), "timeout": spec.timeout}
+        if spec.method is not None:
+            values["method"] = spec.method
+        if spec.seconds is not None:
+            values["seconds"] = spec.seconds
+        return values
+
+    def _single(self, spec: ProbeSpec) -> ProbeResult:
+        """One probe of any pair action (``connect``, ``throughput``, a suite's own), its peer held too."""
+        values: dict[str, Any] = self.runner.peer_values(spec.peer)
+        if spec.method is not None:
+            values["method"] = spec.method
+        if spec.seconds is not None:
+            values["seconds"] = _num_text(spec.seconds)
+        return self.runner.run(spec.action, spec.node, timeout=spec.timeout, hold=(spec.peer,), **values)
+
+    def _ceiling(self, spec: ProbeSpec, done: StepDone) -> None:
+        from pytest_vpstest.fleet.iperf import iperf3_ceiling
+
+        start = time.monotonic()
+        try:
+            mbps, note = iperf3_ceiling(
+                self.runner.transport,
+                self.runner.inventory,
+                self.runner.plan_for,
+                spec.node,
+                spec.peer,
+                spec.seconds or 1.0,
+            )
+        except Exception as exc:  # the ceiling is context, never a crash
+            mbps, note = None, f"iperf3 failed: {type(exc).__name__}: {exc}".splitlines()[0]
+        data = {"ok": mbps is not None, "mbps": mbps, "note": note}
+        done(ProbeResult("iperf3", spec.node, "iperf3", 0, "", "", time.monotonic() - start, data=data))
+
+    def _lane(self, node: str) -> BatchLane | None:
+        if not self._batch:
+            return None
+        with self._lanes_lock:
+            if node in self._lanes:
+                return self._lanes[node]
+            from pytest_vpstest.fleet.batch import BatchLane
+            from pytest_vpstest.fleet.remote import quote_command
+
+            session = self.pool.session(node)
+            opener = getattr(session, "open_stream", None)
+            template = self.runner.templates.batch
+            lane = None
+            if callable(opener) and template:
+                lane = BatchLane(node, quote_command(template, **self.runner.node_values(node)), opener)
+            self._lanes[node] = lane
+            return lane
+
+
+def _num_text(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _spec(task: Task) -> ProbeSpec:
+    spec = task.cell.spec
+    if not isinstance(spec, ProbeSpec):
+        raise TypeError(f"cell {task.cell.key} has no probe spec")
+    return spec

@@ -1,0 +1,340 @@
+"""The run's matrix: every measured cell planned up front, run once by the engine, shared by all tests.
+
+The first test of a run that asks for its cell (the ``matrix_cell`` fixture) plans the whole
+matrix from the session's selected tests: each test whose suite module defines
+``matrix_cell(pair, run) -> ProbeSpec`` becomes one cell (its test node id is the key), so ``-k``,
+``-m`` and ``--vps-focus`` select what is measured. That process runs the engine in a background
+thread; each test then waits for its own cell and judges it, so results stream to the reports as
+they arrive.
+
+Under xdist every worker collects the same tests, and exactly one process runs the engine: the
+first to take the lock ``<run_dir>/matrix/engine.lock``. It appends each finished cell to
+``cells.jsonl`` (one JSON line: key and probe results) and the others read that file, so a run
+measures every probe once and serial and parallel runs give the same numbers. The owner keeps the
+lock until its engine is done (its session teardown waits for it); a reader that finds the lock
+free before the file says ``done`` knows the owner died and fails its test with that reason.
+Progress (per suite: probes done / total, rate, ETA) goes to ``progress.json`` for the terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_vpstest.plugin.fixtures import RunContext, failed_nodes, nat_skip_reason, unhealthy_nodes
+
+if TYPE_CHECKING:
+    from pytest_vpstest.fleet.probes import ProbeResult, ProbeRunner
+    from pytest_vpstest.fleet.remote import Pool
+    from pytest_vpstest.plugin.engine import Engine
+    from pytest_vpstest.plugin.schedule import Cell
+
+__all__ = [
+    "Matrix",
+    "MatrixError",
+    "ProgressPrinter",
+    "matrix_cell",
+    "plan_cells",
+    "progress_line",
+    "read_progress",
+    "vps_matrix",
+]
+
+PLANNER = "matrix_cell"  # the suite module function that turns a test's pair into a ProbeSpec
+POLL_SECONDS = 0.05
+PROGRESS_EVERY = 0.5
+
+
+class MatrixError(Exception):
+    """The matrix could not give a test its cell (not planned, or the engine's process ended)."""
+
+
+def plan_cells(items: list[pytest.Item], run: RunContext) -> list[Cell]:
+    """One cell per selected test whose suite plans cells, in test order; tests that will skip
+    (a node not deployed or unhealthy, NAT needed where there is none) are left out."""
+    from pytest_vpstest.plugin.engine import ProbeSpec
+
+    failed = set(failed_nodes(run)) | set(unhealthy_nodes(run))
+    no_nat = nat_skip_reason(run.inventory)
+    cells: list[Cell] = []
+    for item in items:
+        planner = getattr(getattr(item, "module", None), PLANNER, None)
+        callspec = getattr(item, "callspec", None)
+        pair = callspec.params.get("pair") if callspec is not None else None
+        marker = item.get_closest_marker("vps_suite")
+        if planner is None or pair is None or marker is None or not marker.args:
+            continue
+        if failed & {pair.src, pair.dst} or (no_nat and item.get_closest_marker("needs_nat")):
+            continue
+        spec = planner(pair, run)
+        if isinstance(spec, ProbeSpec):
+            cells.append(spec.cell(item.nodeid, str(marker.args[0])))
+    return cells
+
+
+class Matrix:
+    """This process's view of the run's matrix (owner: runs the engine; else reads its file)."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        plan: Callable[[], list[Cell]],
+        make_engine: Callable[[list[Cell], Callable[[Cell, list[ProbeResult]], None]], Engine],
+    ) -> None:
+        self.dir = run_dir / "matrix"
+        self._plan = plan
+        self._make_engine = make_engine
+        self._cond = threading.Condition()
+        self._results: dict[str, list[dict[str, Any]]] = {}
+        self._done = False
+        self._error: str | None = None
+        self._role: str | None = None  # "owner" | "reader"
+        self._lock_file: IO[bytes] | None = None
+        self._thread: threading.Thread | None = None
+        self._offset = 0
+        self._partial = b""
+        self._engine: Engine | None = None
+        self._last_progress = 0.0
+
+    @property
+    def cells_file(self) -> Path:
+        return self.dir / "cells.jsonl"
+
+    @property
+    def progress_file(self) -> Path:
+        return self.dir / "progress.json"
+
+    def results(self, key: str) -> list[ProbeResult]:
+        """The cell's probe results, waiting for the engine to measure it."""
+        from pytest_vpstest.fleet.probes import ProbeResult
+
+        self._begin()
+        if self._role == "owner":
+            with self._cond:
+                while key not in self._results and not self._done:
+                    self._cond.wait()
+                found = self._results.get(key)
+        else:
+            found = self._read_until(key)
+        if found is None:
+            why = self._error or "its test was not in the plan when the matrix was made"
+            raise MatrixError(f"no measurement for {key}: {why}")
+        return [ProbeResult.from_json(r) for r in found]
+
+    def close(self) -> None:
+        """Wait for this process's engine to finish (other processes may still need its cells)."""
+        if self._thread is not None:
+            self._thread.join()
+        if self._lock_file is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    # -- owner ----------------------------------------------------------------------------
+    def _begin(self) -> None:
+        with self._cond:
+            if self._role is not None:
+                return
+            self.dir.mkdir(parents=True, exist_ok=True)
+            handle = open(self.dir / "engine.lock", "ab")  # noqa: SIM115 - held for the engine's life
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                self._role = "reader"
+                return
+            if self.cells_file.exists():  # an engine of this run already ran (and ended)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
+                self._role = "reader"
+                return
+            self._lock_file, self._role = handle, "owner"
+            self.cells_file.write_text("")
+            try:
+                self._engine = self._make_engine(self._plan(), self._on_cell)
+            except Exception as exc:  # every test of the run fails with this reason instead of hanging
+                self._error = f"the matrix could not be planned: {type(exc).__name__}: {exc}"
+                self._append({"done": True, "error": self._error})
+                self._done = True
+                return
+            self._thread = threading.Thread(target=self._run, name="vps-matrix-engine", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        assert self._engine is not None
+        error = None
+        try:
+            self._engine.run()
+        except Exception as exc:  # every waiting test fails with this reason instead of hanging
+            error = f"the matrix engine failed: {type(exc).__name__}: {exc}"
+        self._write_progress(force=True)
+        with self._cond:
+            self._append({"done": True, "error": error})
+            self._done, self._error = True, error
+            self._cond.notify_all()
+
+    def _on_cell(self, cell: Cell, results: list[ProbeResult]) -> None:
+        docs = [r.to_json() for r in results]
+        with self._cond:
+            self._append({"key": cell.key, "results": docs})
+            self._results[cell.key] = docs
+            self._cond.notify_all()
+        # The last cell of a suite: its final figures are written before its test reports.
+        self._write_progress(
+            force=self._engine is not None and self._engine.progress[cell.phase].ended is not None
+        )
+
+    def _append(self, doc: dict[str, Any]) -> None:
+        with open(self.cells_file, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(doc) + "\n")
+
+    def _write_progress(self, force: bool = False) -> None:
+        from pytest_vpstest._files import write_json_atomic
+
+        now = time.monotonic()
+        if self._engine is None or (not force and now - self._last_progress < PROGRESS_EVERY):
+            return
+        self._last_progress = now
+        with contextlib.suppress(OSError):
+            write_json_atomic(self.progress_file, {"phases": self._engine.snapshot()})
+
+    # -- reader ---------------------------------------------------------------------------
+    def _read_until(self, key: str) -> list[dict[str, Any]] | None:
+        while True:
+            self._read_new()
+            if key in self._results or self._done:
+                return self._results.get(key)
+            if self._owner_gone():
+                self._read_new()
+                if key in self._results or self._done:
+                    return self._results.get(key)
+                self._error = "the process running the matrix engine ended before measuring it"
+                return None
+            time.sleep(POLL_SECONDS)
+
+    def _read_new(self) -> None:
+        try:
+            with open(self.cells_file, "rb") as fh:
+                fh.seek(self._offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            return
+        self._offset += len(chunk)
+        data = self._partial + chunk
+        *lines, self._partial = data.split(b"\n")
+        for line in lines:
+            if not line.strip():
+                continue
+            doc = json.loads(line)
+            if doc.get("done"):
+                self._done, self._error = True, doc.get("error")
+            else:
+                self._results[str(doc["key"])] = doc["results"]
+
+    def _owner_gone(self) -> bool:
+        if not self.cells_file.exists():
+            return False  # the owner has the lock but has not planned yet
+        with open(self.dir / "engine.lock", "ab") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return True
+
+
+def read_progress(run_dir: Path) -> list[dict[str, Any]]:
+    """The engine's last progress note (empty when there is none yet)."""
+    try:
+        doc = json.loads((run_dir / "matrix" / "progress.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    phases = doc.get("phases") if isinstance(doc, dict) else None
+    return [p for p in phases if isinstance(p, dict)] if isinstance(phases, list) else []
+
+
+class ProgressPrinter:
+    """Progress lines for the terminal, from the engine's progress file: a line per suite at most
+    every ``every`` seconds while it runs, and its final line once."""
+
+    def __init__(
+        self, run_dir: Path, every: float = 2.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.run_dir = run_dir
+        self.every = every
+        self.clock = clock
+        self._shown: dict[str, tuple[int, float]] = {}
+        self._final: set[str] = set()
+
+    def lines(self) -> list[str]:
+        now = self.clock()
+        out = []
+        for phase in read_progress(self.run_dir):
+            name = str(phase.get("phase"))
+            if name in self._final:
+                continue
+            done, (shown_done, shown_at) = int(phase.get("done", 0)), self._shown.get(name, (-1, -1e9))
+            if phase.get("finished"):
+                self._final.add(name)
+            elif done == shown_done or now - shown_at < self.every:
+                continue
+            self._shown[name] = (done, now)
+            out.append(progress_line(phase))
+        return out
+
+
+def progress_line(phase: dict[str, Any]) -> str:
+    """``vpstest connectivity: 240/552 probes, 38.1/s, ETA 8 s`` (or ``done in 14.2 s``)."""
+    head = f"vpstest {phase['phase']}: {phase['done']}/{phase['total']} probes, {phase['rate']:g}/s"
+    if phase.get("finished"):
+        return f"{head}, done in {phase.get('elapsed')} s"
+    eta = phase.get("eta")
+    return f"{head}, ETA {eta:.0f} s" if isinstance(eta, int | float) else head
+
+
+# --------------------------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(scope="session")
+def vps_matrix(
+    request: pytest.FixtureRequest, vps_run: RunContext, probe: ProbeRunner, node_pool: Pool
+) -> Iterator[Matrix]:
+    """The run's matrix (planned from the session's tests on first use, measured once per run)."""
+    from pytest_vpstest.plugin.engine import Engine, FleetSteps
+
+    session = request.session
+
+    def make_engine(cells: list[Cell], on_cell: Callable[[Cell, list[ProbeResult]], None]) -> Engine:
+        nodes = {n for c in cells for n in c.nodes}
+        threads = max(4, len(nodes) * vps_run.node_concurrency)
+        steps = FleetSteps(probe, node_pool, threads=threads)
+        return Engine(cells, steps, vps_run.node_concurrency, on_cell)
+
+    matrix = Matrix(vps_run.run_dir, lambda: plan_cells(list(session.items), vps_run), make_engine)
+    try:
+        yield matrix
+    finally:
+        matrix.close()
+
+
+@pytest.fixture
+def matrix_cell(request: pytest.FixtureRequest, vps_matrix: Matrix) -> Callable[[], list[ProbeResult]]:
+    """``matrix_cell()`` → this test's probe results, measured by the run's matrix engine."""
+
+    def results() -> list[ProbeResult]:
+        try:
+            return vps_matrix.results(request.node.nodeid)
+        except MatrixError as exc:
+            pytest.fail(str(exc), pytrace=False)
+
+    return results
