@@ -65,9 +65,8 @@ EXPECTED: dict[str, list[str]] = {
     "pytest_vpstest.dashboard.markdown": ["render_markdown"],
     "pytest_vpstest.dashboard.model": [
         "NodeTestFacts", "TestsColour", "ago", "history_series", "matrix_cells", "node_tests_colour",
-        "node_tests_tooltip", "wilson",
+        "node_tests_tooltip", "theory_expects", "wilson",
     ],
-    "pytest_vpstest.dashboard.nat": ["expected"],
     "pytest_vpstest.dashboard.reader": ["ProjectFiles", "StateReader", "parse_time"],
     "pytest_vpstest.dashboard.server": ["DashboardServer", "serve"],
     "pytest_vpstest.dashboard.token": ["read_token", "token_path", "use_token"],
@@ -130,11 +129,10 @@ EXPECTED: dict[str, list[str]] = {
         "DEFAULT_CONCURRENCY", "DEFAULT_DEADLINE_S", "GRACE_S", "MAX_CONCURRENCY", "PARAMETERS",
         "BadRequest", "Handler", "parse_request", "run_batch", "serve_batch",
     ],
-    "pytest_vpstest.lab.theory": [
-        "METHODS", "Outcome", "expected_matrix", "expected_outcome", "peer_names", "punch_possible",
-    ],
+    "pytest_vpstest.lab.theory": ["expected_matrix", "peer_names"],
     "pytest_vpstest.nat_theory": [
-        "EXPECTED_RATES", "expected_failure", "group_target", "groups", "may_fail", "split_group",
+        "EXPECTED_RATES", "METHODS", "Outcome", "expected_failure", "expected_outcome", "group_target",
+        "groups", "may_fail", "punch_possible", "split_group",
     ],
     "pytest_vpstest.modes": ["CRITERIA", "PROOFS", "Criteria", "Proof"],
     "pytest_vpstest.nat_types": ["NAT_TYPES", "NatInfo", "NatType", "nat_info", "nat_rank"],
