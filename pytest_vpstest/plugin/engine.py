@@ -290,9 +290,9 @@ class FleetSteps:
     def __init__(self, runner: ProbeRunner, pool: Pool, *, threads: int, batch: bool = True) -> None:
         self.runner = runner
         self.pool = pool
-        # Single probes run with the slots this class already holds for them, so the runner they go
+        # Single probes run under the slots this class already holds for them, so the runner they go
         # through must not wait for a second slot of its own.
-        self._held_runner = dataclasses.replace(runner, slots=NodeSlots(_NO_LIMIT))
+        self._no_slots = NodeSlots(_NO_LIMIT)
         self._threads = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="vps-matrix")
         self._lanes: dict[str, BatchLane | None] = {}
         self._lanes_lock = threading.Lock()
@@ -358,8 +358,8 @@ class FleetSteps:
         except Exception as exc:  # e.g. the run directory's lock files: a failed attempt, not a hang
             self.abandon(task)
             why = f"no slot on {spec.node}/{spec.peer}: {type(exc).__name__}: {exc}".splitlines()[0]
-            done(ProbeResult(spec.step_action(task.index), spec.node, self.describe(task), None, "", "", 0.0,
-                             error=why))
+            action = spec.step_action(task.index)
+            done(ProbeResult(action, spec.node, self.describe(task), None, "", "", 0.0, error=why))
             return
         if not hold.begin(stack):
             return  # abandoned while it waited
@@ -392,7 +392,8 @@ class FleetSteps:
             values["method"] = spec.method
         if spec.seconds is not None:
             values["seconds"] = _num_text(spec.seconds)
-        return self._held_runner.run(spec.action, spec.node, timeout=spec.timeout, **values)
+        held = dataclasses.replace(self.runner, slots=self._no_slots)  # the runner as it is now
+        return held.run(spec.action, spec.node, timeout=spec.timeout, **values)
 
     def _ceiling(self, spec: ProbeSpec, done: StepDone) -> None:
         from pytest_vpstest.fleet.iperf import iperf3_ceiling
@@ -442,7 +443,6 @@ class _Hold:
         self._stack: contextlib.ExitStack | None = None
         self._released = False
         self.began: float | None = None  # when the slots were taken
-
 
     def begin(self, stack: contextlib.ExitStack) -> bool:
         """The slots are taken; False (and given back) when the step was abandoned meanwhile."""

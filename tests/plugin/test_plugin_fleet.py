@@ -509,6 +509,12 @@ def test_the_per_node_limit_holds_for_batch_probes_and_other_workers_probes_toge
         seen[node] = max(seen.get(node, 0), int(count))
     assert fleet.calls("batch") == 4  # the engine's probes went through the batch command
     assert seen and max(seen.values()) <= 2, seen
+    # Under xdist pytest prints one line of results: the engine's progress stays out of it.
+    lines = result.stdout.lines
+    first = next(i for i, line in enumerate(lines) if RESULT_LINE.match(line))
+    match = RESULT_LINE.match(lines[first])
+    assert match and len(match["results"]) == 53, lines[first]
+    assert not any(line.startswith("vpstest ") for line in lines[:first])
 
 
 RESULT_LINE = re.compile(r"^(?P<path>\S+\.py )?(?P<results>[.FEsxX]+)\s*\[\s*\d+%\]$")
