@@ -12,6 +12,10 @@ service runs). Both must have seen it (a 2-of-2 quorum): a node whose SSH works 
 died is not Live, nor is one whose management connection is gone.
 
 Nothing here does I/O or reads a clock; the times are the runner's (seconds since the epoch).
+
+What the machine knows of each node is kept in the node's ``liveness`` record (``record``) and put
+back by :meth:`NodeHealth.restore` when a runner resumes: a node Evicted, Respawning or Failed before
+a crash is so after it, and its respawn attempts count on.
 """
 
 from __future__ import annotations
@@ -73,8 +77,40 @@ class NodeHealth:
 
     # -------------------------------------------------------------- input
 
+    def restore(self, nodes: Mapping[str, Any]) -> list[str]:
+        """Put back each node's ``liveness`` record from the state file's ``nodes`` map (a resumed
+        runner); return one line per record that could not be used (that node starts afresh)."""
+        problems: list[str] = []
+        for name in self.names:
+            entry = nodes.get(name)
+            if not isinstance(entry, Mapping) or entry.get("liveness") is None:
+                continue
+            record = entry["liveness"]
+            try:
+                if not isinstance(record, Mapping):
+                    raise ValueError("not a map")
+                self.machine.restore_node(name, record)
+            except ValueError as exc:
+                problems.append(f"node {name}: liveness record not restored ({exc}); starting it afresh")
+                continue
+            cut_off = record.get("respawn_failure") is None
+            if isinstance(self.machine.state_of(name), lv.Respawning) and cut_off:
+                # The last runner died while respawning it: the outcome is unknown, so that attempt
+                # counts as failed (the next tick tries again or fails the node) rather than hanging.
+                self.machine.notify_respawn_failed(name, "the runner stopped during the respawn")
+            # Every attempt the machine counted was a respawn (done, failed or cut off by the crash).
+            self.respawns[name] = int(record["attempts"])
+        return problems
+
+    def _clamp(self, now: float) -> float:
+        # The machine refuses time going backwards; a resumed runner's wall clock may be behind the
+        # last tick it restored (or step back): hold the time still instead.
+        last = self.machine.now
+        return now if last is None else max(now, last)
+
     def observe(self, now: float, checks: Mapping[str, NodeCheck]) -> list[lv.Event]:
         """Feed one round of checks taken at ``now``; return the machine's events, in order."""
+        now = self._clamp(now)
         observations = []
         for name, check in checks.items():
             if name not in self.names:
@@ -89,11 +125,11 @@ class NodeHealth:
 
     def tick(self, now: float) -> list[lv.Event]:
         """Advance the time without new checks (a respawn's outcome is taken in at the next tick)."""
-        return self.machine.tick(max(now, self.last_round or now))
+        return self.machine.tick(self._clamp(max(now, self.last_round or now)))
 
     def respawned(self, node: str, now: float) -> None:
         self.respawns[node] = self.respawns.get(node, 0) + 1
-        self.machine.notify_respawned(node, now)
+        self.machine.notify_respawned(node, self._clamp(now))
 
     def respawn_failed(self, node: str, reason: str) -> None:
         self.respawns[node] = self.respawns.get(node, 0) + 1
@@ -142,6 +178,7 @@ class NodeHealth:
             "health": health_label(self.state_of(node)),
             "health_reason": self.reason(node) or None,
             "respawns": self.respawns.get(node, 0),
+            "liveness": self.machine.node_record(node),
         }
         if check is not None:
             out["ssh"] = check.ssh
