@@ -84,6 +84,7 @@ def finish_run(
         bad = Check(run.criteria_expr or run.criteria, "is", None, None, False, str(exc))
         verdict = Verdict(False, run.criteria, (bad,), (str(exc),), run.criteria_expr)
     pairs = pair_rows(measurements)
+    sick = set(unhealthy_nodes(run))
     test_results = build_test_results(measurements, verdict.passed, _iso(finished))
     evidence = _write_evidence(config, run, metrics, test_results, pairs, measurements, lines)
     results_path = run.results_json or run.run_dir / "results.json"
@@ -103,8 +104,11 @@ def finish_run(
         "pairs": pairs,
         # Nodes left out as unhealthy, and what failed (the loop tells node faults from software).
         "unhealthy": unhealthy_nodes(run),
+        # A failure touching a node found unhealthy (before the run or during it, e.g. its agent
+        # stopped answering) is the node's fault: "infrastructure"; any other is "software".
         "failed_tests": [
-            {"test": t.nodeid, "nodes": list(t.nodes), "message": t.message}
+            {"test": t.nodeid, "nodes": list(t.nodes), "message": t.message,
+             "cause": "infrastructure" if sick & set(t.nodes) else "software"}
             for t in collector.vps_tests
             if t.outcome in ("failed", "error")
         ],
@@ -113,6 +117,10 @@ def finish_run(
         "inventory": str(run.inventory_path),
         "reproduce": run.reproduce(),
     }
+    infrastructure = [f["test"] for f in document["failed_tests"] if f["cause"] == "infrastructure"]
+    if infrastructure:
+        lines.append(f"{len(infrastructure)} failed test(s) touched a node found unhealthy "
+                     f"({', '.join(sorted(sick))}): infrastructure, not software")
     if interrupted:
         document["passed"] = False
         document["interrupted"] = interrupted

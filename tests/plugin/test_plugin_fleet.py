@@ -414,3 +414,24 @@ def test_a_run_left_behind_by_a_dead_loop_runner_records_nothing_but_its_interru
     assert not (fleet.state_dir / "history.sqlite").exists()
     assert not list((fleet.state_dir / "demo").glob("proof-*.md"))
     assert not (fleet.state_dir / "demo" / "state.json").exists()
+
+
+def test_an_agent_that_dies_during_the_run_skips_its_remaining_pairs_as_unhealthy(
+    fake_fleet: MakeFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = fake_fleet()
+    # p2's agent answers its first two probes, then is not running; SSH to p2 still works.
+    monkeypatch.setenv("FAKE_AGENT_DIES", "p2:2")
+    result = fleet.run("--vps-focus=connectivity", "--vps-attempts=2", "-rs")
+    result.stdout.fnmatch_lines(["*node unhealthy: p2 (agent not answering on p2: 3 probes in a row said*"])
+    results = fleet.results()
+    assert results["unhealthy"]["p2"].startswith("agent not answering on p2")
+    # p2's pairs reported after it went down are out of the rates: the only ones in are those measured
+    # while its agent answered (all successful); no failure is blamed on the software because of p2.
+    assert all(p["success"] == p["attempts"] for p in results["pairs"] if "p2" in (p["from"], p["to"]))
+    for failed in results["failed_tests"]:
+        assert ("p2" in failed["nodes"]) == (failed["cause"] == "infrastructure"), failed
+    assert not any("p2" in f["nodes"] and f["cause"] == "software" for f in results["failed_tests"])
+    # Once the run knows the agent is down it is not asked again: p2 sends in 7 cells × 2 attempts,
+    # of which only the first 2 answers, 3 in a row "not running" and those already in flight ran.
+    assert fleet.calls("agent-p2") < 14

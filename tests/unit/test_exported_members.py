@@ -259,6 +259,7 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "pytest_vpstest.loop.stages": ["PLUGINS_OFF", "FleetStages", "suites_directory"],
     "pytest_vpstest.plugin": [],
+    "pytest_vpstest.plugin.agent_watch": ["AGENT_DOWN_AFTER", "AgentWatch", "agent_down"],
     "pytest_vpstest.plugin.aggregate": [
         "AGGREGATORS", "MEASUREMENT_KEY", "NODES_KEY", "Collector", "RecordedTest", "aggregate",
         "build_test_results", "encode", "metric_rows", "metrics_of", "node_rows", "pair_rows", "percentile",
