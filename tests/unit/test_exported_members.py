@@ -220,7 +220,8 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "pytest_vpstest.loop.event_text": ["event_reason", "failure_event"],
     "pytest_vpstest.loop.health": [
-        "OBSERVERS", "NodeCheck", "NodeHealth", "health_label", "infrastructure_only",
+        "OBSERVERS", "PEER_OBSERVERS", "NodeCheck", "NodeHealth", "health_label", "infrastructure_only",
+        "peers_seen_of",
     ],
     "pytest_vpstest.loop.health_keeper": ["HEALTH_EVENTS_KEPT", "HealthKeeper", "NodeChecker"],
     "pytest_vpstest.loop.liveness": [
