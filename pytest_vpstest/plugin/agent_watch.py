@@ -22,7 +22,11 @@ __all__ = ["AGENT_DOWN_AFTER", "AgentWatch", "agent_down"]
 AGENT_DOWN_AFTER = 3
 
 # In a valid answer's ``error`` (docs/contract.md asks a probe whose agent is not running to say so).
-_ANSWER_SIGNATURE = re.compile(r"^\s*agent (is )?not (running|answering)\b", re.IGNORECASE)
+# The reference agent's batch command says "agent closed the batch before answering" for requests in
+# flight when its agent went away.
+_ANSWER_SIGNATURE = re.compile(
+    r"^\s*agent ((is )?not (running|answering)\b|closed the batch before answering)", re.IGNORECASE
+)
 # In the output of a probe command that gave no valid answer: its local daemon refused it.
 _OUTPUT_SIGNATURE = re.compile(
     r"agent (is )?not (running|answering)|connection refused|no control socket|control socket.*no such file",

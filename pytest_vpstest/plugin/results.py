@@ -69,7 +69,10 @@ def finish_run(
 
     finished = time.time()
     counts = collector.counts()
-    measurements = collector.measurements()
+    # A node found unhealthy (handed over, or gone bad during the run) is out of every rate, also for
+    # its pairs measured before it was found out.
+    sick = set(unhealthy_nodes(run))
+    measurements = collector.measurements(leave_out=sick)
     suites = aggregate(measurements)
     suites_run = tuple(s for s in suites_of_focus(FULL_SUITE) if s in suites)
     metrics = metrics_of({"suites": suites}, counts)
@@ -84,7 +87,6 @@ def finish_run(
         bad = Check(run.criteria_expr or run.criteria, "is", None, None, False, str(exc))
         verdict = Verdict(False, run.criteria, (bad,), (str(exc),), run.criteria_expr)
     pairs = pair_rows(measurements)
-    sick = set(unhealthy_nodes(run))
     test_results = build_test_results(measurements, verdict.passed, _iso(finished))
     evidence = _write_evidence(config, run, metrics, test_results, pairs, measurements, lines)
     results_path = run.results_json or run.run_dir / "results.json"

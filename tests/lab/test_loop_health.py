@@ -2,6 +2,9 @@
 
 * an agent killed during WAIT is respawned by the runner (through its service manager) and the next
   checkpoint passes;
+* an agent killed in the middle of TEST (its SSH still working) is noticed within that run: its
+  remaining pairs are skipped as "node unhealthy", its pairs are out of the rates, and the loop does
+  not enter FIX;
 * a node whose sshd is stopped before the run: its pairs are skipped as "node unhealthy", the verdict
   is judged on the rest and the loop never enters FIX;
 * six of ten nodes unreachable: the run stops, naming each node and the cause.
@@ -153,6 +156,48 @@ def test_an_agent_killed_during_wait_is_respawned_and_the_next_checkpoint_passes
     assert respawned_at <= checkpoints[1]["time"]
     log = (runner.dir / "runner.log").read_text()
     assert f"node {victim}: Evicted -> Respawning" in log
+
+
+def test_an_agent_killed_during_test_is_noticed_within_the_run_and_the_loop_does_not_fix(
+    health_lab: Lab, tmp_path: Path
+) -> None:
+    config = _workspace(tmp_path, health_lab, wait_1hr=None)
+    # More attempts per pair, so the matrix is still running when the agent is killed.
+    config.write_text(config.read_text().replace("    attempts: 1\n", "    attempts: 8\n"))
+    runs = tmp_path / "ws" / ".vpstest" / "health" / "runs"
+    victim = "saorsa-4"
+    killed: list[int] = []
+
+    def kill_mid_matrix() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not killed:
+            for progress in runs.glob("*/matrix/progress.json"):
+                try:
+                    phases = json.loads(progress.read_text())["phases"]
+                except (OSError, ValueError, KeyError):
+                    continue
+                done = sum(p["done"] for p in phases)
+                if done >= 40 and not all(p["finished"] for p in phases):
+                    health_lab.ssh(victim, f"kill -9 -$(cat /opt/vpstest/run/{SERVICE}.pid)")
+                    killed.append(done)
+                    return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=kill_mid_matrix, daemon=True)
+    watcher.start()
+    final, runner = _run(config, health_lab)
+    watcher.join(5)
+    assert killed, "the matrix never ran"
+    assert "FIX" not in _transitions(runner), final.stop_reason
+    doc = StateStore(runner.state_dir, runner.project).load()
+    assert doc is not None
+    results = json.loads(Path(doc["runner"]["last_results"]).read_text())
+    assert results["unhealthy"][victim].startswith(f"agent not answering on {victim}"), results["unhealthy"]
+    assert results["tests"]["skipped"] > 0
+    assert not any(victim in (p["from"], p["to"]) for p in results["pairs"]), "its pairs are in the rates"
+    assert all(f["cause"] == "infrastructure" and victim in f["nodes"] for f in results["failed_tests"])
+    # Judged on the rest: the other nodes' pairs all connected, so the run is not a software failure.
+    assert final.state is m.State.COMPLETE or "infrastructure" in (final.stop_reason or ""), final.stop_reason
 
 
 def test_a_node_with_sshd_stopped_is_skipped_as_unhealthy_and_the_loop_does_not_fix(

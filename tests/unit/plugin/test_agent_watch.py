@@ -32,6 +32,7 @@ PEER_FAILED = {"ok": False, "method": "direct", "error": "no answer from n2 with
 
 @pytest.mark.parametrize(("probe", "down"), [
     (result(data=DOWN), True),  # the reference agent's own words
+    (result(data={**DOWN, "error": "agent closed the batch before answering"}), True),  # died mid-batch
     (result(error="no JSON object in the output", stderr="connect: Connection refused", exit_code=1), True),
     (result(error="no JSON object in the output", stderr="error: no control socket at /run/x", exit_code=1),
      True),
