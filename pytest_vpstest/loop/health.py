@@ -14,7 +14,9 @@ died is not Live, nor is one whose management connection is gone.
 Peers are observers too when the software says whom it sees: a node's status answer may list the
 peers it heard from and how long ago (``peers_seen``, docs/contract.md). Once any node's check
 carries such a list, a third observer, ``peers``, joins for good (a 3-of-3 quorum): it saw a node at
-the freshest time any other tracked node heard from it. A node SSH still reaches, whose service
+the freshest time any other tracked node heard from it, where a sighting no older than
+``health.peer_seen_within_seconds`` counts as one at the time of the check (peers hear each other at
+the software's own pace). A node SSH still reaches, whose service
 runs, but that no peer has heard from lately is then not Live (Suspect, later Evicted). Software
 whose status answer has no such list keeps the 2-of-2 quorum.
 
@@ -186,14 +188,16 @@ class NodeHealth:
 
     def _heard_by_peers(self, now: float, checks: Mapping[str, NodeCheck]) -> dict[str, float]:
         """For each tracked node, the latest time another tracked node whose check was good heard
-        from it (``now`` minus the age it reported)."""
+        from it: ``now`` minus the age it reported beyond ``peer_seen_within_seconds``."""
         heard: dict[str, float] = {}
         for observer, check in checks.items():
             if observer not in self.names or not check.good or not check.sees:
                 continue
             for peer, age in check.sees.items():
                 if peer in self.names and peer != observer and age >= 0:
-                    heard[peer] = max(heard.get(peer, float("-inf")), now - age)
+                    # Heard within the allowance counts as heard now; older sightings age from there.
+                    stamp = now - max(0.0, age - self.cfg.peer_seen_within_seconds)
+                    heard[peer] = max(heard.get(peer, float("-inf")), stamp)
         return heard
 
     def tick(self, now: float) -> list[lv.Event]:

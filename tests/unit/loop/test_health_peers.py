@@ -15,7 +15,8 @@ from pytest_vpstest.config import HealthConfig
 from pytest_vpstest.loop import liveness as lv
 from pytest_vpstest.loop.health import NodeCheck, NodeHealth, peers_seen_of
 
-CFG = HealthConfig(check_seconds=10, suspect_after_seconds=10, evict_after_seconds=10, respawn_attempts=2)
+CFG = HealthConfig(check_seconds=10, suspect_after_seconds=10, evict_after_seconds=10, respawn_attempts=2,
+                   peer_seen_within_seconds=5)
 NAMES = ("a", "b", "c")
 
 
@@ -53,12 +54,12 @@ def test_a_node_no_peer_hears_from_is_suspect_then_evicted_though_ssh_and_servic
     assert states(health) == dict.fromkeys(NAMES, "Live")
     # c's SSH and service still answer, and c still hears a and b, but neither hears c any more.
     events = health.observe(11.0, everyone_sees(except_="c"))
-    assert lv.BecameSuspect("c", 9.0) in events  # last heard at 0 - 1 s, plus 10 s
+    assert lv.BecameSuspect("c", 10.0) in events  # last heard at 0 (1 s ago counts as now), plus 10 s
     assert states(health) == {"a": "Live", "b": "Live", "c": "Suspect"}
     assert not health.usable("c") and health.usable("a")
     assert "no peer has heard from it lately" in health.reason("c")
     events = health.observe(21.0, everyone_sees(except_="c"))
-    assert lv.NodeEvicted("c", 19.0) in events and lv.Respawn("c", 1) in events
+    assert lv.NodeEvicted("c", 20.0) in events and lv.Respawn("c", 1) in events
 
 
 def test_one_peer_hearing_a_node_is_enough() -> None:
@@ -69,6 +70,19 @@ def test_one_peer_hearing_a_node_is_enough() -> None:
     for t in (5.0, 12.0, 19.0, 26.0):
         health.observe(t, checks)
     assert states(health) == dict.fromkeys(NAMES, "Live")
+
+
+def test_peers_hearing_each_other_slower_than_the_checks_do_not_make_nodes_flap() -> None:
+    # Sightings up to 5 s old (the software's own pace) with checks every 1 s and t1 = 2 s.
+    cfg = HealthConfig(check_seconds=1, suspect_after_seconds=2, evict_after_seconds=2, respawn_attempts=2,
+                       peer_seen_within_seconds=5)
+    health = NodeHealth(NAMES, cfg, 0.0)
+    for i in range(30):
+        health.observe(float(i), everyone_sees(age=float(i % 5)))
+    assert states(health) == dict.fromkeys(NAMES, "Live")
+    # Beyond the allowance a sighting ages: 5 s + t1 + t2 later the node is evicted.
+    events = [e for t in range(30, 40) for e in health.observe(float(t), everyone_sees(except_="c"))]
+    assert lv.BecameSuspect("c", 31.0) in events and lv.NodeEvicted("c", 33.0) in events
 
 
 def test_a_stale_sighting_does_not_count() -> None:
