@@ -11,6 +11,8 @@ SSH failure (handled as "unreachable"), output without the signature — neither
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -47,8 +49,12 @@ def agent_down(result: ProbeResult) -> str | None:
     match = _OUTPUT_SIGNATURE.search(text)
     if match is None:
         return None
-    line = next((ln for ln in text.splitlines() if match.group(0) in ln), match.group(0))
-    return line.strip()[:200]
+    line = next((ln for ln in text.splitlines() if match.group(0) in ln), match.group(0)).strip()
+    with contextlib.suppress(ValueError):  # an answer missing contract keys: its own error says it best
+        said = json.loads(line).get("error") if line.startswith("{") else None
+        if isinstance(said, str) and _OUTPUT_SIGNATURE.search(said):
+            line = said
+    return line[:200]
 
 
 @dataclass

@@ -36,6 +36,7 @@ PEER_FAILED = {"ok": False, "method": "direct", "error": "no answer from n2 with
     (result(error="no JSON object in the output", stderr="connect: Connection refused", exit_code=1), True),
     (result(error="no JSON object in the output", stderr="error: no control socket at /run/x", exit_code=1),
      True),
+    (result(error="missing key 'node'", stdout='{"ok": false, "error": "agent not running: x"}'), True),
     (result(data=GOOD), False),
     (result(data=PEER_FAILED), False),  # the peer did not answer: nothing said about this node's agent
     (result(error="NodeError: connection refused", transport=True), False),  # SSH: "unreachable" instead
@@ -44,6 +45,12 @@ PEER_FAILED = {"ok": False, "method": "direct", "error": "no answer from n2 with
 ])
 def test_the_agent_down_signature(probe: ProbeResult, down: bool) -> None:
     assert (agent_down(probe) is not None) is down
+
+
+def test_the_reason_of_an_answer_missing_keys_is_its_own_error() -> None:
+    answer = '{"ok": false, "error": "agent not running: no socket"}'
+    probe = result(error="missing key 'node'", stdout=answer)
+    assert agent_down(probe) == "agent not running: no socket"
 
 
 def test_a_node_is_down_after_threshold_signatures_in_a_row_and_reported_once() -> None:
