@@ -178,10 +178,14 @@ class NodeHealth:
                 observations.append(lv.Observation(name, "ssh", now, now))
             if check.good:
                 observations.append(lv.Observation(name, "service", now, now))
-            if name in heard:
-                observations.append(lv.Observation(name, "peers", now, heard[name]))
-            elif self.peers_counted and check.good and not check.detail:
-                check = replace(check, detail="no peer has heard from it lately")
+            last = heard.get(name)
+            if last is not None:
+                observations.append(lv.Observation(name, "peers", now, last))
+            if self.peers_counted and check.good and not check.detail and (last is None or last < now):
+                # (A stamp is the sighting's age beyond the allowance: add the allowance back.)
+                age = None if last is None else now - last + self.cfg.peer_seen_within_seconds
+                ago = "" if age is None else f" (last {age:.0f} s ago)"
+                check = replace(check, detail=f"no peer has heard from it lately{ago}")
             self.last_check[name] = check
         self.last_round = now
         return self.machine.tick(now, observations)
