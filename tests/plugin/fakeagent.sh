@@ -8,6 +8,17 @@
 #   With FAKE_PROBE_DELAY each probe takes that long and logs, per node it touches, how many probes
 #   were in flight there when it started (inflight.log: "node count"), so tests can check the limit.
 action=$1; node=$2; shift 2
+# FAKE_AGENT_DIES=node:n — that node's agent answers its first n probes, then is "not running"
+# (SSH still works): every later probe says so, as the reference agent's CLI does, and connects
+# to it get no answer.
+if [ -n "$FAKE_AGENT_DIES" ] && [ "$node" = "${FAKE_AGENT_DIES%%:*}" ]; then
+  f="$FAKE_FLEET_DIR/agent-$node.calls"
+  echo x >> "$f"
+  if [ "$(wc -l < "$f")" -gt "${FAKE_AGENT_DIES#*:}" ]; then
+    echo "{\"ok\": false, \"node\": null, \"addresses\": null, \"method\": null, \"path\": null, \"rtt_ms\": null, \"error\": \"agent not running: no control socket at /run/agent/$node.sock\"}"
+    exit 0
+  fi
+fi
 
 track() {
   [ -n "$FAKE_PROBE_DELAY" ] || return 0
@@ -36,6 +47,11 @@ connect)
     fi ;;
   relay) ok=true; path=relayed; if [ "$node" = p1 ] && [ -n "$FAKE_RELAY_DOWN" ]; then ok=false; fi ;;
   esac
+  dead="$FAKE_FLEET_DIR/agent-$peer.calls"
+  if [ "$peer" = "${FAKE_AGENT_DIES%%:*}" ] && [ -f "$dead" ] && [ "$(wc -l < "$dead")" -gt "${FAKE_AGENT_DIES#*:}" ]; then
+    echo "{\"ok\": false, \"method\": \"$method\", \"path\": null, \"rtt_ms\": null, \"error\": \"no answer from $peer\"}"
+    exit 0
+  fi
   if [ "$node" = p1 ] && [ "$peer" = p2 ] && [ "$method" = direct ] && [ -n "$FAKE_HANG" ]; then
     exec sleep 60
   fi
