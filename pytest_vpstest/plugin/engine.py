@@ -182,6 +182,7 @@ class Engine:
                 now - started,
                 timed_out=True,
                 error=f"no answer within {now - started:.1f}s (the harness stopped waiting)",
+                timeout=spec.timeout if isinstance(spec, ProbeSpec) else None,
             )
             self._finish(sched, results, task, hung)
 
