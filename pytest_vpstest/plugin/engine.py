@@ -11,7 +11,10 @@ its slots are freed: a hanging node costs its own cells one timeout each and hol
 What a step is, for the fleet (:class:`ProbeSpec`): attempt *i* of a pair probe (``connect``,
 ``throughput``, or a suite's own action taking a peer) from ``node`` to ``peer``; with ``ceiling`` the
 cell has one more step, the pair's iperf3 ceiling, recorded as a pseudo probe result (action
-``iperf3``, data ``{ok, mbps, note}``).
+``iperf3``, data ``{ok, mbps, note}``). With ``reset`` every attempt after the first first runs
+the contract's ``reset`` on both nodes (at once), then the attempt; such a step holds both nodes
+alone (the cell's ``exclusive_from``), so a reset never cuts another pair's probe on them. A reset
+that fails is the attempt's failure ("reset of NODE before attempt N failed: ...").
 """
 
 from __future__ import annotations
@@ -233,10 +236,15 @@ class ProbeSpec:
     cooloff: float = 0.0
     exclusive: bool = False
     ceiling: bool = False  # one more step after the attempts: the pair's iperf3 ceiling
+    reset: bool = False  # reset both nodes before every attempt after the first
 
     @property
     def steps(self) -> int:
         return self.attempts + (1 if self.ceiling else 0)
+
+    def resets_before(self, index: int) -> bool:
+        """Whether step ``index`` begins with a reset of both nodes."""
+        return self.reset and 0 < index < self.attempts
 
     def step_action(self, index: int) -> str:
         return "iperf3" if self.ceiling and index == self.attempts else self.action
@@ -249,8 +257,9 @@ class ProbeSpec:
             nodes=(self.node, self.peer),
             steps=self.steps,
             cooloff=self.cooloff,
-            overlap=self.cooloff == 0 and not self.exclusive,
+            overlap=self.cooloff == 0 and not self.exclusive and not self.reset,
             exclusive=self.exclusive,
+            exclusive_from=1 if self.reset and not self.exclusive else None,
             spec=self,
         )
 
@@ -271,7 +280,8 @@ class FleetSteps:
         spec = _spec(task)
         if spec.step_action(task.index) == "iperf3":
             return (spec.seconds or 0) + 60.0
-        return spec.timeout + self.runner.grace
+        own = spec.timeout + self.runner.grace
+        return 2 * own if spec.resets_before(task.index) else own  # the resets (at once), then the attempt
 
     def describe(self, task: Task) -> str:
         spec = _spec(task)
@@ -285,11 +295,10 @@ class FleetSteps:
         if spec.step_action(task.index) == "iperf3":
             self._threads.submit(self._ceiling, spec, done)
             return
-        lane = self._lane(spec.node) if spec.action in BATCH_REQUESTS else None  # else: no batch form
-        if lane is None:
-            self._threads.submit(lambda: done(self._single(spec)))
+        if spec.resets_before(task.index):
+            self._threads.submit(self._reset_then_attempt, spec, task.index, done)
             return
-        lane.submit(spec.action, self._values(spec), done)
+        self._attempt(spec, done, in_thread=False)
 
     def close(self) -> None:
         with self._lanes_lock:
@@ -305,6 +314,47 @@ class FleetSteps:
             return sum(lane.starts for lane in self._lanes.values() if lane is not None)
 
     # -- internals ------------------------------------------------------------------------
+    def _attempt(self, spec: ProbeSpec, done: StepDone, *, in_thread: bool) -> None:
+        lane = self._lane(spec.node) if spec.action in BATCH_REQUESTS else None  # else: no batch form
+        if lane is not None:
+            lane.submit(spec.action, self._values(spec), done)
+        elif in_thread:
+            done(self._single(spec))
+        else:
+            self._threads.submit(lambda: done(self._single(spec)))
+
+    def _reset_then_attempt(self, spec: ProbeSpec, index: int, done: StepDone) -> None:
+        """Reset both nodes at once; then the attempt, or the first failed reset as its failure."""
+        theirs: list[ProbeResult] = []
+        peer = threading.Thread(
+            target=lambda: theirs.append(self.runner.reset(spec.peer, spec.timeout)),
+            name=f"vps-reset-{spec.peer}",
+            daemon=True,
+        )
+        peer.start()
+        mine = self.runner.reset(spec.node, spec.timeout)
+        peer.join()
+        failed = [r for r in (mine, *theirs) if not r.ok]
+        if not failed:
+            self._attempt(spec, done, in_thread=True)
+            return
+        r = failed[0]
+        done(
+            ProbeResult(
+                spec.action,
+                spec.node,
+                r.command,
+                r.exit_code,
+                r.stdout,
+                r.stderr,
+                r.duration,
+                r.timed_out,
+                error=f"reset of {r.node} before attempt {index + 1} failed: {r.reason}",
+                transport_error=r.transport_error,
+                timeout=spec.timeout,
+            )
+        )
+
     def _values(self, spec: ProbeSpec) -> dict[str, Any]:
         values: dict[str, Any] = {**self.runner.peer_values(spec.peer), "timeout": spec.timeout}
         if spec.method is not None:

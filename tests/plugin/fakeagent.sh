@@ -5,8 +5,20 @@
 #   works. Throughput: 10 Mbps × the sender's index, relayed when n2 sends. CRDT: one shared counter.
 #   FAKE_PUNCH_FALSE: p1->n1 punches answer ok=false (with a stderr line); FAKE_XPASS: n1<->n2 punches
 #   work although theory says they cannot.
+#   reset: answers ok (ok=false on FAKE_RESET_FAIL's node). FAKE_PROBE_LOG=FILE: connect and reset
+#   each take 50 ms and append "ACTION NODE PEER START END" (seconds) to FILE, to check overlaps.
 action=$1; node=$2; shift 2
+began=$(date +%s.%N)
+logged() {
+  [ -n "$FAKE_PROBE_LOG" ] || return 0
+  sleep 0.05; echo "$1 $node $2 $began $(date +%s.%N)" >> "$FAKE_PROBE_LOG"
+}
 case "$action" in
+reset)
+  logged reset -
+  if [ "$node" = "$FAKE_RESET_FAIL" ]; then
+    echo "reset: peer table locked" >&2; echo '{"ok": false, "error": "peer table locked"}'
+  else echo '{"ok": true}'; fi ;;
 status) echo "{\"ok\": true, \"node\": \"$node\", \"addresses\": []}" ;;
 connect)
   peer=$1; method=$2
@@ -27,6 +39,7 @@ connect)
   if [ "$node" = p1 ] && [ "$peer" = p2 ] && [ "$method" = direct ] && [ -n "$FAKE_GARBAGE" ]; then
     echo "segfault"; exit 139
   fi
+  logged connect "$peer"
   if [ "$ok" = false ]; then
     echo "{\"ok\": false, \"method\": \"$method\", \"path\": null, \"rtt_ms\": null, \"error\": \"no connection\"}"
   else
