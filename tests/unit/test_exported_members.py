@@ -130,6 +130,7 @@ EXPECTED: dict[str, list[str]] = {
         "BadRequest", "Handler", "parse_request", "run_batch", "serve_batch",
     ],
     "pytest_vpstest.lab.theory": ["expected_matrix", "peer_names"],
+    "pytest_vpstest.lab.sut_status": ["SutState", "SutStatus", "ask_nodes", "judge"],
     "pytest_vpstest.nat_theory": [
         "EXPECTED_RATES", "METHODS", "Outcome", "expected_failure", "expected_outcome", "group_target",
         "groups", "may_fail", "punch_possible", "split_group",
