@@ -103,8 +103,14 @@ EXPECTED: dict[str, list[str]] = {
         "PATHS", "PUNCHED_PATHS", "ConnectVerdict", "Outcome", "attempt_lines", "connected", "judge_connect",
         "path_of", "stderr_tail",
     ],
+    "pytest_vpstest.fleet.artifact": [
+        "ARCHIVE_SUFFIXES", "BUNDLE_CURRENT", "BUNDLE_PREVIOUS", "BUNDLE_RELEASES", "install_script",
+        "is_bundle", "pack_bundle", "rollback_script",
+    ],
     "pytest_vpstest.fleet.iperf": ["iperf3_ceiling"],
-    "pytest_vpstest.fleet.node": ["NodePlan", "binary_name", "install_path", "plan_node", "service_name"],
+    "pytest_vpstest.fleet.node": [
+        "NodePlan", "binary_name", "install_path", "is_bundle_deploy", "plan_node", "service_name",
+    ],
     "pytest_vpstest.fleet.probes": [
         "ACTIONS", "REQUIRED_KEYS", "CommandOutcome", "NodeSlots", "ProbeResult", "ProbeRunner", "Transport",
         "parse_output",
