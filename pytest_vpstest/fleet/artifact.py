@@ -117,6 +117,8 @@ def _check_tar(tar_path: Path, artifact: Path, binary: str) -> None:
         raise DeployError(f"artifact {artifact}: not a readable .tar.gz ({exc})") from None
     files: set[str] = set()
     for m in members:
+        if m.isdir() and posixpath.normpath(m.name) == ".":
+            continue  # the root itself, as `tar -C dir -czf out.tgz .` writes it
         rel = _member_name(artifact, m.name)
         if m.issym():
             _link_inside(artifact, rel, m.linkname)

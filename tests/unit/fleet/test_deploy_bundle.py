@@ -42,9 +42,9 @@ def tree(root: Path, version: str) -> Path:
 
 
 def tgz(src: Path, out: Path) -> Path:
+    """As ``tar -C src -czf out .`` writes it: a ``.`` member, then ``./``-prefixed names."""
     with tarfile.open(out, "w:gz") as tar:
-        for p in sorted(src.rglob("*")):
-            tar.add(p, arcname=p.relative_to(src).as_posix(), recursive=False)
+        tar.add(src, arcname=".")
     return out
 
 
