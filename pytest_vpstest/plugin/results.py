@@ -69,7 +69,10 @@ def finish_run(
 
     finished = time.time()
     counts = collector.counts()
-    measurements = collector.measurements()
+    # A node found unhealthy (handed over, or gone bad during the run) is out of every rate, also for
+    # its pairs measured before it was found out.
+    sick = set(unhealthy_nodes(run))
+    measurements = collector.measurements(leave_out=sick)
     suites = aggregate(measurements)
     suites_run = tuple(s for s in suites_of_focus(FULL_SUITE) if s in suites)
     metrics = metrics_of({"suites": suites}, counts)
@@ -103,8 +106,11 @@ def finish_run(
         "pairs": pairs,
         # Nodes left out as unhealthy, and what failed (the loop tells node faults from software).
         "unhealthy": unhealthy_nodes(run),
+        # A failure touching a node found unhealthy (before the run or during it, e.g. its agent
+        # stopped answering) is the node's fault: "infrastructure"; any other is "software".
         "failed_tests": [
-            {"test": t.nodeid, "nodes": list(t.nodes), "message": t.message}
+            {"test": t.nodeid, "nodes": list(t.nodes), "message": t.message,
+             "cause": "infrastructure" if sick & set(t.nodes) else "software"}
             for t in collector.vps_tests
             if t.outcome in ("failed", "error")
         ],
@@ -113,6 +119,10 @@ def finish_run(
         "inventory": str(run.inventory_path),
         "reproduce": run.reproduce(),
     }
+    infrastructure = [f["test"] for f in document["failed_tests"] if f["cause"] == "infrastructure"]
+    if infrastructure:
+        lines.append(f"{len(infrastructure)} failed test(s) touched a node found unhealthy "
+                     f"({', '.join(sorted(sick))}): infrastructure, not software")
     if interrupted:
         document["passed"] = False
         document["interrupted"] = interrupted

@@ -236,7 +236,8 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "pytest_vpstest.loop.event_text": ["event_reason", "failure_event"],
     "pytest_vpstest.loop.health": [
-        "OBSERVERS", "NodeCheck", "NodeHealth", "health_label", "infrastructure_only",
+        "OBSERVERS", "PEER_OBSERVERS", "NodeCheck", "NodeHealth", "health_label", "infrastructure_only",
+        "peers_seen_of",
     ],
     "pytest_vpstest.loop.health_keeper": ["HEALTH_EVENTS_KEPT", "HealthKeeper", "NodeChecker"],
     "pytest_vpstest.loop.liveness": [
@@ -275,6 +276,7 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "pytest_vpstest.loop.stages": ["PLUGINS_OFF", "FleetStages", "suites_directory"],
     "pytest_vpstest.plugin": [],
+    "pytest_vpstest.plugin.agent_watch": ["AGENT_DOWN_AFTER", "AgentWatch", "agent_down"],
     "pytest_vpstest.plugin.aggregate": [
         "AGGREGATORS", "MEASUREMENT_KEY", "NODES_KEY", "Collector", "RecordedTest", "aggregate",
         "build_test_results", "encode", "metric_rows", "metrics_of", "node_rows", "pair_rows", "percentile",
