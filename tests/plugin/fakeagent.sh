@@ -7,6 +7,8 @@
 #   work although theory says they cannot.
 #   reset: answers ok (ok=false on FAKE_RESET_FAIL's node). FAKE_PROBE_LOG=FILE: connect and reset
 #   each take 50 ms and append "ACTION NODE PEER START END" (seconds) to FILE, to check overlaps.
+#   With FAKE_PROBE_DELAY each probe takes that long and logs, per node it touches, how many probes
+#   were in flight there when it started (inflight.log: "node count"), so tests can check the limit.
 action=$1; node=$2; shift 2
 began=$(date +%s.%N)
 logged() {
@@ -24,6 +26,19 @@ if [ -n "$FAKE_AGENT_DIES" ] && [ "$node" = "${FAKE_AGENT_DIES%%:*}" ]; then
     exit 0
   fi
 fi
+
+track() {
+  [ -n "$FAKE_PROBE_DELAY" ] || return 0
+  d="$FAKE_FLEET_DIR/inflight"; mkdir -p "$d"
+  for n in "$@"; do : > "$d/$n.$$"; done
+  for n in "$@"; do echo "$n $(ls "$d" | grep -c "^$n\\.")" >> "$FAKE_FLEET_DIR/inflight.log"; done
+  sleep "$FAKE_PROBE_DELAY"
+  for n in "$@"; do rm -f "$d/$n.$$"; done
+}
+case "$action" in
+connect|throughput) track "$node" "$1" ;;
+*) track "$node" ;;
+esac
 case "$action" in
 reset)
   logged reset -
