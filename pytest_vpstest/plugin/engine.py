@@ -22,10 +22,10 @@ cell has one more step, the pair's iperf3 ceiling, recorded as a pseudo probe re
 request, a single probe, the ceiling), holds a slot of the probe runner's
 :class:`~pytest_vpstest.fleet.probes.NodeSlots` on both its nodes while it runs, so the per-node limit
 also counts the probes other xdist workers (and this process's other tests) send to the same nodes.
-With ``reset`` every attempt after the first first runs the contract's ``reset`` on both nodes (at
-once), then the attempt; such a step holds both nodes alone (the cell's ``exclusive_from``), so a
-reset never cuts another pair's probe on them. A reset that fails is the attempt's failure ("reset
-of NODE before attempt N failed: ...").
+With ``reset`` every attempt after the first begins with the contract's ``reset`` on both nodes
+(at once, under the step's slots), then the attempt; such a step holds both nodes alone (the cell's
+``exclusive_from``), so a reset never cuts another pair's probe on them. A reset that fails is the
+attempt's failure ("reset of NODE before attempt N failed: ...").
 """
 
 from __future__ import annotations
@@ -422,22 +422,21 @@ class FleetSteps:
 
         if spec.step_action(task.index) == "iperf3":
             self._ceiling(spec, finish)
-        elif spec.resets_before(task.index):
-            self._reset_then_attempt(spec, task.index, finish)
-        else:
-            self._attempt(spec, finish)
-
-    def _attempt(self, spec: ProbeSpec, done: StepDone) -> None:
-        """The probe itself (in a pool thread, under the step's slots): batch request or single."""
+            return
+        if spec.resets_before(task.index):
+            failed = self._reset_both(spec, task.index)
+            if failed is not None:
+                finish(failed)
+                return
         lane = self._lane(spec.node) if spec.action in BATCH_REQUESTS else None  # else: no batch form
-        if lane is not None:
-            lane.submit(spec.action, self._values(spec), done)
-        else:
-            done(self._single(spec))
+        if lane is None:
+            finish(self._single(spec))
+            return
+        lane.submit(spec.action, self._values(spec), finish)
 
-    def _reset_then_attempt(self, spec: ProbeSpec, index: int, done: StepDone) -> None:
-        """Reset both nodes at once; then the attempt, or the first failed reset as its failure.
-        The resets run under the step's slots (taken already), so not through the runner's own."""
+    def _reset_both(self, spec: ProbeSpec, index: int) -> ProbeResult | None:
+        """Reset both nodes at once (under the slots the step holds); None when both said ok, else
+        the first failed reset as the attempt's failure."""
         held = dataclasses.replace(self.runner, slots=self._no_slots)
         theirs: list[ProbeResult] = []
         peer = threading.Thread(
@@ -450,23 +449,20 @@ class FleetSteps:
         peer.join()
         failed = [r for r in (mine, *theirs) if not r.ok]
         if not failed:
-            self._attempt(spec, done)
-            return
+            return None
         r = failed[0]
-        done(
-            ProbeResult(
-                spec.action,
-                spec.node,
-                r.command,
-                r.exit_code,
-                r.stdout,
-                r.stderr,
-                r.duration,
-                r.timed_out,
-                error=f"reset of {r.node} before attempt {index + 1} failed: {r.reason}",
-                transport_error=r.transport_error,
-                timeout=spec.timeout,
-            )
+        return ProbeResult(
+            spec.action,
+            spec.node,
+            r.command,
+            r.exit_code,
+            r.stdout,
+            r.stderr,
+            r.duration,
+            r.timed_out,
+            error=f"reset of {r.node} before attempt {index + 1} failed: {r.reason}",
+            transport_error=r.transport_error,
+            timeout=spec.timeout,
         )
 
     def _values(self, spec: ProbeSpec) -> dict[str, Any]:

@@ -5,10 +5,10 @@
 #   works. Throughput: 10 Mbps × the sender's index, relayed when n2 sends. CRDT: one shared counter.
 #   FAKE_PUNCH_FALSE: p1->n1 punches answer ok=false (with a stderr line); FAKE_XPASS: n1<->n2 punches
 #   work although theory says they cannot.
-#   With FAKE_PROBE_DELAY each probe takes that long and logs, per node it touches, how many probes
-#   were in flight there when it started (inflight.log: "node count"), so tests can check the limit.
 #   reset: answers ok (ok=false on FAKE_RESET_FAIL's node). FAKE_PROBE_LOG=FILE: connect and reset
 #   each take 50 ms and append "ACTION NODE PEER START END" (seconds) to FILE, to check overlaps.
+#   With FAKE_PROBE_DELAY each probe takes that long and logs, per node it touches, how many probes
+#   were in flight there when it started (inflight.log: "node count"), so tests can check the limit.
 action=$1; node=$2; shift 2
 began=$(date +%s.%N)
 logged() {
