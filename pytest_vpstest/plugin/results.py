@@ -68,10 +68,10 @@ def finish_run(
     from pytest_vpstest.plugin.fixtures import unhealthy_nodes
 
     finished = time.time()
-    counts = collector.counts()
     # A node found unhealthy (handed over, or gone bad during the run) is out of every rate, also for
-    # its pairs measured before it was found out.
+    # its pairs measured before it was found out, and its failed tests are not software failures.
     sick = set(unhealthy_nodes(run))
+    counts = collector.counts(unhealthy=sick)
     measurements = collector.measurements(leave_out=sick)
     suites = aggregate(measurements)
     suites_run = tuple(s for s in suites_of_focus(FULL_SUITE) if s in suites)
