@@ -143,8 +143,7 @@ def test_gossip_and_crdt_go_through_the_agents_batch_command(lab: Lab, workspace
     proc, doc = run_connectivity(
         lab, gossip_config, "--vps-skip-build", "--vps-skip-deploy", "-rA", focus="gossip"
     )
-    outcome = {"passed": 4, "failed": 0, "skipped": 0, "xfailed": 0, "xpassed": 0}
-    assert doc["tests"] == outcome, proc.stdout[-4000:]
+    assert doc["tests"]["passed"] == 4 and doc["tests"]["failed"] == 0, proc.stdout[-4000:]
     gossip = doc["test_results"]["suites"]["gossip"]
     peers = 9  # the full lab's nodes but the registry
     assert gossip["messages"] == 3 and gossip["expected"] == gossip["delivered"] == 3 * (peers - 1)
