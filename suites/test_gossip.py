@@ -19,7 +19,7 @@ from pytest_vpstest.plugin.fixtures import (
     RunContext,
     parametrize,
     skip_if_not_deployed,
-    unhealthy_nodes,
+    skipped_nodes,
 )
 from pytest_vpstest.plugin.pairs import gossip_publishers, peer_nodes
 from pytest_vpstest.suite import GossipCrdtMeasurement, GossipDeliveryMeasurement
@@ -42,7 +42,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def test_broadcast(publisher: str, probe: ProbeRunner, vps_run: RunContext, vps_record: Recorder) -> None:
     skip_if_not_deployed(vps_run, publisher)
     settings = vps_run.suite("gossip")
-    sick = unhealthy_nodes(vps_run)  # an unhealthy receiver is left out, not counted as undelivered
+    sick = skipped_nodes(vps_run)  # a node not to test is no receiver, not counted as undelivered
     receivers = [n.name for n in peer_nodes(vps_run.inventory) if n.name != publisher and n.name not in sick]
     topic = f"vpstest-{vps_run.run_id}"
     published = probe.publish(publisher, topic, settings.timeout_seconds)
@@ -102,7 +102,7 @@ def test_broadcast(publisher: str, probe: ProbeRunner, vps_run: RunContext, vps_
 
 
 def test_crdt_convergence(probe: ProbeRunner, vps_run: RunContext, vps_record: Recorder) -> None:
-    sick = unhealthy_nodes(vps_run)
+    sick = skipped_nodes(vps_run)
     nodes = [n.name for n in peer_nodes(vps_run.inventory) if n.name not in sick]
     skip_if_not_deployed(vps_run, *nodes)
     if len(nodes) < 2:

@@ -18,6 +18,7 @@ from typing import Any
 from pytest_vpstest.config import Inventory, ProjectConfig
 from pytest_vpstest.dashboard import files
 from pytest_vpstest.errors import VpsTestError
+from pytest_vpstest.plugin.selection import ONLY_NODES_OPTION
 from pytest_vpstest.suite import suites_directory as suites_dir
 
 __all__ = ["ActionRunner", "suites_dir"]
@@ -63,7 +64,8 @@ class ActionRunner:
 
     # -- run tests ---------------------------------------------------------------------------
     def run_tests(self, config: ProjectConfig, inventory: Inventory, node: str) -> Path:
-        """Start the suites' tests involving ``node`` (``-k node``); returns the run's directory."""
+        """Start the suites' tests of the pairs with ``node`` at one end (``--vps-only-nodes node``: exact,
+        where ``-k n1`` would take n10's too); returns the run's directory."""
         if config.dashboard.tests_mode(node) == "disabled":
             raise VpsTestError(f"{config.project}/{node}: tests are disabled for this node in the config")
         if node not in inventory.names:
@@ -90,7 +92,7 @@ class ActionRunner:
             "addopts=",
             "--rootdir",
             str(suites),
-            "-k",
+            ONLY_NODES_OPTION,
             node,
             "--vps-config",
             str(config.path),

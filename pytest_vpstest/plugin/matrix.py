@@ -29,7 +29,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_vpstest.plugin.fixtures import RunContext, failed_nodes, nat_skip_reason, unhealthy_nodes
+from pytest_vpstest.plugin.fixtures import RunContext, failed_nodes, nat_skip_reason, skipped_nodes
 
 if TYPE_CHECKING:
     from pytest_vpstest.fleet.probes import ProbeResult, ProbeRunner
@@ -59,10 +59,10 @@ class MatrixError(Exception):
 
 def plan_cells(items: list[pytest.Item], run: RunContext) -> list[Cell]:
     """One cell per selected test whose suite plans cells, in test order; tests that will skip
-    (a node not deployed or unhealthy, NAT needed where there is none) are left out."""
+    (a node not deployed or not to test, NAT needed where there is none) are left out."""
     from pytest_vpstest.plugin.engine import ProbeSpec
 
-    failed = set(failed_nodes(run)) | set(unhealthy_nodes(run))
+    failed = set(failed_nodes(run)) | set(skipped_nodes(run))
     no_nat = nat_skip_reason(run.inventory)
     cells: list[Cell] = []
     for item in items:

@@ -65,7 +65,8 @@ def finish_run(
     recorded (no state merge, no history row, so no ``improvement`` baseline, no proof)."""
     from pytest_vpstest.criteria import CriteriaSpec, judge
     from pytest_vpstest.errors import CriteriaError
-    from pytest_vpstest.plugin.fixtures import unhealthy_nodes
+    from pytest_vpstest.node_skips import is_unhealthy
+    from pytest_vpstest.plugin.fixtures import skipped_nodes
 
     finished = time.time()
     counts = collector.counts()
@@ -84,6 +85,7 @@ def finish_run(
         bad = Check(run.criteria_expr or run.criteria, "is", None, None, False, str(exc))
         verdict = Verdict(False, run.criteria, (bad,), (str(exc),), run.criteria_expr)
     pairs = pair_rows(measurements)
+    skipped = skipped_nodes(run)
     test_results = build_test_results(measurements, verdict.passed, _iso(finished))
     evidence = _write_evidence(config, run, metrics, test_results, pairs, measurements, lines)
     results_path = run.results_json or run.run_dir / "results.json"
@@ -101,8 +103,10 @@ def finish_run(
         "metrics": metrics,
         "test_results": test_results,
         "pairs": pairs,
-        # Nodes left out as unhealthy, and what failed (the loop tells node faults from software).
-        "unhealthy": unhealthy_nodes(run),
+        # Nodes left out and why; the unhealthy ones among them and what failed (the loop tells node
+        # faults from the software's).
+        "skipped_nodes": skipped,
+        "unhealthy": {n: why for n, why in skipped.items() if is_unhealthy(why)},
         "failed_tests": [
             {"test": t.nodeid, "nodes": list(t.nodes), "message": t.message}
             for t in collector.vps_tests

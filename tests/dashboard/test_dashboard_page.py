@@ -325,3 +325,28 @@ def _expect() -> Any:
     from playwright.sync_api import expect
 
     return expect
+
+
+def test_run_tests_of_n1_runs_n1s_pairs_only_not_n10s(state_dir: Path, dashboard: Any, page: Any) -> None:
+    """Run tests selects the node exactly: ``-k n1`` would also run n10's pairs."""
+    fp = FakeProject(state_dir, "alpha", ["n1", "n2", "n10", "n11"], test_timeout=45)
+    fp.move("SETUP")
+    fp.set_nodes(status="online", last_check="2026-01-01T00:00:00Z")
+    fp.move("DEPLOY")
+    fp.set_nodes(deployed=True)
+    fp.move("WAIT_1HR")
+    server = dashboard()
+    page.goto(server.url)
+    page.locator('tr[data-node="n1"]').click()
+    page.locator("#btn-run-tests").click()
+    page.locator("#confirm-token").fill(TOKEN)
+    page.locator("#confirm-ok").click()
+    expect = _expect()
+    tests = page.locator('tr[data-node="n1"] .comp.tests')
+    expect(tests).to_have_attribute("data-tip", re.compile(r"^Last test: "), timeout=90_000)
+    output = page.locator("#node-output").inner_text()
+    ids = set(re.findall(r"::(test_\w+\[[^\s]*\]\])", output))
+    assert ids, output[-2000:]
+    ends = {i: set(re.findall(r"\[(\w+)(?:->(\w+))?\[", i)[0]) - {""} for i in ids}
+    assert all("n1" in nodes for nodes in ends.values()), sorted(i for i, n in ends.items() if "n1" not in n)
+    assert "test_connect[n1->n10[relay]]" in ids and "test_connect[n10->n1[relay]]" in ids
