@@ -350,3 +350,17 @@ def test_run_tests_of_n1_runs_n1s_pairs_only_not_n10s(state_dir: Path, dashboard
     ends = {i: set(re.findall(r"\[(\w+)(?:->(\w+))?\[", i)[0]) - {""} for i in ids}
     assert all("n1" in nodes for nodes in ends.values()), sorted(i for i, n in ends.items() if "n1" not in n)
     assert "test_connect[n1->n10[relay]]" in ids and "test_connect[n10->n1[relay]]" in ids
+
+
+def test_while_the_loop_tests_only_auto_nodes_are_blue(state_dir: Path, dashboard: Any, page: Any) -> None:
+    """The loop's TEST leaves manual and disabled nodes out: they are not shown as running."""
+    fp = deployed_fleet(state_dir, node_tests={"n3": "manual", "n4": "disabled"})
+    fp.move("TEST")
+    server = dashboard()
+    page.goto(server.url)
+    expect = _expect()
+    expect(page.locator('tr[data-node="n1"] .comp.tests')).to_have_attribute("data-colour", "blue")
+    assert colour(page, "n3") == "yellow"
+    assert colour(page, "n4") == "gray"
+    page.locator('tr[data-node="n3"] .comp.tests').hover()
+    expect(page.locator("#tooltip")).to_contain_text("tests run manually for this node (Run tests)")
