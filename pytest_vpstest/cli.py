@@ -6,6 +6,7 @@
     vpstest logs <project> [--follow] [-n N]             recent transitions and runner log lines
     vpstest diagnose <node>                              service, logs, disk, memory, sockets over SSH
     vpstest nodes [--json]                               the fleet with live SSH reachability
+    vpstest contract check [--node N] [--json]           every probe template once: what works, how to fix
     vpstest demo [--keep-lab] [--workspace DIR]          the whole loop against the embedded lab
     vpstest lab up|down|status                           the embedded lab
 
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_vpstest import __version__
-from pytest_vpstest.commands import dashboard, loops, nodes
+from pytest_vpstest.commands import contract, dashboard, loops, nodes
 from pytest_vpstest.commands.loading import (
     add_fleet_options,
     add_state_dir_option,
@@ -227,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     loops.register(sub)
     nodes.register(sub)
+    contract.register(sub)
     dashboard.register(sub)
 
     from pytest_vpstest import demo

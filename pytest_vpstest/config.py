@@ -125,6 +125,15 @@ class DeployConfig:
     registration_timeout_seconds: float = 30.0
     # Nodes deployed at once; None: every target at once (the work is remote, the harness waits).
     parallelism: int | None = None
+    # How deploy knows a started node is ready: its ``status`` probe answers ok (and not
+    # ``ready: false``), it appears in the registry, or not at all. The wait is
+    # registration_timeout_seconds either way.
+    readiness: Literal["status", "registry", "none"] = "registry"
+    # Per-role start commands ((role, template), ...); a role without one uses start_command.
+    start_commands: tuple[tuple[str, str], ...] = ()
+
+    def start_command_for(self, role: str) -> str:
+        return dict(self.start_commands).get(role, self.start_command)
 
 
 @dataclass(frozen=True)
@@ -173,7 +182,11 @@ class ProbeTemplates:
     gossip_received: str = "{bin} probe received --id {message_id} --json"
     throughput: str = "{bin} probe throughput --peer {peer} --seconds {seconds} --json"
     # Grow-only counter CRDT: add {amount} (0 reads) and return {"ok", "value", "digest"}.
-    crdt: str = "{bin} probe crdt --increment {amount} --json"
+    # Optional: ``crdt: null`` makes the CRDT test skip with the reason.
+    crdt: str | None = "{bin} probe crdt --increment {amount} --json"
+    # Optional actions (docs/contract.md); None: not offered by the node.
+    subscribe: str | None = None
+    reset: str | None = None
     # Optional: one command per node that reads probe requests as JSON lines on stdin and prints
     # one JSON result line per request as each finishes (docs/plugin.md). None: single probes.
     batch: str | None = None
@@ -229,11 +242,14 @@ START_COMMAND_PLACEHOLDERS = (
     "p2p_address",
     "registry",
     "bootstrap",
+    "role",
 )
 PROBE_PLACEHOLDERS = (
     *START_COMMAND_PLACEHOLDERS,
     "peer",
     "peer_address",
+    "peer_id",
+    "peer_public_address",
     "method",
     "timeout",
     "topic",
@@ -375,6 +391,8 @@ def _deploy(r: Reader, node: yaml.Node) -> DeployConfig:
         "start_command",
         "registration_timeout_seconds",
         "parallelism",
+        "readiness",
+        "start_commands",
     )
     m = r.mapping(node, "deploy", fields)
     d = DeployConfig()
@@ -406,6 +424,18 @@ def _deploy(r: Reader, node: yaml.Node) -> DeployConfig:
         parallelism=r.integer(m["parallelism"], "deploy.parallelism", 1)
         if "parallelism" in m
         else d.parallelism,
+        readiness=cast(
+            Literal["status", "registry", "none"],
+            r.choice(m["readiness"], "deploy.readiness", ("status", "registry", "none")),
+        )
+        if "readiness" in m
+        else d.readiness,
+        start_commands=tuple(
+            (role, r.template(v, f"deploy.start_commands.{role}", START_COMMAND_PLACEHOLDERS))
+            for role, v in r.mapping(m["start_commands"], "deploy.start_commands", ROLES).items()
+        )
+        if "start_commands" in m
+        else d.start_commands,
     )
 
 
@@ -502,5 +532,16 @@ def _probes(r: Reader, node: yaml.Node) -> ProbeTemplates:
     names = tuple(f.name for f in dataclass_fields(ProbeTemplates))
     m = r.mapping(node, "probes", names)
     # The batch command is per node: a request line carries the peer and the method.
-    allowed = {k: START_COMMAND_PLACEHOLDERS if k == "batch" else PROBE_PLACEHOLDERS for k in names}
-    return ProbeTemplates(**{k: r.template(v, f"probes.{k}", allowed[k]) for k, v in m.items()})
+    values: dict[str, str | None] = {}
+    for k, v in m.items():
+        if k in _OPTIONAL_PROBES and r.is_null(v):
+            values[k] = None
+        else:
+            allowed = START_COMMAND_PLACEHOLDERS if k == "batch" else PROBE_PLACEHOLDERS
+            values[k] = r.template(v, f"probes.{k}", allowed)
+    return ProbeTemplates(**values)  # type: ignore[arg-type]  # required ones are never None
+
+
+# Probe actions a node need not offer (a null template: their tests skip with the reason, or for
+# batch: single probes).
+_OPTIONAL_PROBES = frozenset({"crdt", "subscribe", "reset", "batch"})

@@ -20,7 +20,8 @@ from typing import Literal
 
 from pytest_vpstest.errors import CriteriaError
 from pytest_vpstest.expressions import BoolOp, Compare, Node, as_bool, compare, evaluate, parse, render
-from pytest_vpstest.suite import SUITES
+from pytest_vpstest.nat_theory import expected_failure, group_target, groups, split_group
+from pytest_vpstest.suite import NAT_TRAVERSAL, SUITES
 
 __all__ = [
     "DEFAULT_TARGETS",
@@ -34,6 +35,7 @@ __all__ = [
     "improvement",
     "judge",
     "metric_key",
+    "nat_default_checks",
     "rate",
     "threshold",
     "wilson_interval",
@@ -244,12 +246,19 @@ def threshold(
 
     A key names a category (its ``rate`` is compared) or a metric of the suite. Rates and
     throughput are floors (``>=``); latencies, duplicates and failures are ceilings (``<=``).
-    Suites with no configured target use :data:`DEFAULT_TARGETS` (direct 99, nat_traversed 85, relay 100).
+    Suites with no configured target use :data:`DEFAULT_TARGETS` (connectivity: direct 99,
+    nat_traversed 85, relay 100; gossip: delivery 95; throughput: 1 Mbit/s on average);
+    nat_traversal uses :func:`nat_default_checks`.
     """
     checks = [_tests_check(metrics)]
     notes: list[str] = []
     for suite in suites_run:
         suite_targets = targets.get(suite) or DEFAULT_TARGETS.get(suite)
+        if suite == NAT_TRAVERSAL.name and not targets.get(suite):
+            nat_checks, nat_notes = nat_default_checks(metrics)
+            checks += nat_checks
+            notes += nat_notes
+            continue
         if not suite_targets:
             notes.append(f"no thresholds configured for {suite} (tests.{suite}.success_criteria)")
             continue
@@ -258,6 +267,36 @@ def threshold(
             op = "<=" if _LOWER_IS_BETTER.search(metric) else ">="
             checks.append(_check(metrics, metric, op, float(target)))
     return Verdict(all(c.passed for c in checks), "threshold", tuple(checks), tuple(notes))
+
+
+# A NAT group's metric prefix ("nat_traversal.full_cone_symmetric") → the group ("full-cone~symmetric").
+_NAT_GROUP_OF_METRIC: dict[str, str] = {f"{NAT_TRAVERSAL.name}.{metric_key(g)}": g for g in groups()}
+
+
+def nat_default_checks(metrics: Mapping[str, float]) -> tuple[list[Check], list[str]]:
+    """nat_traversal's default thresholds: each measured NAT pairing against the expected rate of
+    its harder side (:mod:`pytest_vpstest.nat_theory`). Pairings theory expects to fail are noted,
+    not judged; a run that measured no pairing at all fails (it cannot pass with nothing shown)."""
+    checks: list[Check] = []
+    notes: list[str] = []
+    measured = sorted(
+        (prefix, group)
+        for prefix, group in _NAT_GROUP_OF_METRIC.items()
+        if f"{prefix}.rate" in metrics
+    )
+    for prefix, group in measured:
+        target = group_target(group)
+        if target is None:
+            reason = expected_failure(*split_group(group)) or "unknown NAT type"
+            measured_rate = metrics[prefix + ".rate"]
+            notes.append(
+                f"{group}: {measured_rate:g}% measured, not judged (expected by NAT theory: {reason})"
+            )
+            continue
+        checks.append(_check(metrics, f"{prefix}.rate", ">=", target, f"expected rate for {group}"))
+    if not measured:
+        checks.append(Check(f"{NAT_TRAVERSAL.name}.groups", ">=", 1.0, 0.0, False, "no NAT pairing measured"))
+    return checks, notes
 
 
 def _tracked(name: str) -> bool:

@@ -61,7 +61,17 @@ class Node:
     log_dir: str | None = None
     # The address the software under test binds to / is reached at on the data network.
     p2p_address: str | None = None
+    # The address other nodes reach it at from outside its NAT (the NAT's WAN address); a public
+    # node's is its p2p_address. The {peer_public_address} of probe templates.
+    public_address: str | None = None
     identity_file: str | None = None
+
+    @property
+    def reachable_address(self) -> str:
+        """``public_address``, else (a public node) ``p2p_address``, else ''."""
+        if self.public_address:
+            return self.public_address
+        return (self.p2p_address or "") if self.nat == "none" else ""
 
 
 @dataclass(frozen=True)
@@ -130,6 +140,7 @@ NODE_KEYS = (
     "install_path",
     "log_dir",
     "p2p_address",
+    "public_address",
     "identity_file",
 )
 
@@ -226,6 +237,7 @@ def _node(r: Reader, item: yaml.Node, key: str) -> Node:
         install_path=r.opt(m, "install_path", lambda n: r.abs_path_text(n, f"{key}.install_path")),
         log_dir=r.opt(m, "log_dir", lambda n: r.abs_path_text(n, f"{key}.log_dir")),
         p2p_address=opt("p2p_address"),
+        public_address=opt("public_address"),
         identity_file=opt("identity_file"),
     )
 

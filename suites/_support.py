@@ -6,7 +6,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import pytest
+
+from pytest_vpstest.fleet.judging import ConnectVerdict, connected, stderr_tail
 from pytest_vpstest.fleet.probes import ProbeResult
+
+__all__ = ["MAX_EVIDENCE", "connected", "describe", "failure_evidence", "rtts", "settle"]
 
 MAX_EVIDENCE = 3
 T = TypeVar("T")
@@ -20,11 +25,15 @@ def each(names: Sequence[str], ask: Callable[[str], T]) -> dict[str, T]:
         return dict(zip(names, pool.map(ask, names), strict=True))
 
 
-def connected(result: ProbeResult, method: str) -> bool:
-    """A successful attempt: a valid ``ok`` answer; a hole punch must also end on a direct path."""
-    if not result.ok:
-        return False
-    return method != "holepunch" or result.get("path") == "direct"
+def settle(verdict: ConnectVerdict, item: pytest.Item) -> None:
+    """End the test as the verdict says: fail, expected failure, or an unexpected pass (XPASS:
+    the xfail mark is added while the test runs, so pytest reports the pass as unexpected)."""
+    if verdict.outcome == "fail":
+        pytest.fail(verdict.message, pytrace=False)
+    if verdict.outcome == "xfail":
+        pytest.xfail(verdict.message)
+    if verdict.outcome == "xpass":
+        item.add_marker(pytest.mark.xfail(reason=verdict.message, strict=False))
 
 
 def failure_evidence(results: Sequence[ProbeResult], method: str) -> list[dict[str, Any]]:
@@ -47,4 +56,6 @@ def describe(results: Sequence[ProbeResult]) -> str:
     for i, r in enumerate(results, 1):
         state = "ok" if r.ok else (r.reason or "failed")
         lines.append(f"  attempt {i}: {state}; path={r.get('path')!r}; command: {r.command}")
+        tail = stderr_tail(r) if not r.ok else ""
+        lines += ["    stderr: " + line for line in tail.splitlines()]
     return "\n".join(lines)

@@ -17,6 +17,7 @@ from pytest_vpstest.fleet.probes import ProbeRunner
 from pytest_vpstest.plugin.fixtures import (
     Recorder,
     RunContext,
+    mark_unhealthy,
     parametrize,
     skip_if_not_deployed,
     skipped_nodes,
@@ -45,6 +46,19 @@ def test_broadcast(publisher: str, probe: ProbeRunner, vps_run: RunContext, vps_
     sick = skipped_nodes(vps_run)  # a node not to test is no receiver, not counted as undelivered
     receivers = [n.name for n in peer_nodes(vps_run.inventory) if n.name != publisher and n.name not in sick]
     topic = f"vpstest-{vps_run.run_id}"
+    if probe.has("subscribe"):  # pub/sub systems deliver only to subscribers: subscribe first
+        subscribed = [probe.subscribe(n, topic, settings.timeout_seconds) for n in receivers]
+        for r in subscribed:  # a receiver that cannot be reached is unhealthy, not a delivery failure
+            if r.transport_error:
+                mark_unhealthy(vps_run, r.node, f"unreachable during the run: {r.reason}")
+                receivers.remove(r.node)
+        refused = [r for r in subscribed if not r.ok and not r.transport_error]
+        if refused:
+            pytest.fail(
+                f"{publisher}[publish]: subscribe to {topic!r} failed on "
+                f"{', '.join(r.node for r in refused)}\n{describe(refused)}",
+                pytrace=False,
+            )
     published = probe.publish(publisher, topic, settings.timeout_seconds)
     if not published.ok:
         vps_record(
@@ -104,6 +118,8 @@ def test_broadcast(publisher: str, probe: ProbeRunner, vps_run: RunContext, vps_
 def test_crdt_convergence(probe: ProbeRunner, vps_run: RunContext, vps_record: Recorder) -> None:
     sick = skipped_nodes(vps_run)
     nodes = [n.name for n in peer_nodes(vps_run.inventory) if n.name not in sick]
+    if not probe.has("crdt"):
+        pytest.skip("optional action crdt has no template (probes.crdt is null)")
     skip_if_not_deployed(vps_run, *nodes)
     if len(nodes) < 2:
         pytest.skip("CRDT convergence needs at least two peer nodes")

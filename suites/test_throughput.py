@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
+from pytest_vpstest.fleet.judging import path_of
 from pytest_vpstest.fleet.probes import ProbeResult
 from pytest_vpstest.plugin.engine import ProbeSpec
 from pytest_vpstest.plugin.fixtures import (
@@ -60,9 +61,8 @@ def test_throughput(
     attempts = vps_run.attempts_for("throughput")
     *results, ceiling_result = matrix_cell()
     skip_if_unreachable(vps_run, results)
-    mbps = [
-        round(float(r.get("mbps")), 3) for r in results if r.ok and isinstance(r.get("mbps"), int | float)
-    ]
+    measured = [r for r in results if r.ok and isinstance(r.get("mbps"), int | float)]
+    mbps = [round(float(r.get("mbps")), 3) for r in measured]
     ceiling, note = ceiling_result.get("mbps"), str(ceiling_result.get("note") or "")
     vps_record(
         ThroughputMeasurement(
@@ -75,6 +75,7 @@ def test_throughput(
             mbps=mbps,
             iperf3_mbps=ceiling,
             iperf3_note=note,
+            paths=[path_of(r) for r in measured],
             failures=[r.evidence() for r in results if not r.ok][:3],
         ),
         nodes=(pair.src, pair.dst),

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pytest_vpstest.dashboard.nat import expected
+from pytest_vpstest.nat_theory import expected_outcome
 
 __all__ = [
     "NodeTestFacts",
@@ -20,6 +20,7 @@ __all__ = [
     "matrix_cells",
     "node_tests_colour",
     "node_tests_tooltip",
+    "theory_expects",
     "wilson",
 ]
 
@@ -127,7 +128,7 @@ def matrix_cells(pairs: Iterable[Mapping[str, Any]], nat_of: Mapping[str, str]) 
     cells = []
     for (method, src, dst), (attempts, success) in sorted(acc.items()):
         lo, hi = wilson(success, attempts)
-        exp = expected(method, nat_of.get(src, "?"), nat_of.get(dst, "?"))
+        exp = theory_expects(method, nat_of.get(src, "?"), nat_of.get(dst, "?"))
         mismatch = exp is not None and attempts > 0 and ((exp and success == 0) or (not exp and success > 0))
         cells.append(
             {
@@ -143,6 +144,16 @@ def matrix_cells(pairs: Iterable[Mapping[str, Any]], nat_of: Mapping[str, str]) 
             }
         )
     return cells
+
+
+def theory_expects(method: str, dialer_nat: str, listener_nat: str) -> bool | None:
+    """Whether NAT theory says this cell should connect; None where it cannot tell (an outcome that
+    depends on earlier traffic, or a method or NAT type it does not know)."""
+    try:
+        outcome = expected_outcome(method, dialer_nat, listener_nat)
+    except ValueError:
+        return None
+    return None if outcome == "depends" else outcome == "connects"
 
 
 def history_series(

@@ -30,13 +30,17 @@ from pytest_vpstest.fleet.probes import ProbeResult, parse_output
 
 __all__ = ["REQUESTS", "BatchLane", "Stream", "batch_request"]
 
+# What a request says of its peer besides the name (the same values as the single probe's
+# placeholders: '' when unknown).
+_PEER = {"peer_address": "peer_address", "peer_id": "peer_id", "peer_public_address": "peer_public_address"}
+
 # Contract action -> (the request's action, {request key: the probe's placeholder}).
 REQUESTS: dict[str, tuple[str, dict[str, str]]] = {
     "status": ("status", {}),
-    "connect": ("connect", {"peer": "peer", "method": "method", "timeout": "timeout"}),
+    "connect": ("connect", {"peer": "peer", **_PEER, "method": "method", "timeout": "timeout"}),
     "gossip_publish": ("publish", {"topic": "topic"}),
     "gossip_received": ("received", {"id": "message_id"}),
-    "throughput": ("throughput", {"peer": "peer", "seconds": "seconds"}),
+    "throughput": ("throughput", {"peer": "peer", **_PEER, "seconds": "seconds"}),
     "crdt": ("crdt", {"increment": "amount"}),
 }
 

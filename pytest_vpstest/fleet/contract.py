@@ -43,6 +43,7 @@ COMMON_PLACEHOLDERS: tuple[str, ...] = (
     "registry",
     "bootstrap",
     "timeout",
+    "role",
 )
 
 
@@ -70,18 +71,23 @@ ACTIONS: tuple[ActionSpec, ...] = (
         "connect",
         "connect",
         "required",
-        ("peer", "peer_address", "method"),
+        ("peer", "peer_address", "peer_id", "peer_public_address", "method"),
         ("connectivity", "nat-traversal"),
         True,
     ),
     ActionSpec("gossip_publish", "gossip_publish", "focus", ("topic",), ("gossip",), True),
     ActionSpec("gossip_received", "gossip_received", "focus", ("message_id",), ("gossip",), True),
     ActionSpec(
-        "throughput", "throughput", "focus", ("peer", "peer_address", "seconds"), ("throughput",), True
+        "throughput",
+        "throughput",
+        "focus",
+        ("peer", "peer_address", "peer_id", "peer_public_address", "seconds"),
+        ("throughput",),
+        True,
     ),
-    ActionSpec("subscribe", "subscribe", "optional", ("topic",), ("gossip",), False),
+    ActionSpec("subscribe", "subscribe", "optional", ("topic",), ("gossip",), True),
     ActionSpec("crdt", "crdt", "optional", ("amount",), ("gossip",), True),
-    ActionSpec("reset", "reset", "optional", (), ("every focus, between attempts",), False),
+    ActionSpec("reset", "reset", "optional", (), ("contract check",), True),
 )
 
 # Keywords the validator implements; annotations are accepted and ignored.

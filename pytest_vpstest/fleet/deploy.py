@@ -50,7 +50,7 @@ __all__ = [
     "target_nodes",
 ]
 
-Stage = Literal["connect", "stop", "upload", "install", "start", "verify", "register", "rollback"]
+Stage = Literal["connect", "stop", "upload", "install", "start", "verify", "register", "ready", "rollback"]
 Log = Callable[[str], None]
 RegistryQuery = Callable[[Pool, RegistryAccess], list[dict[str, Any]]]
 
@@ -114,11 +114,12 @@ def _registry(inventory: Inventory, config: ProjectConfig) -> RegistryAccess | N
 
 
 def start_command(plan: NodePlan, inventory: Inventory, config: ProjectConfig) -> str:
-    """``deploy.start_command`` filled for the planned node (every value shell-quoted)."""
+    """The node's start command (``deploy.start_commands`` for its role, else ``deploy.start_command``)
+    filled for the planned node (every value shell-quoted)."""
     registry = _registry(inventory, config)
     bootstrap = inventory.bootstrap or config.bootstrap.nodes
     return quote_command(
-        config.deploy.start_command,
+        config.deploy.start_command_for(plan.role),
         **plan.placeholders(),
         registry=registry.url if registry else "",
         bootstrap=",".join(bootstrap),
@@ -331,6 +332,44 @@ def _wait_registration(
     return dict.fromkeys(sorted(pending), cause)
 
 
+def _wait_status(
+    pool: Pool,
+    inventory: Inventory,
+    project_config: ProjectConfig,
+    artifact: Path,
+    started: Mapping[str, float],
+    timeout: float,
+    log: Log,
+    poll: float = 0.5,
+) -> dict[str, str]:
+    """Ask each started node's ``status`` probe until it answers ``ok`` (and not ``ready: false``);
+    return ``{node: last reason}`` for those that never did within ``timeout``."""
+    from pytest_vpstest.fleet.probes import ProbeRunner
+
+    runner = ProbeRunner(
+        transport=pool,
+        inventory=inventory,
+        templates=project_config.probes,
+        plan_for=lambda name: plan_node(inventory.node(name), project_config, artifact),
+        default_timeout=min(10.0, timeout),
+        grace=2.0,
+    )
+    pending = {name: "no status answer yet" for name in started}
+    deadline = time.monotonic() + timeout
+    while pending:
+        for name in sorted(pending):
+            r = runner.status(name, timeout=max(1.0, min(10.0, deadline - time.monotonic())))
+            if r.ok and r.get("ready", True) is not False:
+                del pending[name]
+                log(f"{name}: ready (status probe answered ok)")
+            else:
+                pending[name] = r.reason or "status answered ready: false"
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+    return {name: f"not ready within {timeout:g} s: status probe: {why}" for name, why in pending.items()}
+
+
 def deploy(
     pool: Pool,
     inventory: Inventory,
@@ -388,7 +427,17 @@ def deploy(
             per_node[name] = NodeDeploy(name, False, "verify", cause, d.duration, d.previous_kept)
             del started[name]
     registry = _registry(inventory, project_config)
-    if registry is not None and started:
+    readiness = project_config.deploy.readiness
+    if readiness == "status" and started:
+        timeout = project_config.deploy.registration_timeout_seconds
+        say(f"waiting up to {timeout:g} s for {len(started)} node(s) to answer the status probe")
+        waited = _wait_status(pool, inventory, project_config, artifact, started, timeout, say)
+        for name, cause in sorted(waited.items()):
+            d = per_node[name]
+            per_node[name] = NodeDeploy(name, False, "ready", cause, d.duration, d.previous_kept)
+    elif readiness == "none":
+        say("deploy.readiness is none: not waiting for the nodes to be ready")
+    elif registry is not None and started:
         timeout = project_config.deploy.registration_timeout_seconds
         say(f"waiting up to {timeout:g} s for {len(started)} node(s) to register with "
             f"{redact_url(registry.url)}")

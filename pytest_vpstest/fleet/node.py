@@ -52,6 +52,7 @@ class NodePlan:
             "install_path": self.install_path,
             "log_dir": self.log_dir,
             "p2p_address": self.p2p_address,
+            "role": self.role,
         }
 
 

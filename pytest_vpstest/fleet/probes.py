@@ -45,6 +45,8 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "gossip_received": ("ok", "received", "latency_ms", "duplicates"),
     "throughput": ("ok", "bytes", "seconds", "mbps"),
     "crdt": ("ok", "value", "digest"),
+    "subscribe": ("ok",),
+    "reset": ("ok",),
 }
 ACTIONS: tuple[str, ...] = tuple(REQUIRED_KEYS)
 
@@ -270,12 +272,22 @@ class ProbeRunner:
     default_timeout: float = 10.0
     # Extra seconds allowed to the transport beyond the probe's own --timeout.
     grace: float = 5.0
+    # Seconds past the transport's own limit after which the harness stops waiting for a transport
+    # that does not return (a stalled management link): the attempt is timed out, the call abandoned.
+    watchdog_slack: float = 2.0
+    # Each node's peer_id from its status answer (the plugin fills it at session start): {peer_id}.
+    identities: dict[str, str] = field(default_factory=dict)
 
     def template(self, action: str) -> str:
+        """The action's template; '' for an optional action the config leaves out."""
         if action not in REQUIRED_KEYS:
             raise KeyError(f"unknown probe action {action!r} (allowed: {', '.join(ACTIONS)})")
-        value: str = getattr(self.templates, action)
-        return value
+        value: str | None = getattr(self.templates, action)
+        return value or ""
+
+    def has(self, action: str) -> bool:
+        """Whether the config gives a template for ``action`` (optional ones may be absent)."""
+        return bool(self.template(action))
 
     def node_values(self, node: str) -> dict[str, object]:
         return {
@@ -295,6 +307,8 @@ class ProbeRunner:
     ) -> ProbeResult:
         """Run one probe attempt; never raises for a bad answer (see the module docstring)."""
         limit = float(timeout if timeout is not None else self.default_timeout)
+        if not self.has(action):
+            return ProbeResult(action, node, "", None, "", "", 0.0, error=f"no template for probes.{action}")
         fill = self.node_values(node) | {"timeout": _num_text(limit)} | values
         try:
             command = quote_command(self.template(action), **fill)
@@ -303,7 +317,7 @@ class ProbeRunner:
         start = time.monotonic()
         with self.slots.hold(node, *hold):
             try:
-                outcome = self.transport.run(node, command, limit + self.grace)
+                outcome = self._run_bounded(node, command, limit + self.grace)
             except Exception as exc:  # a transport failure is a failed attempt, not a crash
                 return ProbeResult(
                     action,
@@ -336,6 +350,27 @@ class ProbeRunner:
             error,
         )
 
+    def _run_bounded(self, node: str, command: str, limit: float) -> CommandOutcome:
+        """``transport.run`` that comes back by ``limit + watchdog_slack`` whatever the link does."""
+        box: list[CommandOutcome | BaseException] = []
+        done = threading.Event()
+
+        def call() -> None:
+            try:
+                box.append(self.transport.run(node, command, limit))
+            except BaseException as exc:  # handed to the caller below
+                box.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=call, name=f"probe-{node}", daemon=True).start()
+        if not done.wait(limit + self.watchdog_slack):
+            return _Abandoned(limit + self.watchdog_slack)
+        result = box[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
     # Convenience wrappers, one per action of the contract.
     def status(self, node: str, timeout: float | None = None) -> ProbeResult:
         return self.run("status", node, timeout=timeout)
@@ -346,10 +381,18 @@ class ProbeRunner:
             node,
             timeout=timeout,
             hold=(peer,),
-            peer=peer,
             method=method,
-            peer_address=self.plan_for(peer).p2p_address,
+            **self.peer_values(peer),
         )
+
+    def peer_values(self, peer: str) -> dict[str, object]:
+        """{peer}, {peer_address}, {peer_id} and {peer_public_address} of a peer ('' when unknown)."""
+        return {
+            "peer": peer,
+            "peer_address": self.plan_for(peer).p2p_address,
+            "peer_id": self.identities.get(peer, ""),
+            "peer_public_address": self.inventory.node(peer).reachable_address,
+        }
 
     def publish(self, node: str, topic: str, timeout: float | None = None) -> ProbeResult:
         return self.run("gossip_publish", node, timeout=timeout, topic=topic)
@@ -364,13 +407,29 @@ class ProbeRunner:
             node,
             timeout=limit,
             hold=(peer,),
-            peer=peer,
-            peer_address=self.plan_for(peer).p2p_address,
             seconds=_num_text(seconds),
+            **self.peer_values(peer),
         )
 
     def crdt(self, node: str, amount: int, timeout: float | None = None) -> ProbeResult:
         return self.run("crdt", node, timeout=timeout, amount=amount)
+
+    def subscribe(self, node: str, topic: str, timeout: float | None = None) -> ProbeResult:
+        return self.run("subscribe", node, timeout=timeout, topic=topic)
+
+    def reset(self, node: str, timeout: float | None = None) -> ProbeResult:
+        return self.run("reset", node, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class _Abandoned:
+    """The outcome of a transport call the harness stopped waiting for."""
+
+    duration: float
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = "the management link did not return within the probe's limit"
+    timed_out: bool = True
 
 
 def _num_text(x: float) -> str:

@@ -60,6 +60,8 @@ class InventoryNode:
     install_path: str
     log_dir: str
     notes: str | None = None
+    # The NAT's WAN address for a NATed node (its data address for a public one).
+    public_address: str | None = None
 
 
 def render_inventory(
@@ -90,6 +92,7 @@ def render_inventory(
                 "install_path": n.install_path,
                 "log_dir": n.log_dir,
                 "p2p_address": n.p2p_address,
+                **({"public_address": n.public_address} if n.public_address else {}),
                 **({"notes": n.notes} if n.notes else {}),
             }
             for n in nodes
@@ -112,6 +115,7 @@ def inventory_document(record: LabRecord) -> dict[str, Any]:
             role=cast(Role, n.role),
             nat=cast(NatType, n.nat),
             p2p_address=n.data_ip,
+            public_address=n.public_ip,
             install_path=n.install_path,
             log_dir=n.log_dir,
         )

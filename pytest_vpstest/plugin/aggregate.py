@@ -57,7 +57,7 @@ def encode(measurement: Measurement | Mapping[str, Any]) -> str:
 @dataclass
 class RecordedTest:
     nodeid: str
-    outcome: str = "passed"  # passed | failed | skipped | error
+    outcome: str = "passed"  # passed | failed | skipped | error | xfailed | xpassed
     duration: float = 0.0
     nodes: tuple[str, ...] = ()
     measurement: dict[str, Any] | None = None
@@ -90,8 +90,8 @@ class Collector:
         if outcome == "failed":
             t.outcome = "error" if when != "call" else "failed"
             t.message = t.message or message
-        elif outcome == "skipped" and t.outcome == "passed":
-            t.outcome = "skipped"
+        elif outcome in ("skipped", "xfailed", "xpassed") and t.outcome == "passed":
+            t.outcome = outcome
             t.message = message
 
     @property
@@ -100,7 +100,8 @@ class Collector:
         return [t for _, t in sorted(self.tests.items()) if t.nodes or t.measurement is not None]
 
     def counts(self) -> dict[str, int]:
-        out = {"passed": 0, "failed": 0, "skipped": 0}
+        """Tests by outcome; ``xfailed``: failures NAT theory expected, ``xpassed``: unexpected passes."""
+        out = {"passed": 0, "failed": 0, "skipped": 0, "xfailed": 0, "xpassed": 0}
         for t in self.tests.values():
             out["failed" if t.outcome in ("failed", "error") else t.outcome] += 1
         return out
@@ -135,14 +136,23 @@ def _connectivity(ms: list[ConnectivityMeasurement]) -> dict[str, Any]:
 
 def _nat(ms: list[NatTraversalMeasurement]) -> dict[str, Any]:
     acc: dict[str, list[int]] = {}
+    outcomes: dict[str, dict[str, int]] = {}
     for m in ms:
-        a = acc.setdefault(m["group"], [0, 0])
-        a[0] += int(m["attempts"])
-        a[1] += int(m["success"])
-    return {
-        g: {"attempts": a, "success": s, "rate": rate(s, a), "ci95": list(wilson_interval(s, a))}
-        for g, (a, s) in sorted(acc.items())
-    }
+        entry = acc.setdefault(m["group"], [0, 0])
+        entry[0] += int(m["attempts"])
+        entry[1] += int(m["success"])
+        if "outcome" in m:
+            per = outcomes.setdefault(m["group"], {})
+            per[str(m["outcome"])] = per.get(str(m["outcome"]), 0) + 1
+    out: dict[str, Any] = {}
+    for g, (a, s) in sorted(acc.items()):
+        out[g] = {"attempts": a, "success": s, "rate": rate(s, a), "ci95": list(wilson_interval(s, a))}
+        per = outcomes.get(g, {})
+        if per.get("xfail") or per.get("xpass"):
+            # NAT theory expects this pairing to fail: how many pairs did, and how many surprised.
+            out[g]["expected_failures"] = per.get("xfail", 0)
+            out[g]["unexpected_passes"] = per.get("xpass", 0)
+    return out
 
 
 def _gossip(ms: list[GossipDeliveryMeasurement | GossipCrdtMeasurement]) -> dict[str, Any]:
@@ -184,6 +194,16 @@ def _throughput(ms: list[ThroughputMeasurement]) -> dict[str, Any]:
         out.update(
             avg_mbps=_r(sum(samples) / len(samples)), min_mbps=_r(min(samples)), max_mbps=_r(max(samples))
         )
+    by_path: dict[str, list[float]] = {}
+    for m in ms:
+        paths = list(m.get("paths") or [])
+        for i, sample in enumerate(m.get("mbps", [])):
+            by_path.setdefault(str(paths[i]) if i < len(paths) else "unreported", []).append(float(sample))
+    if by_path:
+        out["by_path"] = {
+            p: {"samples": len(xs), "avg_mbps": _r(sum(xs) / len(xs)), "min_mbps": _r(min(xs))}
+            for p, xs in sorted(by_path.items())
+        }
     ceilings = [float(x) for m in ms if (x := m.get("iperf3_mbps")) is not None]
     if ceilings:
         out.update(
@@ -225,7 +245,9 @@ def pair_rows(measurements: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]
             "to": m["dst"],
             "method": m.get("method", "direct"),
         }
-        for key in ("category", "group", "attempts", "success", "paths", "rtt_ms", "mbps", "iperf3_mbps"):
+        for key in (
+            "category", "group", "attempts", "success", "paths", "rtt_ms", "mbps", "iperf3_mbps", "outcome"
+        ):
             if key in m:
                 row[key] = m[key]
         if "attempts" in m:

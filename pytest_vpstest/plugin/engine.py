@@ -305,7 +305,7 @@ class FleetSteps:
 
     # -- internals ------------------------------------------------------------------------
     def _values(self, spec: ProbeSpec) -> dict[str, Any]:
-        values: dict[str, Any] = {"peer": spec.peer, "timeout": spec.timeout}
+        values: dict[str, Any] = {**self.runner.peer_values(spec.peer), "timeout": spec.timeout}
         if spec.method is not None:
             values["method"] = spec.method
         if spec.seconds is not None:
@@ -314,10 +314,7 @@ class FleetSteps:
 
     def _single(self, spec: ProbeSpec) -> ProbeResult:
         """One probe of any pair action (``connect``, ``throughput``, a suite's own), its peer held too."""
-        values: dict[str, Any] = {
-            "peer": spec.peer,
-            "peer_address": self.runner.plan_for(spec.peer).p2p_address,
-        }
+        values: dict[str, Any] = self.runner.peer_values(spec.peer)
         if spec.method is not None:
             values["method"] = spec.method
         if spec.seconds is not None:

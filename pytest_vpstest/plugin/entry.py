@@ -285,8 +285,12 @@ class VpsPlugin:
             if isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
                 message = str(report.longrepr[2])
             message = message.strip().splitlines()[-1] if message.strip() else ""
+        outcome: str = report.outcome
+        if hasattr(report, "wasxfail"):  # an expected failure, or a pass where failure was expected
+            outcome = "xfailed" if report.skipped else "xpassed"
+            message = message or str(report.wasxfail).splitlines()[0]
         self.collector.add(
-            report.nodeid, report.when, report.outcome, report.duration, report.user_properties, message[:300]
+            report.nodeid, report.when, outcome, report.duration, report.user_properties, message[:300]
         )
         if report.when == "call":
             self._show_progress()

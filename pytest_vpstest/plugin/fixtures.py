@@ -299,7 +299,7 @@ def probe(
         n.name: _deployed_plan(vps_run, n.name, build_artifact, deployed.get(n.name) or {})
         for n in vps_run.inventory.nodes
     }
-    return ProbeRunner(
+    runner = ProbeRunner(
         transport=node_pool,
         inventory=vps_run.inventory,
         templates=vps_run.project_config.probes,
@@ -307,6 +307,63 @@ def probe(
         slots=NodeSlots(vps_run.node_concurrency, vps_run.run_dir / "locks"),
         default_timeout=vps_run.suite("connectivity").timeout_seconds,
     )
+    _check_status(vps_run, runner)
+    return runner
+
+
+def _check_status(run: RunContext, runner: ProbeRunner) -> None:
+    """The ``status`` probe on every deployed peer node, once per run, before any suite test.
+
+    No valid ``ok`` answer anywhere fails session setup with one line (the template is broken,
+    not the network); nodes that alone fail are skipped like nodes whose deploy failed. Nodes not to
+    test (unhealthy, tests disabled or manual) are not asked; a node that cannot be reached over SSH
+    becomes unhealthy, and nodes that could not be reached are no evidence against the template.
+    """
+    from pytest_vpstest.plugin.pairs import peer_nodes
+
+    already = failed_nodes(run) | skipped_nodes(run)
+    names = [n.name for n in peer_nodes(run.inventory) if n.name not in already]
+    if not names:
+        return
+
+    def status_all() -> dict[str, Any]:
+        answers = {}
+        for name in names:
+            r = runner.status(name)
+            answers[name] = {
+                "ok": r.ok,
+                "reason": r.reason,
+                "command": r.command,
+                "stderr": r.stderr[-500:],
+                "peer_id": r.get("peer_id"),
+                "transport_error": r.transport_error,
+            }
+        reached = [a for a in answers.values() if not a["transport_error"]]
+        return {"ok": not reached or any(a["ok"] for a in reached), "answers": answers}
+
+    result = once(run.run_dir, "status", status_all)
+    answers: dict[str, dict[str, Any]] = result.get("answers") or {}
+    if not result.get("ok"):
+        nothing = {"reason": str(result.get("error")), "command": "", "stderr": ""}
+        first = next(iter(answers.values()), nothing)
+        tail = [line for line in str(first.get("stderr") or "").splitlines() if line.strip()][-1:]
+        pytest.fail(
+            f"status probe failed on every node ({len(answers)}): {first['reason']}; "
+            f"command: {first['command']}{'; stderr: ' + tail[0] if tail else ''} "
+            "(run `vpstest contract check` for the whole contract)",
+            pytrace=False,
+        )
+    runner.identities.update(
+        {name: str(a["peer_id"]) for name, a in answers.items() if a.get("ok") and a.get("peer_id")}
+    )
+    info = run.deployment_info if run.deployment_info is not None else {}
+    failed = info.setdefault("failed", {})
+    for name, answer in answers.items():
+        if answer.get("transport_error"):
+            mark_unhealthy(run, name, f"unreachable during the run: {answer.get('reason')}")
+        elif not answer.get("ok"):
+            failed[name] = f"status probe: {answer.get('reason')}"
+    run.deployment_info = info
 
 
 @dataclass

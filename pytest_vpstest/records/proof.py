@@ -17,6 +17,8 @@ from typing import Any
 from pytest_vpstest._files import write_json_atomic, write_text_atomic
 from pytest_vpstest.config import Inventory, Node
 from pytest_vpstest.criteria import Verdict
+from pytest_vpstest.nat_theory import group_target, split_group
+from pytest_vpstest.nat_types import nat_rank
 from pytest_vpstest.suite import CONNECTIVITY, METHODS
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "prometheus_text",
     "render_matrix",
     "render_matrix_html",
+    "render_nat_table",
     "render_proof",
     "write_connection_report",
     "write_metrics",
@@ -131,6 +134,45 @@ def render_matrix_html(rows: Iterable[Mapping[str, Any]], nodes: Sequence[str] |
     return "".join(out)
 
 
+def render_nat_table(rows: Iterable[Mapping[str, Any]]) -> str:
+    """The NAT table: per NAT pairing of the nat_traversal rows, attempts, successes, rate, the rate
+    expected of it and what NAT theory says ('' when the run has no nat_traversal rows)."""
+    acc: dict[str, list[int]] = {}
+    for r in rows:
+        if r.get("suite") != "nat_traversal" or "group" not in r:
+            continue
+        a = acc.setdefault(str(r["group"]), [0, 0, 0, 0])
+        a[0] += int(r.get("attempts", 0))
+        a[1] += int(r.get("success", 0))
+        a[2] += r.get("outcome") == "xfail"
+        a[3] += r.get("outcome") == "xpass"
+    if not acc:
+        return ""
+    lines = [
+        "| NAT pairing | attempts | success | rate | expected | NAT theory |",
+        "|---|---|---|---|---|---|",
+    ]
+    for group in sorted(acc, key=_group_order):
+        attempts, success, xfail, xpass = acc[group]
+        target = group_target(group)
+        rate = f"{100.0 * success / attempts:.1f}%" if attempts else "n/a"
+        if target is not None:
+            expected, theory = f"≥ {target:g}%", "can be punched"
+        else:
+            expected, theory = "—", f"expected to fail ({xfail} expected failures"
+            theory += f", {xpass} unexpected passes)" if xpass else ")"
+        lines.append(f"| {group} | {attempts} | {success} | {rate} | {expected} | {theory} |")
+    return "\n".join(lines) + "\n"
+
+
+def _group_order(group: str) -> tuple[int, int, str]:
+    try:
+        a, b = split_group(group)
+    except ValueError:
+        return (99, 99, group)
+    return (nat_rank(a), nat_rank(b), group)
+
+
 def format_duration(seconds: float) -> str:
     s = round(seconds)
     h, rem = divmod(s, 3600)
@@ -214,6 +256,9 @@ def render_proof(p: ProofInput) -> str:
     order = list(p.inventory.names) if p.inventory is not None else None
     out += ["", "### Connectivity Matrix", "", render_matrix(p.pairs, order).rstrip()]
     out += ["", "Legend: d = direct, h = hole punch, r = relay; ✓ every attempt connected, ✗ none, s/a some."]
+    nat_table = render_nat_table(p.pairs)
+    if nat_table:
+        out += ["", "### NAT Traversal by NAT Pairing", "", nat_table.rstrip()]
     if p.reproduce:
         out += ["", "### Reproduce", "", f"    {p.reproduce}"]
     return "\n".join(out) + "\n"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -27,7 +28,8 @@ from typing import Any
 import pytest
 
 from pytest_vpstest import lab as lab_api
-from pytest_vpstest.config import load_inventory
+from pytest_vpstest.config import load_inventory, parse_project_config
+from pytest_vpstest.fleet.node import plan_node
 from pytest_vpstest.fleet.remote import SessionPool
 from pytest_vpstest.fleet.services import service_manager
 from pytest_vpstest.lab.agent import build as agent_build
@@ -257,8 +259,13 @@ def test_zipapp_agent_under_the_process_service_manager(agents: Agents, tmp_path
     pyz = agent_build.build_zipapp(Path(agent_build.__file__).parent, tmp_path / "agent.pyz")
     inventory = load_inventory(agents.lab.dir / "inventory.yaml")
     node = next(n for n in inventory.nodes if n.name == "bs2")  # public, and no agent of the matrix on it
-    install, log_dir = node.install_path or "/opt/vpstest/", node.log_dir or "/var/log/vpstest"
-    binary = install.rstrip("/") + "/agent.pyz"
+    # Where deploy would put it: the one plan of a node's paths.
+    config = parse_project_config(
+        "project: natlab\nmodules: {agent: {binary: agent.pyz}}\n"
+        "deploy: {install_path: /opt/vpstest/, start_command: unused}\n"
+    )
+    plan = plan_node(node, config)
+    install, log_dir, binary = plan.install_path, plan.log_dir, plan.binary
     registry = next(s.bind for s in agents.lab.record.services if s.kind == "registry")
     bootstraps = ",".join(sorted(s.bind for s in agents.lab.record.services if s.kind == "bootstrap"))
     command = (
@@ -267,9 +274,9 @@ def test_zipapp_agent_under_the_process_service_manager(agents: Agents, tmp_path
     )
     with SessionPool(inventory) as pool:
         session = pool.session("bs2")
-        session.run(f"mkdir -p {install}", check=True)
+        session.run(f"mkdir -p {shlex.quote(install)}", check=True)
         session.put(pyz, binary)
-        session.run(f"chmod 755 {binary}", check=True)
+        session.run(f"chmod 755 {shlex.quote(binary)}", check=True)
         started = service_manager(session, install_path=install, log_dir=log_dir).start(
             "vpstest-agent", command
         )
@@ -281,7 +288,8 @@ def test_zipapp_agent_under_the_process_service_manager(agents: Agents, tmp_path
             assert manager.status("vpstest-agent").running
 
             def ask(*args: str) -> dict[str, Any]:
-                result = session.run(f"{binary} probe {' '.join(args)} --json", timeout=60, check=True)
+                command = shlex.join([binary, "probe", *args, "--json"])
+                result = session.run(command, timeout=60, check=True)
                 answer = json.loads(result.stdout)
                 assert isinstance(answer, dict)
                 return answer

@@ -1,15 +1,24 @@
 #!/bin/sh
 # Fake node for the plugin tests: answers the probe contract from (node, peer, method) alone.
-#   direct: works only towards public nodes (p*); holepunch: fails when n2 (symmetric) is involved;
-#   relay: always works. Throughput: 10 Mbps × the sender's index. CRDT: one shared counter.
+#   NAT theory holds (n1 port-restricted, n2 symmetric): direct works only towards public nodes
+#   (p*); a hole punch ends on path "punched" except between n1 and n2, where it fails; relay always
+#   works. Throughput: 10 Mbps × the sender's index, relayed when n2 sends. CRDT: one shared counter.
+#   FAKE_PUNCH_FALSE: p1->n1 punches answer ok=false (with a stderr line); FAKE_XPASS: n1<->n2 punches
+#   work although theory says they cannot.
 action=$1; node=$2; shift 2
 case "$action" in
 status) echo "{\"ok\": true, \"node\": \"$node\", \"addresses\": []}" ;;
 connect)
   peer=$1; method=$2
   case "$method" in
-  direct) case "$peer" in p*) ok=true ;; *) ok=false ;; esac; path=direct ;;
-  holepunch) if [ "$node" = n2 ] || [ "$peer" = n2 ]; then ok=false; else ok=true; fi; path=direct ;;
+  direct) case "$peer" in p*) ok=true ;; *) ok=false; echo "direct: $peer did not answer" >&2 ;; esac
+    path=direct ;;
+  holepunch)
+    ok=true; path=punched
+    case "$node-$peer" in n1-n2|n2-n1) [ -n "$FAKE_XPASS" ] || ok=false ;; esac
+    if [ "$node-$peer" = p1-n1 ] && [ -n "$FAKE_PUNCH_FALSE" ]; then
+      ok=false; echo "punch: no answer from $peer within 5 s (session 42)" >&2
+    fi ;;
   relay) ok=true; path=relayed; if [ "$node" = p1 ] && [ -n "$FAKE_RELAY_DOWN" ]; then ok=false; fi ;;
   esac
   if [ "$node" = p1 ] && [ "$peer" = p2 ] && [ "$method" = direct ] && [ -n "$FAKE_HANG" ]; then
@@ -18,12 +27,17 @@ connect)
   if [ "$node" = p1 ] && [ "$peer" = p2 ] && [ "$method" = direct ] && [ -n "$FAKE_GARBAGE" ]; then
     echo "segfault"; exit 139
   fi
-  echo "{\"ok\": $ok, \"method\": \"$method\", \"path\": \"$path\", \"rtt_ms\": 1.5, \"error\": null}" ;;
+  if [ "$ok" = false ]; then
+    echo "{\"ok\": false, \"method\": \"$method\", \"path\": null, \"rtt_ms\": null, \"error\": \"no connection\"}"
+  else
+    echo "{\"ok\": true, \"method\": \"$method\", \"path\": \"$path\", \"rtt_ms\": 1.5, \"error\": null}"
+  fi ;;
 publish) echo "{\"ok\": true, \"message_id\": \"m-$node\"}" ;;
 received) echo "{\"ok\": true, \"received\": true, \"latency_ms\": 12, \"duplicates\": 0}" ;;
 throughput)
   case "$node" in p1) m=10 ;; p2) m=20 ;; n1) m=30 ;; *) m=40 ;; esac
-  echo "{\"ok\": true, \"bytes\": 1000, \"seconds\": 1, \"mbps\": $m}" ;;
+  case "$node" in n2) path=relayed ;; *) path=direct ;; esac
+  echo "{\"ok\": true, \"bytes\": 1000, \"seconds\": 1, \"mbps\": $m, \"path\": \"$path\"}" ;;
 crdt)
   amount=$1; f="$FAKE_FLEET_DIR/crdt"
   [ -f "$f" ] || echo 0 > "$f"

@@ -514,6 +514,38 @@ def test_a_config_without_a_file_needs_a_project() -> None:
     assert parse_project_config("project: p\n").project == "p"
 
 
+def test_per_role_start_commands_readiness_and_optional_probes() -> None:
+    text = (
+        "deploy:\n"
+        "  readiness: status\n"
+        "  start_command: '{bin} run --as {role}'\n"
+        "  start_commands:\n"
+        "    bootstrap: '{bin} relay --listen {p2p_address}'\n"
+        "probes:\n"
+        "  crdt: null\n"
+        "  subscribe: '{bin} sub {topic}'\n"
+        "  connect: '{bin} dial {peer_id} {peer_public_address}'\n"
+    )
+    cfg = parse_project_config(text, "/x/p/config.yaml")
+    assert cfg.deploy.readiness == "status"
+    assert cfg.deploy.start_command_for("bootstrap") == "{bin} relay --listen {p2p_address}"
+    assert cfg.deploy.start_command_for("nat") == "{bin} run --as {role}"
+    assert cfg.probes.crdt is None and cfg.probes.subscribe == "{bin} sub {topic}"
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("deploy:\n  readiness: sometimes\n", "deploy.readiness"),
+        ("deploy:\n  start_commands:\n    relay: x\n", "deploy.start_commands.relay"),
+        ("probes:\n  status: null\n", "probes.status"),
+    ],
+)
+def test_bad_readiness_roles_and_required_null_probes_are_refused(text: str, where: str) -> None:
+    with pytest.raises(ConfigError, match=where.replace(".", r"\.")):
+        parse_project_config(text, "/x/p/config.yaml")
+
+
 def test_a_huge_config_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
     path = tmp_path / "vps.yaml"
     with path.open("wb") as f:

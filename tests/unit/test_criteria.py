@@ -61,7 +61,41 @@ def test_threshold_configured_targets_floors_and_ceilings() -> None:
     assert by_metric["connectivity.direct.rate"].passed
     assert by_metric["gossip.latency_ms.p95"].op == "<=" and not by_metric["gossip.latency_ms.p95"].passed
     assert not by_metric["gossip.delivery"].passed and by_metric["gossip.delivery"].measured is None
-    assert any("throughput" in n for n in v.notes)
+    # throughput has no configured target: its default floor applies.
+    assert by_metric["throughput.avg_mbps"].target == 1.0
+    assert by_metric["throughput.avg_mbps"].passed
+
+
+def test_nat_traversal_defaults_per_pairing_from_expected_rates() -> None:
+    metrics = {
+        "tests.failed": 0.0,
+        "nat_traversal.full_cone_symmetric.rate": 72.0,
+        "nat_traversal.none_full_cone.rate": 90.0,
+        "nat_traversal.port_restricted_symmetric.rate": 0.0,
+    }
+    v = threshold(metrics, {}, ("nat_traversal",))
+    by_metric = {c.metric: c for c in v.checks}
+    # the harder side sets the target: symmetric 70, full cone 95
+    assert by_metric["nat_traversal.full_cone_symmetric.rate"].target == 70.0
+    assert by_metric["nat_traversal.full_cone_symmetric.rate"].passed
+    assert by_metric["nat_traversal.none_full_cone.rate"].target == 95.0
+    assert not by_metric["nat_traversal.none_full_cone.rate"].passed
+    # theory expects port-restricted~symmetric to fail: noted, not judged
+    assert "nat_traversal.port_restricted_symmetric.rate" not in by_metric
+    assert any("port-restricted~symmetric" in n and "expected by NAT theory" in n for n in v.notes)
+    assert not v.passed
+
+
+def test_nat_traversal_with_no_pairing_measured_cannot_pass() -> None:
+    v = threshold({"tests.failed": 0.0}, {}, ("nat_traversal",))
+    assert not v.passed
+    assert any(c.metric == "nat_traversal.groups" and not c.passed for c in v.checks)
+
+
+def test_nat_traversal_zero_percent_group_fails_by_default() -> None:
+    metrics = {"tests.failed": 0.0, "nat_traversal.full_cone_address_restricted.rate": 0.0}
+    v = threshold(metrics, {}, ("nat_traversal",))
+    assert not v.passed
 
 
 def test_test_failures_fail_every_mode() -> None:

@@ -28,6 +28,7 @@ EXPECTED: dict[str, list[str]] = {
         "run_foreground", "start_background",
     ],
     "pytest_vpstest.commands": [],
+    "pytest_vpstest.commands.contract": ["peer_for", "register"],
     "pytest_vpstest.commands.dashboard": ["register"],
     "pytest_vpstest.commands.loading": [
         "add_fleet_options", "add_state_dir_option", "config_path", "default_state_dir", "iso_now",
@@ -51,7 +52,7 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "pytest_vpstest.criteria": [
         "DEFAULT_TARGETS", "Check", "CriteriaSpec", "Op", "Verdict", "all_pass", "custom", "flatten_metrics",
-        "improvement", "judge", "metric_key", "rate", "threshold", "wilson_interval",
+        "improvement", "judge", "metric_key", "nat_default_checks", "rate", "threshold", "wilson_interval",
     ],
     "pytest_vpstest.dashboard": ["DEFAULT_PORT"],
     "pytest_vpstest.dashboard.actions": ["ActionRunner", "suites_dir"],
@@ -64,9 +65,8 @@ EXPECTED: dict[str, list[str]] = {
     "pytest_vpstest.dashboard.markdown": ["render_markdown"],
     "pytest_vpstest.dashboard.model": [
         "NodeTestFacts", "TestsColour", "ago", "history_series", "matrix_cells", "node_tests_colour",
-        "node_tests_tooltip", "wilson",
+        "node_tests_tooltip", "theory_expects", "wilson",
     ],
-    "pytest_vpstest.dashboard.nat": ["expected"],
     "pytest_vpstest.dashboard.reader": ["ProjectFiles", "StateReader", "parse_time"],
     "pytest_vpstest.dashboard.server": ["DashboardServer", "serve"],
     "pytest_vpstest.dashboard.token": ["read_token", "token_path", "use_token"],
@@ -92,9 +92,16 @@ EXPECTED: dict[str, list[str]] = {
         "ACTIONS", "COMMON_PLACEHOLDERS", "ActionSpec", "action_spec", "check_schema", "schema",
         "schema_path", "validate",
     ],
+    "pytest_vpstest.fleet.contract_check": [
+        "CheckRow", "Status", "check_contract", "contract_passed", "judge", "render_table",
+    ],
     "pytest_vpstest.fleet.deploy": [
         "DeployReport", "NodeDeploy", "Stage", "deploy", "owner_of", "registered_names", "rollback",
         "start_command", "target_nodes",
+    ],
+    "pytest_vpstest.fleet.judging": [
+        "PATHS", "PUNCHED_PATHS", "ConnectVerdict", "Outcome", "attempt_lines", "connected", "judge_connect",
+        "path_of", "stderr_tail",
     ],
     "pytest_vpstest.fleet.iperf": ["iperf3_ceiling"],
     "pytest_vpstest.fleet.node": ["NodePlan", "binary_name", "install_path", "plan_node", "service_name"],
@@ -122,8 +129,10 @@ EXPECTED: dict[str, list[str]] = {
         "DEFAULT_CONCURRENCY", "DEFAULT_DEADLINE_S", "GRACE_S", "MAX_CONCURRENCY", "PARAMETERS",
         "BadRequest", "Handler", "parse_request", "run_batch", "serve_batch",
     ],
-    "pytest_vpstest.lab.theory": [
-        "METHODS", "Outcome", "expected_matrix", "expected_outcome", "peer_names", "punch_possible",
+    "pytest_vpstest.lab.theory": ["expected_matrix", "peer_names"],
+    "pytest_vpstest.nat_theory": [
+        "EXPECTED_RATES", "METHODS", "Outcome", "expected_failure", "expected_outcome", "group_target",
+        "groups", "may_fail", "punch_possible", "split_group",
     ],
     "pytest_vpstest.modes": ["CRITERIA", "PROOFS", "Criteria", "Proof"],
     "pytest_vpstest.nat_types": ["NAT_TYPES", "NatInfo", "NatType", "nat_info", "nat_rank"],
@@ -303,7 +312,8 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "pytest_vpstest.records.proof": [
         "MatrixCell", "ProofInput", "collect_logs", "dumps", "fix_commits_of", "format_duration",
-        "matrix_grid", "prometheus_text", "render_matrix", "render_matrix_html", "render_proof",
+        "matrix_grid", "prometheus_text", "render_matrix", "render_matrix_html", "render_nat_table",
+        "render_proof",
         "write_connection_report", "write_metrics", "write_proof",
     ],
     "pytest_vpstest.records.state_doc": ["PHASES", "Phase", "iso_time", "new_state_document"],

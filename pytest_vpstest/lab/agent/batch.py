@@ -64,6 +64,10 @@ PARAMETERS: dict[str, dict[str, Any]] = {
     "crdt": {"increment": 0},
 }
 
+# What the harness also says of a request's peer (the single probe's placeholders). This agent
+# finds its peers by name through the registry, so it accepts these and does not use them.
+_PEER_FACTS = frozenset({"peer_address", "peer_id", "peer_public_address"})
+
 
 class BadRequest(ValueError):
     """A request line that is not a valid probe request."""
@@ -88,7 +92,8 @@ def parse_request(line: bytes | str) -> tuple[dict[str, Any], float]:
     if action not in PARAMETERS:
         raise BadRequest(f"unknown action {action!r} (allowed: {', '.join(PARAMETERS)})")
     allowed = PARAMETERS[action]
-    unknown = sorted(set(data) - {"action", "ref", *allowed})
+    facts = _PEER_FACTS if "peer" in allowed else frozenset()
+    unknown = sorted(set(data) - {"action", "ref", *allowed, *facts})
     if unknown:
         raise BadRequest(f"unknown key(s) for {action}: {', '.join(unknown)}")
     request: dict[str, Any] = {"action": action}

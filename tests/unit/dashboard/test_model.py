@@ -12,9 +12,9 @@ from pytest_vpstest.dashboard.model import (
     matrix_cells,
     node_tests_colour,
     node_tests_tooltip,
+    theory_expects,
     wilson,
 )
-from pytest_vpstest.dashboard.nat import expected
 
 times = st.none() | st.floats(min_value=0, max_value=1e9, allow_nan=False)
 facts = st.builds(
@@ -95,18 +95,20 @@ def test_wilson_interval_holds_the_observed_rate(success: int, attempts: int) ->
     assert 0.0 <= lo <= rate + 0.05 and rate - 0.05 <= hi <= 100.0
 
 
-def test_nat_theory() -> None:
-    assert expected("direct", "symmetric", "none") is True
-    assert expected("direct", "none", "full-cone") is True
-    assert expected("direct", "none", "port-restricted") is False
-    assert expected("holepunch", "symmetric", "symmetric") is False
-    assert expected("holepunch", "symmetric", "port-restricted") is False
-    assert expected("holepunch", "port-restricted", "symmetric") is False
-    assert expected("holepunch", "symmetric", "full-cone") is True
-    assert expected("holepunch", "port-restricted", "port-restricted") is True
-    assert expected("relay", "symmetric", "symmetric") is True
-    assert expected("carrier-pigeon", "none", "none") is None
-    assert expected("direct", "?", "none") is None
+def test_theory_expectations_of_matrix_cells() -> None:
+    assert theory_expects("direct", "symmetric", "none") is True
+    assert theory_expects("direct", "none", "full-cone") is True
+    assert theory_expects("direct", "none", "symmetric") is False
+    # Into a port-restricted NAT a direct dial depends on earlier traffic: no mark either way.
+    assert theory_expects("direct", "none", "port-restricted") is None
+    assert theory_expects("holepunch", "symmetric", "symmetric") is False
+    assert theory_expects("holepunch", "symmetric", "port-restricted") is False
+    assert theory_expects("holepunch", "port-restricted", "symmetric") is False
+    assert theory_expects("holepunch", "symmetric", "full-cone") is True
+    assert theory_expects("holepunch", "port-restricted", "port-restricted") is True
+    assert theory_expects("relay", "symmetric", "symmetric") is True
+    assert theory_expects("carrier-pigeon", "none", "none") is None
+    assert theory_expects("direct", "?", "none") is None
 
 
 def test_matrix_cells_sum_suites_and_mark_theory_mismatches() -> None:

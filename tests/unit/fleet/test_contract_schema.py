@@ -186,4 +186,4 @@ def test_specs_match_the_config_for_the_actions_the_harness_runs() -> None:
             assert set(contract.COMMON_PLACEHOLDERS) | set(spec.placeholders) <= set(PROBE_PLACEHOLDERS), spec
         else:
             assert spec.requirement == "optional", "an action the harness does not run cannot be required"
-    assert contract.action_spec("subscribe").enforced is False
+    assert contract.action_spec("subscribe").enforced is True

@@ -343,6 +343,54 @@ def test_corrupt_upload_fails_and_leaves_no_temp_file(world: World) -> None:
     assert report.succeeded == 2
 
 
+# A node of the user's own kind: no registry, readiness from its status probe (a file it writes
+# once started; "slow" nodes say ready: false, "silent" ones never answer).
+STATUS_SERVICE = """#!/bin/sh
+node=$3
+dir=$(dirname "$0")
+case "$node" in
+  *silent*) ;;
+  *slow*) echo '{"ok": true, "node": "'$node'", "addresses": [], "ready": false}' > "$dir/status.json" ;;
+  *) echo '{"ok": true, "node": "'$node'", "addresses": [], "ready": true}' > "$dir/status.json" ;;
+esac
+exec sleep 300
+"""
+
+
+def test_readiness_by_status_probe_needs_no_registry(tmp_path: Path) -> None:
+    world = World(tmp_path, ["a", "slow-b", "silent-c", "d"])
+    world.inventory = replace(world.inventory, registry=None)
+    world.config = replace(
+        world.config,
+        deploy=replace(world.config.deploy, readiness="status", start_command="{bin} run --node {node}"),
+        probes=replace(world.config.probes, status="cat {install_path}/status.json"),
+    )
+    artifact = tmp_path / "v1"
+    artifact.write_text(STATUS_SERVICE)
+    lines: list[str] = []
+    try:
+        with SessionPool(world.inventory, session_factory=local_session_factory()) as pool:
+            report = run_deploy(world, pool, artifact, log=lines.append, registry_query=None)
+    finally:
+        world.cleanup()
+    assert report.succeeded_nodes == ("a", "d")
+    slow, silent = report.per_node["slow-b"], report.per_node["silent-c"]
+    assert slow.stage_failed == "ready" and "status answered ready: false" in (slow.error or "")
+    assert silent.stage_failed == "ready" and "status probe: exit 1, no output" in (silent.error or "")
+    assert any("a: ready (status probe answered ok)" in line for line in lines)
+
+
+def test_readiness_none_waits_for_nothing(world: World) -> None:
+    world.config = replace(world.config, deploy=replace(world.config.deploy, readiness="none"))
+
+    def never(pool: SessionPool, registry: RegistryAccess) -> list[dict[str, Any]]:
+        raise AssertionError("the registry must not be asked")
+
+    with SessionPool(world.inventory, session_factory=local_session_factory()) as pool:
+        report = run_deploy(world, pool, write_artifact(world.tmp / "v1", "v1"), registry_query=never)
+    assert report.succeeded == 3
+
+
 def test_another_projects_running_service_of_the_same_name_is_not_replaced(world: World) -> None:
     """Two workspaces whose services share a name (as every demo workspace's does) on shared nodes."""
     with SessionPool(world.inventory, session_factory=local_session_factory()) as pool:

@@ -55,6 +55,7 @@ def test_plan_defaults_come_from_the_project_and_the_node_overrides_them() -> No
         "install_path": "/srv/b",
         "log_dir": "/var/log/b",
         "p2p_address": "198.19.1.2",
+        "role": "nat",
     }
 
 

@@ -196,3 +196,48 @@ def test_node_slots_bound_concurrency_with_lock_files(tmp_path: Path) -> None:
     done.wait(5)
     t.join()
     assert order == ["first-still-holding", "second"]
+
+
+def test_peer_identity_public_address_and_role_are_filled() -> None:
+    inv = Inventory(
+        nodes=(
+            Node("a", "10.0.0.1", role="test", p2p_address="198.18.0.10"),
+            Node("n", "10.0.0.2", role="nat", nat="symmetric", p2p_address="198.19.4.2",
+                 public_address="198.18.0.4"),
+            Node("q", "10.0.0.3", role="nat", nat="full-cone", p2p_address="198.19.5.2"),
+        )
+    )
+    plans = {n.name: plan_node(n, CONFIG) for n in inv.nodes}
+    t = ScriptedTransport([answer('{"ok": true}')] * 3)
+    templates = ProbeTemplates(
+        connect="x {role} {peer} {peer_id} {peer_public_address} {peer_address}",
+        throughput="y {peer_id} {peer_public_address} {seconds}",
+    )
+    r = ProbeRunner(t, inv, templates, plan_for=plans.__getitem__, identities={"n": "12D3KooW n"})
+    r.connect("a", "n", "holepunch")
+    r.throughput("n", "a", 1)
+    r.connect("a", "q", "holepunch")
+    assert [c for _, c, _ in t.commands] == [
+        "x test n '12D3KooW n' 198.18.0.4 198.19.4.2",
+        "y '' 198.18.0.10 1",  # a public node is reached at its own address; no identity known
+        "x test q '' '' 198.19.5.2",  # NATed without a public_address in the inventory: empty
+    ]
+
+
+def test_a_stalled_link_still_times_out_close_to_the_limit() -> None:
+    class Stalled:
+        """A transport that ignores its timeout (an SSH link that stalls): returns after 30 s."""
+
+        def run(self, name: str, command: str, timeout: float) -> CommandResult:
+            time.sleep(30)
+            return CommandResult(name, command, 0, '{"ok": true}', "", 30.0)
+
+    r = ProbeRunner(
+        Stalled(), INV, ProbeTemplates(), plan_for=PLANS.__getitem__, grace=0.5, watchdog_slack=0.5
+    )
+    start = time.monotonic()
+    res = r.status("a", timeout=1)
+    elapsed = time.monotonic() - start
+    assert res.timed_out and not res.ok and res.error == "timed out after 1.5s"
+    assert elapsed < 10  # limit 1 + grace 0.5 + slack 0.5, not the link's 30 s
+    assert "did not return" in res.stderr

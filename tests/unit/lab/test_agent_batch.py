@@ -180,3 +180,16 @@ def test_without_an_agent_every_request_gets_a_failure_line(tmp_path: Path) -> N
     assert [a["line"] for a in answers] == [1, 2, 3]
     assert all(a["ok"] is False and a["error"].startswith("agent not running:") for a in answers)
     assert answers[0]["method"] is None and answers[0]["ref"] == 1 and answers[1]["node"] is None
+
+
+def test_what_the_harness_says_of_a_peer_is_accepted_and_left_out_of_the_request() -> None:
+    line = json.dumps(
+        {"ref": 3, "action": "connect", "peer": "n2", "method": "relay", "timeout": 2,
+         "peer_address": "198.18.1.2:9000", "peer_id": "", "peer_public_address": "198.18.0.9"}
+    )
+    request, deadline = batch.parse_request(line)
+    assert request == {"action": "connect", "peer": "n2", "method": "relay", "timeout": 2.0}
+    assert deadline == 2.0 + batch.GRACE_S
+    # Only pair actions take them: a status request with a peer fact is still refused.
+    with pytest.raises(batch.BadRequest, match="unknown key"):
+        batch.parse_request(json.dumps({"action": "status", "peer_id": "x"}))

@@ -215,6 +215,7 @@ def test_inventory_document_matches_the_contract() -> None:
         "install_path": "/opt/vpstest/",
         "log_dir": "/var/log/vpstest",
         "p2p_address": "198.19.2.2",
+        "public_address": "198.18.0.2",  # its NAT's WAN address: {peer_public_address}
     }
 
 

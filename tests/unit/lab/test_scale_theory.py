@@ -11,8 +11,9 @@ import pytest
 
 from pytest_vpstest.errors import ConfigError
 from pytest_vpstest.lab.plan import make_plan
-from pytest_vpstest.lab.theory import expected_matrix, expected_outcome, peer_names, punch_possible
+from pytest_vpstest.lab.theory import expected_matrix, peer_names
 from pytest_vpstest.lab.topology import MAX_NODES, load_topology, scale_topology
+from pytest_vpstest.nat_theory import expected_outcome, punch_possible
 from tests.lab.test_agent_nat_theory import punch_expected
 
 NATS = ("none", "full-cone", "address-restricted", "port-restricted", "symmetric")

@@ -118,7 +118,34 @@ def test_aggregate_matches_the_state_file_shape() -> None:
         "iperf3_min_mbps": 900.0,
         "iperf3_max_mbps": 900.0,
         "iperf3_pairs": 1,
+        # these measurements name no path: never guessed
+        "by_path": {"unreported": {"samples": 3, "avg_mbps": 20.0, "min_mbps": 10.0}},
     }
+
+
+def test_throughput_is_grouped_by_the_path_each_sample_took() -> None:
+    base = {"suite": "throughput", "method": "direct", "attempts": 2, "success": 2, "failures": []}
+    ms = [
+        base | {"src": "a", "dst": "b", "mbps": [90.0, 10.0], "paths": ["direct", "relayed"], "test": "t1"},
+        base | {"src": "b", "dst": "a", "mbps": [70.0, 50.0], "paths": ["punched", "direct"], "test": "t2"},
+    ]
+    by_path = aggregate(ms)["throughput"]["by_path"]
+    assert by_path == {
+        "direct": {"samples": 2, "avg_mbps": 70.0, "min_mbps": 50.0},
+        "punched": {"samples": 1, "avg_mbps": 70.0, "min_mbps": 70.0},
+        "relayed": {"samples": 1, "avg_mbps": 10.0, "min_mbps": 10.0},
+    }
+
+
+def test_nat_groups_count_expected_failures_and_unexpected_passes() -> None:
+    base = {"suite": "nat_traversal", "method": "holepunch", "group": "port-restricted~symmetric",
+            "attempts": 1, "paths": [], "rtt_ms": [], "failures": []}
+    ms = [
+        base | {"src": "a", "dst": "b", "success": 0, "outcome": "xfail", "test": "t1"},
+        base | {"src": "b", "dst": "a", "success": 1, "outcome": "xpass", "test": "t2"},
+    ]
+    group = aggregate(ms)["nat_traversal"]["port-restricted~symmetric"]
+    assert group["expected_failures"] == 1 and group["unexpected_passes"] == 1
 
 
 def test_order_of_arrival_does_not_change_the_numbers() -> None:
@@ -145,7 +172,9 @@ def test_collector_reads_properties_and_outcomes() -> None:
     )
     c.add("t3", "setup", "skipped", 0.0, [], "needs NAT")
     c.add("plain", "call", "passed", 0.0, [])
-    assert c.counts() == {"passed": 2, "failed": 1, "skipped": 1}
+    c.add("t4", "call", "xfailed", 0.0, [], "expected by NAT theory: ...")
+    c.add("t5", "call", "xpassed", 0.0, [])
+    assert c.counts() == {"passed": 2, "failed": 1, "skipped": 1, "xfailed": 1, "xpassed": 1}
     assert [t.nodeid for t in c.vps_tests] == ["t1", "t2"]
     rows = node_rows(c, ["a", "b", "z"])
     assert rows["a"]["passed"] == 1 and rows["a"]["failed"] == 1

@@ -102,3 +102,41 @@ def test_format_duration() -> None:
     assert (
         format_duration(5) == "5s" and format_duration(65) == "1m 5s" and format_duration(23400) == "6h 30m"
     )
+
+
+def test_nat_table_per_pairing_with_expected_rates_and_theory() -> None:
+    from pytest_vpstest.records.proof import render_nat_table
+
+    rows = [
+        {
+            "suite": "nat_traversal",
+            "group": "full-cone~symmetric",
+            "attempts": 4,
+            "success": 2,
+            "outcome": "fail",
+        },
+        {
+            "suite": "nat_traversal",
+            "group": "symmetric~symmetric",
+            "attempts": 2,
+            "success": 0,
+            "outcome": "xfail",
+        },
+        {
+            "suite": "nat_traversal",
+            "group": "symmetric~symmetric",
+            "attempts": 2,
+            "success": 1,
+            "outcome": "xpass",
+        },
+        {"suite": "nat_traversal", "group": "none~full-cone", "attempts": 2, "success": 2, "outcome": "pass"},
+        {"suite": "connectivity", "from": "a", "to": "b", "attempts": 1, "success": 1},
+    ]
+    table = render_nat_table(rows).splitlines()
+    assert table[2:] == [
+        "| none~full-cone | 2 | 2 | 100.0% | ≥ 95% | can be punched |",
+        "| full-cone~symmetric | 4 | 2 | 50.0% | ≥ 70% | can be punched |",
+        "| symmetric~symmetric | 4 | 1 | 25.0% | — "
+        "| expected to fail (1 expected failures, 1 unexpected passes) |",
+    ]
+    assert render_nat_table(rows[-1:]) == ""
