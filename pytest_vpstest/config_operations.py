@@ -48,6 +48,8 @@ class HealthConfig:
     without a good check for ``suspect_after_seconds`` is Suspect, ``evict_after_seconds`` later
     Evicted and respawned (its service restarted; redeployed when the binary is gone), at most
     ``respawn_attempts`` times; then Failed. Fewer than ``min_live_fraction`` Live nodes stop the run.
+    When the software reports whom each node hears (``peers_seen``), a node must also have been heard
+    by a peer within ``peer_seen_within_seconds``.
     """
 
     check_seconds: float = 60.0
@@ -55,6 +57,9 @@ class HealthConfig:
     evict_after_seconds: float = 60.0
     respawn_attempts: int = 3
     min_live_fraction: float = 0.5
+    # A peer's sighting of a node no older than this counts as seeing it now (peers hear each other
+    # at the software's own pace, which may be slower than the checks).
+    peer_seen_within_seconds: float = 60.0
 
 
 ChannelKind = Literal["log", "webhook", "command", "voice"]
@@ -137,6 +142,7 @@ def parse_health(r: Reader, node: yaml.Node) -> HealthConfig:
         if "respawn_attempts" in m
         else d.respawn_attempts,
         min_live_fraction=live,
+        peer_seen_within_seconds=seconds("peer_seen_within_seconds"),
     )
 
 

@@ -6,7 +6,7 @@ health) and those whose tests the config keeps from automatic runs (``dashboard.
 skips every test touching such a node with that reason, and leaves the node out of the tests of the
 whole fleet (gossip receivers, CRDT convergence). A skipped test measures nothing, so the node is
 out of every rate and of the verdict. Nodes found unreachable during the run join them with an
-unhealthy reason (``UNHEALTHY_PREFIX``), which is how results.json tells node faults apart.
+unhealthy reason (``unhealthy_reason``), which is how results.json tells node faults apart.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ __all__ = [
     "SKIP_FILE",
     "SKIP_NODES_OPTION",
     "UNHEALTHY_PREFIX",
-    "is_unhealthy",
     "nodes_to_skip",
     "read_skip_file",
     "tests_mode_reason",
     "unhealthy_reason",
+    "unhealthy_why",
 ]
 
 SKIP_FILE = "skip-nodes.json"
@@ -38,9 +38,13 @@ def unhealthy_reason(node: str, why: str) -> str:
     return f"{UNHEALTHY_PREFIX}{node} ({why})"
 
 
-def is_unhealthy(reason: str) -> bool:
-    """Whether a skip reason says the node itself was at fault (not the config's choice)."""
-    return reason.startswith(UNHEALTHY_PREFIX)
+def unhealthy_why(node: str, reason: str) -> str | None:
+    """What was wrong with ``node`` when its skip reason says the node itself was at fault (the
+    inverse of :func:`unhealthy_reason`), else None (the config's choice)."""
+    head = f"{UNHEALTHY_PREFIX}{node} ("
+    if reason.startswith(head) and reason.endswith(")"):
+        return reason[len(head) : -1]
+    return None
 
 
 def tests_mode_reason(node: str, mode: str) -> str | None:

@@ -70,6 +70,9 @@ class HealthKeeper:
         checks themselves could not run (nothing is decided then)."""
         if self.health is None:
             self.health = NodeHealth(self.checker.health_targets(ctx), self.cfg, self.clock().timestamp())
+            # A resumed run: each node goes on from where the last runner left it.
+            for problem in self.health.restore(document.get("nodes") or {}):
+                self.log(problem)
         health = self.health
         try:
             checks = self.checker.check_nodes(ctx, health.names)

@@ -23,12 +23,20 @@ the role's holder; other healthy nodes of the role wait in Provisioning as warm 
 holder of a ``WarmStandby`` role is evicted (or untracked), ``PublishLeaseRevocation(role, holder)`` is
 emitted once its state has left Live, and only after that event may a standby become Live
 (``BecameLive`` follows the revocation in the event list, which the runner executes in order).
+
+Persistence: ``node_record(node)`` is what the machine knows of a node as a JSON-ready dict (state,
+respawn attempts, the latest observation per observer with its stamp, the last quorum, the epoch
+before which observations are ignored); ``restore_node(node, record)`` puts it back into a machine
+that tracks the node (for the same role and restart policy). A restored machine decides exactly as
+the one it was saved from; stale observations stay stale, since staleness is judged at each tick.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "BecameLive",
@@ -300,6 +308,61 @@ class LivenessMachine:
         state = self._roles.get(role)
         return state.holder if state is not None else None
 
+    @property
+    def now(self) -> float | None:
+        """The time of the latest tick (None before the first)."""
+        return self._now
+
+    # ------------------------------------------------------------ persistence
+
+    def node_record(self, node: str) -> dict[str, Any] | None:
+        """What the machine knows of ``node``, JSON-ready (see the module docstring); None if untracked."""
+        tracked = self._nodes.get(node)
+        if tracked is None:
+            return None
+        return {
+            "state": _state_record(tracked.state),
+            "attempts": tracked.attempts,
+            "seen": dict(sorted(tracked.seen.items())),
+            "last_quorum": tracked.last_quorum,
+            "epoch": None if tracked.epoch == float("-inf") else tracked.epoch,
+            "respawn_failure": tracked.respawn_failure,
+            "ticked": self._now,
+        }
+
+    def restore_node(self, node: str, record: Mapping[str, Any]) -> None:
+        """Put a ``node_record`` back; ``node`` must be tracked. ValueError (naming the field) for a
+        record that does not make sense; the machine is then unchanged."""
+        tracked = self._nodes.get(node)
+        if tracked is None:
+            raise ValueError(f"node {node!r} is not tracked")
+        state = _state_from(record.get("state"))
+        attempts = record.get("attempts")
+        if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0:
+            raise ValueError(f"node {node!r}: attempts must be a whole number >= 0, got {attempts!r}")
+        seen_doc = record.get("seen")
+        if not isinstance(seen_doc, Mapping):
+            raise ValueError(f"node {node!r}: seen must be a map of observer to time")
+        seen = {str(k): _time(v, f"seen.{k}") for k, v in seen_doc.items()}
+        last_quorum = _time_or_none(record.get("last_quorum"), "last_quorum")
+        epoch = _time_or_none(record.get("epoch"), "epoch")
+        ticked = _time_or_none(record.get("ticked"), "ticked")
+        failure = record.get("respawn_failure")
+        if failure is not None and not isinstance(failure, str):
+            raise ValueError(f"node {node!r}: respawn_failure must be text or null")
+        role = self._roles[tracked.role]
+        if role.holder not in (None, node) and isinstance(state, Live | Suspect):
+            raise ValueError(f"node {node!r}: role {tracked.role!r} is already held by {role.holder!r}")
+        tracked.state, tracked.attempts, tracked.seen = state, attempts, seen
+        tracked.last_quorum, tracked.respawn_failure = last_quorum, failure
+        tracked.epoch = float("-inf") if epoch is None else epoch
+        if isinstance(state, Live | Suspect):
+            role.holder = node
+        elif role.holder == node:
+            role.holder = None
+        if ticked is not None and (self._now is None or ticked > self._now):
+            self._now = ticked
+
     # ------------------------------------------------------------ feedback
 
     def notify_respawn_failed(self, node: str, reason: str) -> None:
@@ -436,3 +499,45 @@ class LivenessMachine:
         chosen.state = Live(now)
         role.holder = chosen.name
         events.append(BecameLive(chosen.name, role_name, now))
+
+
+# ---------------------------------------------------------------- records
+
+
+def _state_record(state: NodeState) -> dict[str, Any]:
+    return {"name": type(state).__name__, **state.__dict__}
+
+
+_STATE_NAMES = ("Provisioning", "Live", "Suspect", "Evicted", "Respawning", "Failed")
+
+
+def _state_from(doc: object) -> NodeState:
+    if not isinstance(doc, Mapping) or doc.get("name") not in _STATE_NAMES:
+        raise ValueError(f"state must be one of {', '.join(_STATE_NAMES)} with its field, got {doc!r}")
+    name = doc["name"]
+    if name == "Respawning":
+        attempt = doc.get("attempt")
+        if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+            raise ValueError(f"state.attempt must be a whole number >= 1, got {attempt!r}")
+        return Respawning(attempt)
+    if name == "Failed":
+        reason = doc.get("reason")
+        if not isinstance(reason, str):
+            raise ValueError(f"state.reason must be text, got {reason!r}")
+        return Failed(reason)
+    if name == "Evicted":
+        return Evicted(_time(doc.get("at"), "state.at"))
+    since = _time(doc.get("since"), "state.since")
+    if name == "Provisioning":
+        return Provisioning(since)
+    return Live(since) if name == "Live" else Suspect(since)
+
+
+def _time(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{where} must be a time in seconds, got {value!r}")
+    return float(value)
+
+
+def _time_or_none(value: object, where: str) -> float | None:
+    return None if value is None else _time(value, where)

@@ -30,6 +30,7 @@ from pytest_vpstest.suite import FULL_SUITE, suites_directory
 
 if TYPE_CHECKING:  # the SSH stack is imported when the first stage needs a session
     from pytest_vpstest.fleet.deploy import DeployReport
+    from pytest_vpstest.fleet.node import NodePlan
     from pytest_vpstest.fleet.remote import Pool, Session
     from pytest_vpstest.loop.fixer import FixOutcome
 
@@ -167,7 +168,7 @@ class FleetStages:
                                      log_dir=plan.log_dir).status(plan.service)
             present = session.run(quote_command("test -e {b}", b=plan.binary), timeout=30).ok
             if status.running:
-                return NodeCheck(True, True, "", present)
+                return NodeCheck(True, True, "", present, sees=self._peers_seen(ctx, session, plan))
             detail = f"service {plan.service} not running" + (f": {status.detail}" if status.detail else "")
             return NodeCheck(True, False, detail if present else f"{detail}; binary {plan.binary} missing",
                              present)
@@ -181,6 +182,23 @@ class FleetStages:
             else:
                 out[name] = res
         return out
+
+    def _peers_seen(self, ctx: StageContext, session: Session, plan: NodePlan) -> dict[str, float] | None:
+        """The peers the node says it heard from (its status answer's ``peers_seen``), or None."""
+        from pytest_vpstest.errors import ConfigError
+        from pytest_vpstest.fleet.probes import parse_output
+        from pytest_vpstest.fleet.remote import quote_command
+        from pytest_vpstest.loop.health import peers_seen_of
+
+        inv = ctx.inventory
+        fill = {**plan.placeholders(), "timeout": "10", "bootstrap": ",".join(inv.bootstrap),
+                "registry": inv.registry.url if inv.registry else ""}
+        try:
+            command = quote_command(ctx.config.probes.status, **fill)
+        except ConfigError:  # a template asking for values only a test has: no peer view
+            return None
+        answer, error = parse_output("status", session.run(command, timeout=20).stdout)
+        return peers_seen_of(answer) if error is None else None
 
     def respawn(self, ctx: StageContext, node: str, *, redeploy: bool) -> str | None:
         from pytest_vpstest.errors import DeployError

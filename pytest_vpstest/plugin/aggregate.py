@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -106,8 +106,13 @@ class Collector:
             out["failed" if t.outcome in ("failed", "error") else t.outcome] += 1
         return out
 
-    def measurements(self) -> list[dict[str, Any]]:
-        return [t.measurement | {"test": t.nodeid} for t in self.vps_tests if t.measurement is not None]
+    def measurements(self, leave_out: Collection[str] = ()) -> list[dict[str, Any]]:
+        """Every test's measurement, but those of tests touching a node in ``leave_out``."""
+        return [
+            t.measurement | {"test": t.nodeid}
+            for t in self.vps_tests
+            if t.measurement is not None and not set(t.nodes) & set(leave_out)
+        ]
 
 
 # --------------------------------------------------------------------------------------------

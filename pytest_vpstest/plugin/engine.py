@@ -8,6 +8,11 @@ and hands each finished cell to ``on_cell``. A step whose answer has not come it
 its slots are freed: a hanging node costs its own cells one timeout each and holds up nothing else
 (a late answer is dropped).
 
+With a ``watch`` (:class:`~pytest_vpstest.plugin.agent_watch.AgentWatch`) every result is also a
+look at the node that ran it: once the watch finds a node's agent down, ``on_unhealthy(node,
+reason)`` is called (the run marks the node unhealthy) and no further step touching that node is
+run — each is recorded at once as a result saying it was not run, so its cell still completes.
+
 What a step is, for the fleet (:class:`ProbeSpec`): attempt *i* of a pair probe (``connect``,
 ``throughput``, or a suite's own action taking a peer) from ``node`` to ``peer``; with ``ceiling`` the
 cell has one more step, the pair's iperf3 ceiling, recorded as a pseudo probe result (action
@@ -32,6 +37,7 @@ if TYPE_CHECKING:
     from pytest_vpstest.fleet.batch import BatchLane
     from pytest_vpstest.fleet.probes import ProbeRunner
     from pytest_vpstest.fleet.remote import Pool
+    from pytest_vpstest.plugin.agent_watch import AgentWatch
 
 __all__ = ["Engine", "FleetSteps", "PhaseProgress", "ProbeSpec", "StepRunner"]
 
@@ -103,6 +109,8 @@ class Engine:
     progress: dict[str, PhaseProgress] = field(default_factory=dict)
     max_running: int = 0  # the most steps seen running at once (for benchmarks and tests)
     watchdog_slack: float = WATCHDOG_SLACK
+    watch: AgentWatch | None = None
+    on_unhealthy: Callable[[str, str], None] | None = None
 
     def __post_init__(self) -> None:
         for cell in self.cells:
@@ -119,13 +127,19 @@ class Engine:
         try:
             while not sched.done:
                 now = self.clock()
+                not_run = False
                 for task in sched.start(now):
                     phase = self.progress[task.cell.phase]
                     if phase.started is None:
                         phase.started = now
+                    if self._not_run(sched, results, task):
+                        not_run = True
+                        continue
                     inflight[task.key] = (task, now, now + self.runner.deadline(task) + self.watchdog_slack)
                     self.runner.start(task, _reporter(arrived, task))
                 self.max_running = max(self.max_running, len(inflight))
+                if not_run:
+                    continue  # slots were freed at once: more may start now
                 wake = [d for _, _, d in inflight.values()]
                 cool = sched.wake_at(now)
                 if cool is not None:
@@ -186,10 +200,20 @@ class Engine:
             self._finish(sched, results, task, hung)
 
     def _finish(
-        self, sched: Scheduler, results: dict[str, list[ProbeResult | None]], task: Task, result: ProbeResult
+        self,
+        sched: Scheduler,
+        results: dict[str, list[ProbeResult | None]],
+        task: Task,
+        result: ProbeResult,
+        *,
+        measured: bool = True,
     ) -> None:
         now = self.clock()
         sched.finish(task, now)
+        if self.watch is not None and measured:
+            reason = self.watch.observe(result)
+            if reason is not None and self.on_unhealthy is not None:
+                self.on_unhealthy(result.node, reason)
         cell_results = results[task.cell.key]
         cell_results[task.index] = result
         phase = self.progress[task.cell.phase]
@@ -199,6 +223,22 @@ class Engine:
                 phase.ended = now
         if sched.finished_steps(task.cell.key) == task.cell.steps:
             self.on_cell(task.cell, [r for r in cell_results if r is not None])
+
+    def _not_run(
+        self, sched: Scheduler, results: dict[str, list[ProbeResult | None]], task: Task
+    ) -> bool:
+        """A step touching a node whose agent is down is not run: recorded at once as such."""
+        down = self.watch.down if self.watch is not None else {}
+        node = next((n for n in task.cell.nodes if n in down), None)
+        if node is None:
+            return False
+        spec = task.cell.spec
+        action = spec.step_action(task.index) if isinstance(spec, ProbeSpec) else "probe"
+        by = spec.node if isinstance(spec, ProbeSpec) else task.cell.nodes[0]
+        why = f"not run: node unhealthy: {down[node]}"
+        skipped = ProbeResult(action, by, "", None, "", "", 0.0, error=why)
+        self._finish(sched, results, task, skipped, measured=False)
+        return True
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Progress of every phase, for the terminal and the progress file."""

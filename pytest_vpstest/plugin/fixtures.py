@@ -316,9 +316,11 @@ def _check_status(run: RunContext, runner: ProbeRunner) -> None:
 
     No valid ``ok`` answer anywhere fails session setup with one line (the template is broken,
     not the network); nodes that alone fail are skipped like nodes whose deploy failed. Nodes not to
-    test (unhealthy, tests disabled or manual) are not asked; a node that cannot be reached over SSH
-    becomes unhealthy, and nodes that could not be reached are no evidence against the template.
+    test (unhealthy, tests disabled or manual) are not asked; a node that cannot be reached over SSH,
+    or whose answer says its agent is not running (``plugin.agent_watch``), becomes unhealthy, and
+    nodes that could not be reached are no evidence against the template.
     """
+    from pytest_vpstest.plugin.agent_watch import agent_down
     from pytest_vpstest.plugin.pairs import peer_nodes
 
     already = failed_nodes(run) | skipped_nodes(run)
@@ -337,6 +339,7 @@ def _check_status(run: RunContext, runner: ProbeRunner) -> None:
                 "stderr": r.stderr[-500:],
                 "peer_id": r.get("peer_id"),
                 "transport_error": r.transport_error,
+                "agent_down": agent_down(r),
             }
         reached = [a for a in answers.values() if not a["transport_error"]]
         return {"ok": not reached or any(a["ok"] for a in reached), "answers": answers}
@@ -361,6 +364,9 @@ def _check_status(run: RunContext, runner: ProbeRunner) -> None:
     for name, answer in answers.items():
         if answer.get("transport_error"):
             mark_unhealthy(run, name, f"unreachable during the run: {answer.get('reason')}")
+        elif answer.get("agent_down"):
+            # SSH works, the node's agent does not answer: the node's fault, not the software's.
+            mark_unhealthy(run, name, f"agent not answering on {name}: status said {answer['agent_down']!r}")
         elif not answer.get("ok"):
             failed[name] = f"status probe: {answer.get('reason')}"
     run.deployment_info = info

@@ -29,7 +29,13 @@ from typing import IO, TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_vpstest.plugin.fixtures import RunContext, failed_nodes, nat_skip_reason, skipped_nodes
+from pytest_vpstest.plugin.fixtures import (
+    RunContext,
+    failed_nodes,
+    mark_unhealthy,
+    nat_skip_reason,
+    skipped_nodes,
+)
 
 if TYPE_CHECKING:
     from pytest_vpstest.fleet.probes import ProbeResult, ProbeRunner
@@ -309,7 +315,11 @@ def progress_line(phase: dict[str, Any]) -> str:
 def vps_matrix(
     request: pytest.FixtureRequest, vps_run: RunContext, probe: ProbeRunner, node_pool: Pool
 ) -> Iterator[Matrix]:
-    """The run's matrix (planned from the session's tests on first use, measured once per run)."""
+    """The run's matrix (planned from the session's tests on first use, measured once per run).
+
+    A node whose agent stops answering while SSH still works (``plugin.agent_watch``) is marked
+    unhealthy for the rest of the run as soon as the engine notices; its remaining steps are not run."""
+    from pytest_vpstest.plugin.agent_watch import AgentWatch
     from pytest_vpstest.plugin.engine import Engine, FleetSteps
 
     session = request.session
@@ -318,7 +328,8 @@ def vps_matrix(
         nodes = {n for c in cells for n in c.nodes}
         threads = max(4, len(nodes) * vps_run.node_concurrency)
         steps = FleetSteps(probe, node_pool, threads=threads)
-        return Engine(cells, steps, vps_run.node_concurrency, on_cell)
+        return Engine(cells, steps, vps_run.node_concurrency, on_cell, watch=AgentWatch(),
+                      on_unhealthy=lambda node, why: mark_unhealthy(vps_run, node, why))
 
     matrix = Matrix(vps_run.run_dir, lambda: plan_cells(list(session.items), vps_run), make_engine)
     try:
@@ -328,13 +339,27 @@ def vps_matrix(
 
 
 @pytest.fixture
-def matrix_cell(request: pytest.FixtureRequest, vps_matrix: Matrix) -> Callable[[], list[ProbeResult]]:
-    """``matrix_cell()`` → this test's probe results, measured by the run's matrix engine."""
+def matrix_cell(
+    request: pytest.FixtureRequest, vps_matrix: Matrix, vps_run: RunContext
+) -> Callable[[], list[ProbeResult]]:
+    """``matrix_cell()`` → this test's probe results, measured by the run's matrix engine.
+
+    A pair touching a node found unhealthy during the run (before its test reports) is skipped as
+    ``node unhealthy`` (or with the reason a node not to test was handed over with), whatever its cell
+    measured: that node's pairs stay out of every rate."""
 
     def results() -> list[ProbeResult]:
         try:
-            return vps_matrix.results(request.node.nodeid)
+            found = vps_matrix.results(request.node.nodeid)
         except MatrixError as exc:
             pytest.fail(str(exc), pytrace=False)
+        callspec = getattr(request.node, "callspec", None)
+        pair = callspec.params.get("pair") if callspec is not None else None
+        touched = {pair.src, pair.dst} if pair is not None else {r.node for r in found}
+        left_out = skipped_nodes(vps_run)
+        reasons = [left_out[n] for n in sorted(touched) if n in left_out]
+        if reasons:
+            pytest.skip("; ".join(reasons))
+        return found
 
     return results

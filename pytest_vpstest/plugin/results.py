@@ -65,12 +65,18 @@ def finish_run(
     recorded (no state merge, no history row, so no ``improvement`` baseline, no proof)."""
     from pytest_vpstest.criteria import CriteriaSpec, judge
     from pytest_vpstest.errors import CriteriaError
-    from pytest_vpstest.node_skips import is_unhealthy
+    from pytest_vpstest.node_skips import unhealthy_why
     from pytest_vpstest.plugin.fixtures import skipped_nodes
 
     finished = time.time()
     counts = collector.counts()
-    measurements = collector.measurements()
+    # A node left out (handed over as not to test, or gone bad during the run) is out of every rate,
+    # also for its pairs measured before it was found out.
+    skipped = skipped_nodes(run)
+    found = {n: unhealthy_why(n, reason) for n, reason in skipped.items()}
+    unhealthy = {n: why for n, why in found.items() if why is not None}  # the nodes' own faults
+    sick = set(unhealthy)
+    measurements = collector.measurements(leave_out=set(skipped))
     suites = aggregate(measurements)
     suites_run = tuple(s for s in suites_of_focus(FULL_SUITE) if s in suites)
     metrics = metrics_of({"suites": suites}, counts)
@@ -85,7 +91,6 @@ def finish_run(
         bad = Check(run.criteria_expr or run.criteria, "is", None, None, False, str(exc))
         verdict = Verdict(False, run.criteria, (bad,), (str(exc),), run.criteria_expr)
     pairs = pair_rows(measurements)
-    skipped = skipped_nodes(run)
     test_results = build_test_results(measurements, verdict.passed, _iso(finished))
     evidence = _write_evidence(config, run, metrics, test_results, pairs, measurements, lines)
     results_path = run.results_json or run.run_dir / "results.json"
@@ -106,9 +111,12 @@ def finish_run(
         # Nodes left out and why; the unhealthy ones among them and what failed (the loop tells node
         # faults from the software's).
         "skipped_nodes": skipped,
-        "unhealthy": {n: why for n, why in skipped.items() if is_unhealthy(why)},
+        "unhealthy": unhealthy,
+        # A failure touching a node found unhealthy (before the run or during it, e.g. its agent
+        # stopped answering) is the node's fault: "infrastructure"; any other is "software".
         "failed_tests": [
-            {"test": t.nodeid, "nodes": list(t.nodes), "message": t.message}
+            {"test": t.nodeid, "nodes": list(t.nodes), "message": t.message,
+             "cause": "infrastructure" if sick & set(t.nodes) else "software"}
             for t in collector.vps_tests
             if t.outcome in ("failed", "error")
         ],
@@ -117,6 +125,10 @@ def finish_run(
         "inventory": str(run.inventory_path),
         "reproduce": run.reproduce(),
     }
+    infrastructure = [f["test"] for f in document["failed_tests"] if f["cause"] == "infrastructure"]
+    if infrastructure:
+        lines.append(f"{len(infrastructure)} failed test(s) touched a node found unhealthy "
+                     f"({', '.join(sorted(sick))}): infrastructure, not software")
     if interrupted:
         document["passed"] = False
         document["interrupted"] = interrupted

@@ -1,23 +1,30 @@
 """A real runner process whose stages are stand-ins that take a little time (for crash tests).
 
     python -m tests.e2e.fake_runner STATE_DIR [--stage-seconds S] [--wait-seconds W] [--project P]
+                                    [--health FILE]
 
 Stage outcomes depend only on the recorded state, so a process killed and started again makes the
 same decisions: the first TEST fails until a fix commit is recorded; every later TEST passes.
+
+``--health FILE`` tracks the health of nodes n1 and n2 (checked every 0.2 s, Suspect and Evicted
+0.3 s apart, 2 respawn attempts): FILE is JSON the test rewrites while the runner runs,
+``{"n1": "ok" | "dead" | "down", "respawn": "ok" | "fail"}`` (absent: ok).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pytest_vpstest.config import Inventory, Node, ProjectConfig, SoakConfig
+from pytest_vpstest.config import HealthConfig, Inventory, Node, ProjectConfig, SoakConfig
 from pytest_vpstest.errors import VpsTestError
 from pytest_vpstest.loop import machine as m
+from pytest_vpstest.loop.health import NodeCheck
 from pytest_vpstest.loop.runner import Runner, StageContext, TestOutcome, child_env
 
 
@@ -74,6 +81,32 @@ class SlowStages:
         ctx.log(f"stopped: {reason}")
 
 
+class FileChecker:
+    """Node checks as the test's JSON file says (see the module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _spec(self) -> dict[str, str]:
+        try:
+            spec: dict[str, str] = json.loads(self.path.read_text())
+        except (FileNotFoundError, ValueError):  # being rewritten: all good this round
+            return {}
+        return spec
+
+    def health_targets(self, ctx: StageContext) -> tuple[str, ...]:
+        return ("n1", "n2")
+
+    def check_nodes(self, ctx: StageContext, nodes: tuple[str, ...]) -> dict[str, NodeCheck]:
+        spec = self._spec()
+        looks = {"ok": NodeCheck(True, True), "dead": NodeCheck(True, False, "service agent not running"),
+                 "down": NodeCheck(False, False, "ssh: connection refused")}
+        return {n: looks[spec.get(n, "ok")] for n in nodes}
+
+    def respawn(self, ctx: StageContext, node: str, *, redeploy: bool) -> str | None:
+        return None if self._spec().get("respawn", "ok") == "ok" else "service did not start"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("state_dir")
@@ -82,13 +115,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait-seconds", type=float, default=1.0)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--long-stage", help="this stage takes 600 s (interruptible)")
+    p.add_argument("--health", type=Path, help="node checks from this JSON file (module docstring)")
     args = p.parse_args(argv)
     cfg = ProjectConfig(path=None, project=args.project, workspace=Path(args.state_dir),
                         soak=SoakConfig(wait_1hr_seconds=args.wait_seconds,
-                                        wait_6hr_seconds=args.wait_seconds))
+                                        wait_6hr_seconds=args.wait_seconds),
+                        health=HealthConfig(check_seconds=0.2, suspect_after_seconds=0.3,
+                                            evict_after_seconds=0.3, respawn_attempts=2))
     inv = Inventory(nodes=(Node(name="n1", host="127.0.0.1"), Node(name="n2", host="127.0.0.1")))
     runner = Runner(cfg, inv, Path(args.state_dir), stages=SlowStages(args.stage_seconds, args.long_stage),
-                    install_signal_handlers=True, stop_poll_seconds=0.2, fix_retry_seconds=0.2, lease_ttl=5)
+                    install_signal_handlers=True, stop_poll_seconds=0.2, fix_retry_seconds=0.2, lease_ttl=5,
+                    checker=FileChecker(args.health) if args.health else None)
     try:
         final = runner.run(resume_only=args.resume)
     except VpsTestError as exc:

@@ -2,6 +2,12 @@
 
 * an agent killed during WAIT is respawned by the runner (through its service manager) and the next
   checkpoint passes;
+* an agent killed in the middle of TEST (its SSH still working) is noticed within that run: its
+  remaining pairs are skipped as "node unhealthy", its pairs are out of the rates, and the loop does
+  not enter FIX;
+* a node whose data link is cut (SSH over the management network and its service still fine) is
+  no longer heard by any peer — the agents report whom they hear (``peers_seen``) — and is Suspect;
+  the other nodes, heard by each other at the agents' own pace, never leave Live;
 * a node whose sshd is stopped before the run: its pairs are skipped as "node unhealthy", the verdict
   is judged on the rest and the loop never enters FIX;
 * nodes whose tests the config disables or leaves to the dashboard's Run tests (``manual``) are never
@@ -19,6 +25,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +33,7 @@ from pytest_vpstest import lab as lab_api
 from pytest_vpstest.config import load_inventory, load_project_config
 from pytest_vpstest.demo import BROKEN_LINE, GOOD_LINE, create_workspace
 from pytest_vpstest.loop import machine as m
+from pytest_vpstest.loop.project_files import request_stop
 from pytest_vpstest.loop.runner import Runner
 from pytest_vpstest.records.store import StateStore
 
@@ -182,6 +190,103 @@ def test_nodes_with_tests_disabled_or_manual_are_never_tested_by_the_loop(
     log = (runner.dir / "runner.log").read_text()
     reasons = "tests disabled for node saorsa-4; tests run manually for node saorsa-5"
     assert f"leaving out 2 node(s): {reasons}" in log
+
+
+def test_an_agent_killed_during_test_is_noticed_within_the_run_and_the_loop_does_not_fix(
+    health_lab: Lab, tmp_path: Path
+) -> None:
+    config = _workspace(tmp_path, health_lab, wait_1hr=None)
+    # More attempts per pair, so the matrix is still running when the agent is killed.
+    config.write_text(config.read_text().replace("    attempts: 1\n", "    attempts: 8\n"))
+    runs = tmp_path / "ws" / ".vpstest" / "health" / "runs"
+    victim = "saorsa-4"
+    killed: list[int] = []
+
+    def kill_mid_matrix() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not killed:
+            for progress in runs.glob("*/matrix/progress.json"):
+                try:
+                    phases = json.loads(progress.read_text())["phases"]
+                except (OSError, ValueError, KeyError):
+                    continue
+                done = sum(p["done"] for p in phases)
+                if done >= 40 and not all(p["finished"] for p in phases):
+                    health_lab.ssh(victim, f"kill -9 -$(cat /opt/vpstest/run/{SERVICE}.pid)")
+                    killed.append(done)
+                    return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=kill_mid_matrix, daemon=True)
+    watcher.start()
+    final, runner = _run(config, health_lab)
+    watcher.join(5)
+    assert killed, "the matrix never ran"
+    assert "FIX" not in _transitions(runner), final.stop_reason
+    doc = StateStore(runner.state_dir, runner.project).load()
+    assert doc is not None
+    results = json.loads(Path(doc["runner"]["last_results"]).read_text())
+    assert results["unhealthy"][victim].startswith(f"agent not answering on {victim}"), results["unhealthy"]
+    assert results["tests"]["skipped"] > 0
+    assert not any(victim in (p["from"], p["to"]) for p in results["pairs"]), "its pairs are in the rates"
+    assert all(f["cause"] == "infrastructure" and victim in f["nodes"] for f in results["failed_tests"])
+    # Judged on the rest: the other nodes' pairs all connected, so the run is not a software failure.
+    assert final.state is m.State.COMPLETE or "infrastructure" in (final.stop_reason or ""), final.stop_reason
+
+
+def test_a_node_no_peer_hears_is_suspect_while_ssh_and_its_service_are_fine(
+    health_lab: Lab, tmp_path: Path
+) -> None:
+    config = _workspace(tmp_path, health_lab, wait_1hr=240)
+    # The agents re-register every 5 s: a sighting up to 12 s old means the peer is there.
+    config.write_text(config.read_text() + "  peer_seen_within_seconds: 12\n")
+    state_dir = tmp_path / "ws" / ".vpstest"
+    state = state_dir / "health" / "state.json"
+    victim, ns = "saorsa-3", f"{health_lab.record.prefix}-saorsa-3"
+    seen: dict[str, Any] = {}
+
+    def cut_then_stop() -> None:
+        deadline = time.monotonic() + 400
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    doc = json.loads(state.read_text())
+                except (OSError, ValueError):
+                    doc = {}
+                nodes = doc.get("nodes") or {}
+                if doc.get("state") in ("STOPPED", "COMPLETE"):
+                    return
+                if "cut" not in seen and doc.get("state") == "WAIT_1HR" and all(
+                    (e.get("liveness") or {}).get("observers") == ["ssh", "service", "peers"]
+                    for n, e in nodes.items() if n != "saorsa-1"
+                ):
+                    assert health_lab.in_ns(ns, ["ip", "link", "set", "eth0", "down"]).returncode == 0
+                    seen["cut"] = time.monotonic()
+                entry = nodes.get(victim) or {}
+                if "cut" in seen and "no peer has heard from it lately" in str(entry.get("health_reason")):
+                    seen["entry"] = entry
+                    seen["after"] = time.monotonic() - seen["cut"]
+                    return
+                time.sleep(0.2)
+        finally:
+            health_lab.in_ns(ns, ["ip", "link", "set", "eth0", "up"])
+            request_stop(state_dir, "health")
+
+    watcher = threading.Thread(target=cut_then_stop, daemon=True)
+    watcher.start()
+    final, runner = _run(config, health_lab)
+    watcher.join(5)
+    assert "cut" in seen, "the loop never counted the peers' reports in its wait"
+    assert "entry" in seen, "the node no peer hears was never found out"
+    entry = seen["entry"]
+    assert entry["ssh"] is True and entry["service"] is True, entry
+    assert entry["health"] in ("Suspect", "Evicted", "Respawning", "Provisioning"), entry
+    print(f"found out {seen['after']:.1f} s after the cut")
+    assert final.state is m.State.STOPPED and final.stop_reason == "user stop"
+    doc = StateStore(runner.state_dir, runner.project).load()
+    assert doc is not None
+    others = [e for e in doc["runner"]["health_events"] if e["node"] != victim and e["from"] == "Live"]
+    assert others == [], f"healthy nodes flapped: {others}"
 
 
 def test_a_node_with_sshd_stopped_is_skipped_as_unhealthy_and_the_loop_does_not_fix(

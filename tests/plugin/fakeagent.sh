@@ -6,6 +6,17 @@
 #   FAKE_PUNCH_FALSE: p1->n1 punches answer ok=false (with a stderr line); FAKE_XPASS: n1<->n2 punches
 #   work although theory says they cannot.
 action=$1; node=$2; shift 2
+# FAKE_AGENT_DIES=node:n — that node's agent answers its first n probes, then is "not running"
+# (SSH still works): every later probe says so, as the reference agent's CLI does, and connects
+# to it get no answer.
+if [ -n "$FAKE_AGENT_DIES" ] && [ "$node" = "${FAKE_AGENT_DIES%%:*}" ]; then
+  f="$FAKE_FLEET_DIR/agent-$node.calls"
+  echo x >> "$f"
+  if [ "$(wc -l < "$f")" -gt "${FAKE_AGENT_DIES#*:}" ]; then
+    echo "{\"ok\": false, \"node\": null, \"addresses\": null, \"method\": null, \"path\": null, \"rtt_ms\": null, \"error\": \"agent not running: no control socket at /run/agent/$node.sock\"}"
+    exit 0
+  fi
+fi
 case "$action" in
 status) echo "{\"ok\": true, \"node\": \"$node\", \"addresses\": []}" ;;
 connect)
@@ -21,6 +32,11 @@ connect)
     fi ;;
   relay) ok=true; path=relayed; if [ "$node" = p1 ] && [ -n "$FAKE_RELAY_DOWN" ]; then ok=false; fi ;;
   esac
+  dead="$FAKE_FLEET_DIR/agent-$peer.calls"
+  if [ "$peer" = "${FAKE_AGENT_DIES%%:*}" ] && [ -f "$dead" ] && [ "$(wc -l < "$dead")" -gt "${FAKE_AGENT_DIES#*:}" ]; then
+    echo "{\"ok\": false, \"method\": \"$method\", \"path\": null, \"rtt_ms\": null, \"error\": \"no answer from $peer\"}"
+    exit 0
+  fi
   if [ "$node" = p1 ] && [ "$peer" = p2 ] && [ "$method" = direct ] && [ -n "$FAKE_HANG" ]; then
     exec sleep 60
   fi

@@ -448,7 +448,7 @@ def test_nodes_handed_over_as_unhealthy_are_skipped_and_left_out_of_the_rates(
     result.assert_outcomes(passed=2, skipped=2)
     result.stdout.fnmatch_lines(["*node unhealthy: n2 (provisioning: ssh: connection refused)*"])
     results = fleet.results()
-    assert results["unhealthy"] == {"n2": "node unhealthy: n2 (provisioning: ssh: connection refused)"}
+    assert results["unhealthy"] == {"n2": "provisioning: ssh: connection refused"}
     assert results["passed"] is True and results["tests"]["failed"] == 0
     assert all("n2" not in (p["from"], p["to"]) for p in results["pairs"])
     status = json.loads(next((fleet.state_dir / "demo" / "runs").glob("*/status.json")).read_text())
@@ -504,3 +504,38 @@ def test_nodes_unreachable_at_the_status_check_are_unhealthy_not_a_broken_templa
     result.stdout.fnmatch_lines(["*node unhealthy: *(unreachable during the run*"])
     status = json.loads(next((fleet.state_dir / "demo" / "runs").glob("*/status.json")).read_text())
     assert status["ok"] is True and all(a["transport_error"] for a in status["answers"].values())
+
+
+def test_an_agent_that_dies_during_the_run_skips_its_remaining_pairs_as_unhealthy(
+    fake_fleet: MakeFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = fake_fleet()
+    # p2's agent answers its first two probes, then is not running; SSH to p2 still works.
+    monkeypatch.setenv("FAKE_AGENT_DIES", "p2:2")
+    result = fleet.run("--vps-focus=connectivity", "--vps-attempts=2", "-rs")
+    result.stdout.fnmatch_lines(["*node unhealthy: p2 (agent not answering on p2: 3 probes in a row said*"])
+    results = fleet.results()
+    assert results["unhealthy"]["p2"].startswith("agent not answering on p2")
+    # p2's pairs are out of the rates, also those measured (and reported) before it was found out;
+    # no failure is blamed on the software because of p2.
+    assert all("p2" not in (p["from"], p["to"]) for p in results["pairs"])
+    for failed in results["failed_tests"]:
+        assert ("p2" in failed["nodes"]) == (failed["cause"] == "infrastructure"), failed
+    assert not any("p2" in f["nodes"] and f["cause"] == "software" for f in results["failed_tests"])
+    # Once the run knows the agent is down it is not asked again: p2 sends in 7 cells × 2 attempts,
+    # of which only the first 2 answers, 3 in a row "not running" and those already in flight ran.
+    assert fleet.calls("agent-p2") < 14
+
+
+def test_an_agent_already_down_at_the_status_check_is_unhealthy_not_undeployed(
+    fake_fleet: MakeFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = fake_fleet()
+    monkeypatch.setenv("FAKE_AGENT_DIES", "p2:0")  # SSH works, p2's agent answers nothing
+    result = fleet.run("--vps-focus=connectivity", "--vps-skip-deploy", "-rs")
+    said = "status said 'agent not running"
+    result.stdout.fnmatch_lines([f"*node unhealthy: p2 (agent not answering on p2: {said}*"])
+    assert "not deployed: p2" not in result.stdout.str()
+    results = fleet.results()
+    assert "p2" in results["unhealthy"] and results["tests"]["failed"] == 0
+    assert fleet.calls("agent-p2") == 1  # asked once, at the status check

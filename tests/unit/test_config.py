@@ -567,3 +567,11 @@ def test_a_broken_criteria_expression_is_an_error_at_load() -> None:
     assert_error(err, "/srv/demo/vps.yaml", 3, "criteria_expr", "")
     ok = parse_project_config("project: d\ncriteria_expr: 'connectivity.relay.rate >= 99'\n", "/srv/d/v.yaml")
     assert ok.criteria_expr == "connectivity.relay.rate >= 99"
+
+
+def test_health_peer_seen_within_seconds() -> None:
+    cfg = parse_project_config("workspace: .\nhealth: {peer_seen_within_seconds: 15}\n", "/x/config.yaml")
+    assert cfg.health.peer_seen_within_seconds == 15
+    assert parse_project_config("workspace: .\n", "/x/config.yaml").health.peer_seen_within_seconds == 60
+    with pytest.raises(ConfigError, match=r"health\.peer_seen_within_seconds"):
+        parse_project_config("workspace: .\nhealth: {peer_seen_within_seconds: 0}\n", "/x/config.yaml")

@@ -137,8 +137,8 @@ EXPECTED: dict[str, list[str]] = {
     "pytest_vpstest.modes": ["CRITERIA", "PROOFS", "Criteria", "Proof"],
     "pytest_vpstest.nat_types": ["NAT_TYPES", "NatInfo", "NatType", "nat_info", "nat_rank"],
     "pytest_vpstest.node_skips": [
-        "SKIP_FILE", "SKIP_NODES_OPTION", "UNHEALTHY_PREFIX", "is_unhealthy", "nodes_to_skip",
-        "read_skip_file", "tests_mode_reason", "unhealthy_reason",
+        "SKIP_FILE", "SKIP_NODES_OPTION", "UNHEALTHY_PREFIX", "nodes_to_skip", "read_skip_file",
+        "tests_mode_reason", "unhealthy_reason", "unhealthy_why",
     ],
     "pytest_vpstest.lab": [
         "FLAVOURS", "Flavour", "LabRecord", "NodeStatus", "Topology", "choose_flavour", "down",
@@ -233,7 +233,8 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "pytest_vpstest.loop.event_text": ["event_reason", "failure_event"],
     "pytest_vpstest.loop.health": [
-        "OBSERVERS", "NodeCheck", "NodeHealth", "health_label", "infrastructure_only",
+        "OBSERVERS", "PEER_OBSERVERS", "NodeCheck", "NodeHealth", "health_label", "infrastructure_only",
+        "peers_seen_of",
     ],
     "pytest_vpstest.loop.health_keeper": ["HEALTH_EVENTS_KEPT", "HealthKeeper", "NodeChecker"],
     "pytest_vpstest.loop.liveness": [
@@ -272,6 +273,7 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "pytest_vpstest.loop.stages": ["PLUGINS_OFF", "FleetStages", "suites_directory"],
     "pytest_vpstest.plugin": [],
+    "pytest_vpstest.plugin.agent_watch": ["AGENT_DOWN_AFTER", "AgentWatch", "agent_down"],
     "pytest_vpstest.plugin.aggregate": [
         "AGGREGATORS", "MEASUREMENT_KEY", "NODES_KEY", "Collector", "RecordedTest", "aggregate",
         "build_test_results", "encode", "metric_rows", "metrics_of", "node_rows", "pair_rows", "percentile",

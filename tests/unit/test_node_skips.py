@@ -8,7 +8,7 @@ import pytest
 
 from pytest_vpstest.config_operations import DashboardConfig
 from pytest_vpstest.errors import ConfigError
-from pytest_vpstest.node_skips import is_unhealthy, nodes_to_skip, read_skip_file
+from pytest_vpstest.node_skips import nodes_to_skip, read_skip_file, unhealthy_reason, unhealthy_why
 
 
 def test_disabled_and_manual_nodes_are_left_out_with_their_reason_and_unhealthy_ones_with_theirs() -> None:
@@ -19,7 +19,8 @@ def test_disabled_and_manual_nodes_are_left_out_with_their_reason_and_unhealthy_
         "c": "tests run manually for node c",
         "e": "node unhealthy: e (provisioning: ssh refused)",
     }
-    assert [is_unhealthy(r) for r in skip.values()] == [False, False, True]
+    assert [unhealthy_why(n, r) for n, r in skip.items()] == [None, None, "provisioning: ssh refused"]
+    assert unhealthy_why("x", unhealthy_reason("x", "agent (pid 3) gone")) == "agent (pid 3) gone"
 
 
 def test_the_configs_choice_wins_over_health_and_auto_nodes_are_tested() -> None:

@@ -335,6 +335,22 @@ class Node:
         names.discard(self.name)
         return names
 
+    def peers_seen(self) -> list[dict[str, Any]]:
+        """Peers heard from within ``PEER_STALE_SECONDS``, each with how long ago: over a direct
+        link, or through the registry (its record's age plus the time since the list was fetched).
+        The harness counts these as observations of the peers' health."""
+        now = time.monotonic()
+        ages: dict[str, float] = {}
+        for name, peer in self.peers.items():
+            ages[name] = float(peer.get("age_seconds", 0)) + (now - self.peers_fetched)
+        for name, link in self.links.items():
+            ages[name] = min(ages.get(name, float("inf")), now - link.last_seen)
+        return [
+            {"node": name, "age_seconds": round(max(0.0, age), 3)}
+            for name, age in sorted(ages.items())
+            if name != self.name and age < PEER_STALE_SECONDS
+        ]
+
     def _flood(self, message: Message, exclude: set[str]) -> None:
         data = wire.encode(message)
         for peer in sorted(self.peer_names() - exclude):
@@ -945,6 +961,7 @@ class Node:
             "addresses": [wire.format_addr(self.local)],
             "mapped": self.mapped,
             "peers": sorted(self.peer_names()),
+            "peers_seen": self.peers_seen(),
             "links": {
                 n: wire.format_addr(link.addr)
                 for n, link in sorted(self.links.items())

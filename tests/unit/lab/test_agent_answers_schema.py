@@ -31,6 +31,9 @@ def test_status_conforms(cluster: Cluster) -> None:
     answer = cluster.probe("s1", "status")
     assert answer["ok"] is True
     _conforms("status", answer)
+    # The peers it heard from, by name and age: the meshed peer is there, recently.
+    seen = {p["node"]: p["age_seconds"] for p in answer["peers_seen"]}
+    assert "s2" in seen and 0 <= seen["s2"] < 60 and "s1" not in seen
 
 
 @pytest.mark.parametrize("method", ["direct", "holepunch", "relay"])

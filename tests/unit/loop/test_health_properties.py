@@ -6,10 +6,14 @@ random gaps between rounds. After every round:
 * every recorded health change follows an edge of the liveness machine, from where the node was;
 * no node is respawned more often than ``respawn_attempts``, and a Failed node stays Failed;
 * a node whose every check is good is never evicted.
+
+The same holds across runner restarts (a new keeper that restores the liveness records from the
+state document, as a resumed runner does): respawn attempts count on and Failed stays Failed.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -76,15 +80,33 @@ def _ctx(tmp: Path) -> StageContext:
 @settings(max_examples=150, deadline=None)
 @given(rounds)
 def test_health_rounds_keep_the_liveness_invariants(script: list[Any]) -> None:
+    _check_rounds(script, frozenset())
+
+
+@settings(max_examples=150, deadline=None)
+@given(rounds, st.sets(st.integers(0, 29)))
+def test_the_invariants_hold_across_runner_restarts(script: list[Any], restarts: set[int]) -> None:
+    _check_rounds(script, frozenset(restarts))
+
+
+def _check_rounds(script: list[Any], restarts: frozenset[int]) -> None:
     clock = [datetime(2026, 1, 1, tzinfo=UTC)]
     checker = ScriptedChecker()
-    keeper = HealthKeeper(checker, CFG, project="p", clock=lambda: clock[0], log=lambda _l: None,
-                          notify=lambda *_a: None)
+
+    def new_keeper() -> HealthKeeper:
+        return HealthKeeper(checker, CFG, project="p", clock=lambda: clock[0], log=lambda _l: None,
+                            notify=lambda *_a: None)
+
+    keeper = new_keeper()
     document: dict[str, Any] = {}
     ctx = _ctx(Path("/nonexistent"))
     always_good = set(NAMES)
     seen_events = 0
-    for codes, respawn_ok, gap in script:
+    for i, (codes, respawn_ok, gap) in enumerate(script):
+        if i in restarts:
+            # A resumed runner: a new keeper, the document as the state file kept it.
+            document = json.loads(json.dumps(document, allow_nan=False))
+            keeper = new_keeper()
         clock[0] += timedelta(seconds=gap)
         for n, code in zip(NAMES, codes, strict=True):
             checker.now[n] = code
