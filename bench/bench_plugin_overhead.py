@@ -1,14 +1,18 @@
 """Plugin overhead with --vps-config absent: 2,000 trivial tests with the plugin installed (and
-inert) versus the same run with ``-p no:vpstest``. Target: at most 2% slower.
+inert) versus the same run with ``-p no:vpstest``. Target (issue 9): at most 0.5 % slower.
 
     .venv/bin/python bench/bench_plugin_overhead.py [--tests 2000] [--rounds 7]
 
-Both variants run in fresh interpreters, alternating, and the medians are compared.
+Both variants run in fresh interpreters, alternating, and the medians are compared; the load
+average is printed before and after (other work on the machine moves wall time more than CPU time).
+The runs keep bytecode caches as an installed package has them: ``PYTHONDONTWRITEBYTECODE`` is dropped
+from their environment, else each run would compile the plugin's modules from source again.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import subprocess
@@ -31,9 +35,10 @@ def make_project(root: Path, tests: int) -> None:
 def run(root: Path, extra: list[str]) -> tuple[float, float]:
     """Wall time and CPU time (user + system of the child) of one pytest run."""
     argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra, str(root)]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.run(argv, cwd=root, capture_output=True, text=True)
+    proc = subprocess.run(argv, cwd=root, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
@@ -47,6 +52,7 @@ def main() -> int:
     ap.add_argument("--tests", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="vps-bench-overhead-") as tmp:
         root = Path(tmp)
         make_project(root, args.tests)
@@ -56,8 +62,10 @@ def main() -> int:
         for _ in range(args.rounds):
             baseline.append(run(root, ["-p", "no:vpstest"]))
             installed.append(run(root, []))
+    load_after = os.getloadavg()
     print(
-        f"{args.tests} trivial tests, {args.rounds} rounds, medians (CPU time is steadier on a busy machine)"
+        f"{args.tests} trivial tests, {args.rounds} rounds, medians (CPU time is steadier under load); "
+        f"load {load_before[0]:.1f}/{load_before[1]:.1f} -> {load_after[0]:.1f}/{load_after[1]:.1f}"
     )
     print(f"  {'':36} {'wall':>9} {'cpu':>9}")
     for label, runs in (
@@ -70,8 +78,8 @@ def main() -> int:
         before = statistics.median(r[i] for r in baseline)
         after = statistics.median(r[i] for r in installed)
         overhead = (after - before) / before * 100
-        verdict = "OK" if overhead <= 2 else "OVER TARGET"
-        print(f"  overhead ({name:4})                   {overhead:+6.2f} %   target <= 2 %  {verdict}")
+        verdict = "OK" if overhead <= 0.5 else "OVER TARGET"
+        print(f"  overhead ({name:4})                   {overhead:+6.2f} %   target <= 0.5 %  {verdict}")
     return 0
 
 

@@ -7,7 +7,7 @@
     vpstest diagnose <node>                              service, logs, disk, memory, sockets over SSH
     vpstest nodes [--json]                               the fleet with live SSH reachability
     vpstest contract check [--node N] [--json]           every probe template once: what works, how to fix
-    vpstest demo [--keep-lab] [--workspace DIR]          the whole loop against the embedded lab
+    vpstest demo [--keep-lab] [--workspace DIR] [--prefix P]  the whole loop against the embedded lab
     vpstest lab up|down|status                           the embedded lab
 
 ``start`` and the detached runner live here; the other subcommands in ``pytest_vpstest.commands``

@@ -138,7 +138,7 @@ build:
 
 deploy:
   install_path: /opt/vpstest/
-  service_prefix: vdemo
+  service_prefix: {prefix}
   start_command: >-
     {{bin}} run --node {{node}} --bind {{p2p_address}}
     --registry {{registry}} --bootstrap {{bootstrap}}
@@ -259,10 +259,12 @@ def run_demo(
     """
     from pytest_vpstest import lab
     from pytest_vpstest.config import load_inventory, load_project_config
+    from pytest_vpstest.lab.plan import check_prefix
     from pytest_vpstest.loop import machine as m
     from pytest_vpstest.loop.runner import Runner, machine_config
 
     say = out or (lambda line: print(line, flush=True))
+    check_prefix(prefix)  # a bad prefix is one error line before anything is made
     t0 = time.monotonic()
     chosen = lab.choose_flavour(flavour)  # type: ignore[arg-type]
     if flavour is not None:
@@ -387,6 +389,9 @@ def register(sub: Any) -> None:
     p.add_argument("--keep-lab", action="store_true", help="leave the lab up afterwards")
     p.add_argument("--workspace", metavar="DIR", type=Path, help="new directory for the demo workspace")
     p.add_argument("--topology", default="small", help="small (default, quick) or full (the 10-node fleet)")
+    p.add_argument("--prefix", default=DEMO_PREFIX,
+                   help=f"the lab's name prefix (default {DEMO_PREFIX}): another prefix lets demos and labs "
+                        "of other work run beside it")
     p.add_argument("--flavour", choices=("netns", "loopback"), default=None,
                    help="lab flavour (default: netns as root, else loopback)")
     p.add_argument("--dashboard-port", type=int, default=8099, metavar="PORT",
@@ -398,5 +403,5 @@ def register(sub: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     return run_demo(workspace=args.workspace, keep_lab=args.keep_lab, topology=args.topology,
-                    flavour=args.flavour,
+                    flavour=args.flavour, prefix=args.prefix,
                     dashboard_port=None if args.no_dashboard else args.dashboard_port)

@@ -6,7 +6,9 @@ coordinator thread starts the steps the scheduler allows, collects their results
 and hands each finished cell to ``on_cell``. A step whose answer has not come its runner's
 ``deadline`` plus ``watchdog_slack`` seconds after it started is recorded as a timed-out attempt and
 its slots are freed: a hanging node costs its own cells one timeout each and holds up nothing else
-(a late answer is dropped).
+(a late answer is dropped). The watchdog does not run while a step still waits for its nodes' slots
+(:meth:`StepRunner.began`): the wait is other probes on its nodes, not this step hanging; its
+deadline counts from when it began.
 
 With a ``watch`` (:class:`~pytest_vpstest.plugin.agent_watch.AgentWatch`) every result is also a
 look at the node that ran it: once the watch finds a node's agent down, ``on_unhealthy(node,
@@ -16,11 +18,16 @@ run — each is recorded at once as a result saying it was not run, so its cell 
 What a step is, for the fleet (:class:`ProbeSpec`): attempt *i* of a pair probe (``connect``,
 ``throughput``, or a suite's own action taking a peer) from ``node`` to ``peer``; with ``ceiling`` the
 cell has one more step, the pair's iperf3 ceiling, recorded as a pseudo probe result (action
-``iperf3``, data ``{ok, mbps, note}``).
+``iperf3``, data ``{ok, mbps, note}``). Every step, whichever way it reaches the node (a batch
+request, a single probe, the ceiling), holds a slot of the probe runner's
+:class:`~pytest_vpstest.fleet.probes.NodeSlots` on both its nodes while it runs, so the per-node limit
+also counts the probes other xdist workers (and this process's other tests) send to the same nodes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import queue
 import threading
 import time
@@ -30,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pytest_vpstest.fleet.batch import REQUESTS as BATCH_REQUESTS
-from pytest_vpstest.fleet.probes import ProbeResult
+from pytest_vpstest.fleet.probes import NodeSlots, ProbeResult
 from pytest_vpstest.plugin.schedule import Cell, Scheduler, Task
 
 if TYPE_CHECKING:
@@ -46,6 +53,8 @@ CellDone = Callable[[Cell, list[ProbeResult]], None]
 
 # Beyond a step's own deadline, time allowed for the transport to report before the engine gives up.
 WATCHDOG_SLACK = 5.0
+# How often the watchdog looks again at a step still queued for its nodes' slots.
+QUEUED_POLL = 0.25
 
 
 class StepRunner(Protocol):
@@ -59,6 +68,15 @@ class StepRunner(Protocol):
 
     def describe(self, task: Task) -> str:
         """The command a step runs (evidence when the engine has to give up on it)."""
+        ...
+
+    def began(self, task: Task) -> float | None:
+        """When a started step got its nodes' slots and began (``time.monotonic()``, the engine's
+        default clock); None while it still waits for slots held elsewhere."""
+        ...
+
+    def abandon(self, task: Task) -> None:
+        """The engine gave up on the step: free what it holds (its answer, if any, is dropped)."""
         ...
 
     def close(self) -> None: ...
@@ -182,7 +200,15 @@ class Engine:
         for key, (task, started, deadline) in list(inflight.items()):
             if now < deadline:
                 continue
+            began = self.runner.began(task)
+            if began is None:  # queued behind other probes on its nodes: not hung, not begun
+                inflight[key] = (task, started, now + QUEUED_POLL)
+                continue
+            if now < began + self.runner.deadline(task) + self.watchdog_slack:
+                inflight[key] = (task, started, began + self.runner.deadline(task) + self.watchdog_slack)
+                continue
             del inflight[key]
+            self.runner.abandon(task)
             spec = task.cell.spec
             action = spec.step_action(task.index) if isinstance(spec, ProbeSpec) else "probe"
             node = spec.node if isinstance(spec, ProbeSpec) else task.cell.nodes[0]
@@ -296,14 +322,22 @@ class ProbeSpec:
 
 class FleetSteps:
     """Runs probe steps on the fleet: through a node's batch command when the config has one (and
-    the session can stream), else as single probes in threads over the node's cached connection."""
+    the session can stream), else as single probes in threads over the node's cached connection.
+
+    Each step first takes a slot on both its nodes from ``runner.slots`` (shared with the session's
+    other probes, and across xdist workers through lock files) and keeps it until its answer."""
 
     def __init__(self, runner: ProbeRunner, pool: Pool, *, threads: int, batch: bool = True) -> None:
         self.runner = runner
         self.pool = pool
+        # Single probes run under the slots this class already holds for them, so the runner they go
+        # through must not wait for a second slot of its own.
+        self._no_slots = NodeSlots(_NO_LIMIT)
         self._threads = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="vps-matrix")
         self._lanes: dict[str, BatchLane | None] = {}
         self._lanes_lock = threading.Lock()
+        self._holds: dict[tuple[str, int], _Hold] = {}
+        self._holds_lock = threading.Lock()
         self._batch = batch and bool(runner.templates.batch)
 
     def deadline(self, task: Task) -> float:
@@ -320,21 +354,31 @@ class FleetSteps:
         return f"{spec.step_action(task.index)} {spec.node} -> {spec.peer}"
 
     def start(self, task: Task, done: StepDone) -> None:
-        spec = _spec(task)
-        if spec.step_action(task.index) == "iperf3":
-            self._threads.submit(self._ceiling, spec, done)
-            return
-        lane = self._lane(spec.node) if spec.action in BATCH_REQUESTS else None  # else: no batch form
-        if lane is None:
-            self._threads.submit(lambda: done(self._single(spec)))
-            return
-        lane.submit(spec.action, self._values(spec), done)
+        hold = _Hold()
+        with self._holds_lock:
+            self._holds[task.key] = hold
+        self._threads.submit(self._run_held, task, hold, done)
+
+    def began(self, task: Task) -> float | None:
+        with self._holds_lock:
+            hold = self._holds.get(task.key)
+        return hold.began if hold is not None else time.monotonic()  # ended: nothing left to wait for
+
+    def abandon(self, task: Task) -> None:
+        with self._holds_lock:
+            hold = self._holds.pop(task.key, None)
+        if hold is not None:
+            hold.release()
 
     def close(self) -> None:
         with self._lanes_lock:
             lanes = [lane for lane in self._lanes.values() if lane is not None]
         for lane in lanes:
             lane.close()
+        with self._holds_lock:
+            holds, self._holds = list(self._holds.values()), {}
+        for hold in holds:
+            hold.release()
         self._threads.shutdown(wait=False, cancel_futures=True)
 
     @property
@@ -344,6 +388,35 @@ class FleetSteps:
             return sum(lane.starts for lane in self._lanes.values() if lane is not None)
 
     # -- internals ------------------------------------------------------------------------
+    def _run_held(self, task: Task, hold: _Hold, done: StepDone) -> None:
+        """Take the step's node slots (waiting for other holders), then start it; the slots go back
+        when its answer arrives or the engine abandons it."""
+        spec = _spec(task)
+        stack = contextlib.ExitStack()
+        try:
+            stack.enter_context(self.runner.slots.hold(spec.node, spec.peer))
+        except Exception as exc:  # e.g. the run directory's lock files: a failed attempt, not a hang
+            self.abandon(task)
+            why = f"no slot on {spec.node}/{spec.peer}: {type(exc).__name__}: {exc}".splitlines()[0]
+            action = spec.step_action(task.index)
+            done(ProbeResult(action, spec.node, self.describe(task), None, "", "", 0.0, error=why))
+            return
+        if not hold.begin(stack):
+            return  # abandoned while it waited
+
+        def finish(result: ProbeResult) -> None:
+            self.abandon(task)  # its work is over: free the slots
+            done(result)
+
+        if spec.step_action(task.index) == "iperf3":
+            self._ceiling(spec, finish)
+            return
+        lane = self._lane(spec.node) if spec.action in BATCH_REQUESTS else None  # else: no batch form
+        if lane is None:
+            finish(self._single(spec))
+            return
+        lane.submit(spec.action, self._values(spec), finish)
+
     def _values(self, spec: ProbeSpec) -> dict[str, Any]:
         values: dict[str, Any] = {**self.runner.peer_values(spec.peer), "timeout": spec.timeout}
         if spec.method is not None:
@@ -359,7 +432,8 @@ class FleetSteps:
             values["method"] = spec.method
         if spec.seconds is not None:
             values["seconds"] = _num_text(spec.seconds)
-        return self.runner.run(spec.action, spec.node, timeout=spec.timeout, hold=(spec.peer,), **values)
+        held = dataclasses.replace(self.runner, slots=self._no_slots)  # the runner as it is now
+        return held.run(spec.action, spec.node, timeout=spec.timeout, **values)
 
     def _ceiling(self, spec: ProbeSpec, done: StepDone) -> None:
         from pytest_vpstest.fleet.iperf import iperf3_ceiling
@@ -396,6 +470,34 @@ class FleetSteps:
                 lane = BatchLane(node, quote_command(template, **self.runner.node_values(node)), opener)
             self._lanes[node] = lane
             return lane
+
+
+_NO_LIMIT = 1 << 20  # slots per node of the runner used under slots already held
+
+
+class _Hold:
+    """A step's node slots: waiting for them, then held until released (once, from any thread)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stack: contextlib.ExitStack | None = None
+        self._released = False
+        self.began: float | None = None  # when the slots were taken
+
+    def begin(self, stack: contextlib.ExitStack) -> bool:
+        """The slots are taken; False (and given back) when the step was abandoned meanwhile."""
+        with self._lock:
+            if not self._released:
+                self._stack, self.began = stack, time.monotonic()
+                return True
+        stack.close()
+        return False
+
+    def release(self) -> None:
+        with self._lock:
+            stack, self._stack, self._released = self._stack, None, True
+        if stack is not None:
+            stack.close()
 
 
 def _num_text(x: float) -> str:

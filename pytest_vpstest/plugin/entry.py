@@ -276,7 +276,8 @@ class VpsPlugin:
             pytest.skip(reason)
 
     # -- results (controller) -------------------------------------------------------------
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+    def _collect(self, report: pytest.TestReport) -> None:
+        """Keep a test report for the run's results (the controller's, or the serial process's)."""
         if self.run.is_worker:
             return
         message = ""
@@ -292,20 +293,44 @@ class VpsPlugin:
         self.collector.add(
             report.nodeid, report.when, outcome, report.duration, report.user_properties, message[:300]
         )
-        if report.when == "call":
-            self._show_progress()
 
-    def _show_progress(self) -> None:
-        """The matrix engine's progress per suite (it may run in another process under xdist)."""
-        tr = self.config.pluginmanager.get_plugin("terminalreporter")
-        if tr is None:
-            return
-        if self.progress is None:
-            from pytest_vpstest.plugin.matrix import ProgressPrinter
+    # -- the matrix engine's progress (it may run in another process under xdist) -------------
+    def _progress_view(self) -> Any:
+        if self.progress is None and not self.run.is_worker:
+            tr = self.config.pluginmanager.get_plugin("terminalreporter")
+            if tr is not None:
+                from pytest_vpstest.plugin.progress import ProgressView
 
-            self.progress = ProgressPrinter(self.run.run_dir)
-        for line in self.progress.lines():
-            tr.write_line(line)
+                self.progress = ProgressView(tr, self.run.run_dir, self.config.get_verbosity())
+        return self.progress
+
+    # Wrappers around the terminal reporter's own hooks: progress goes between its writes.
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_logstart(self, nodeid: str, location: tuple[str, int | None, str]) -> Any:
+        view = self._progress_view()
+        if view is not None:
+            view.before_test(nodeid)
+        return (yield)
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> Any:
+        self._collect(report)
+        view = self._progress_view()
+        if view is not None:
+            view.before_output()
+        try:
+            return (yield)
+        finally:
+            if view is not None:
+                view.after_report(report)
+
+    @pytest.hookimpl(wrapper=True, trylast=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> Any:
+        try:
+            return (yield)
+        finally:  # inside the terminal reporter's wrapper: before it ends the dot line
+            if self.progress is not None:
+                self.progress.before_output()
 
     # tryfirst: before the JUnit XML writer, so the run's metrics become its suite properties.
     @pytest.hookimpl(tryfirst=True)
@@ -328,8 +353,9 @@ class VpsPlugin:
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         tr = terminalreporter
-        if not self.run.is_worker:
-            self._show_progress()  # final lines a suite's last report came too early for
+        view = self._progress_view()
+        if view is not None:
+            view.summary()  # final lines a suite's last report came too early for
         if self.failure:
             tr.section("pytest-vpstest", sep="=", bold=True)
             tr.write_line(self.failure, red=True)

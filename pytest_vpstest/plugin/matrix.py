@@ -13,7 +13,8 @@ first to take the lock ``<run_dir>/matrix/engine.lock``. It appends each finishe
 measures every probe once and serial and parallel runs give the same numbers. The owner keeps the
 lock until its engine is done (its session teardown waits for it); a reader that finds the lock
 free before the file says ``done`` knows the owner died and fails its test with that reason.
-Progress (per suite: probes done / total, rate, ETA) goes to ``progress.json`` for the terminal.
+Progress (per suite: probes done / total, rate, ETA) goes to ``progress.json`` for the terminal
+(:mod:`pytest_vpstest.plugin.progress`).
 """
 
 from __future__ import annotations
@@ -46,11 +47,8 @@ if TYPE_CHECKING:
 __all__ = [
     "Matrix",
     "MatrixError",
-    "ProgressPrinter",
     "matrix_cell",
     "plan_cells",
-    "progress_line",
-    "read_progress",
     "vps_matrix",
 ]
 
@@ -190,14 +188,15 @@ class Matrix:
 
     def _on_cell(self, cell: Cell, results: list[ProbeResult]) -> None:
         docs = [r.to_json() for r in results]
+        # First the progress (a suite's last cell: its final figures), so that no test's report
+        # comes before the figures that include its cell.
+        self._write_progress(
+            force=self._engine is not None and self._engine.progress[cell.phase].ended is not None
+        )
         with self._cond:
             self._append({"key": cell.key, "results": docs})
             self._results[cell.key] = docs
             self._cond.notify_all()
-        # The last cell of a suite: its final figures are written before its test reports.
-        self._write_progress(
-            force=self._engine is not None and self._engine.progress[cell.phase].ended is not None
-        )
 
     def _append(self, doc: dict[str, Any]) -> None:
         with open(self.cells_file, "a", encoding="utf-8") as fh:
@@ -256,55 +255,6 @@ class Matrix:
                 return False
             fcntl.flock(handle, fcntl.LOCK_UN)
             return True
-
-
-def read_progress(run_dir: Path) -> list[dict[str, Any]]:
-    """The engine's last progress note (empty when there is none yet)."""
-    try:
-        doc = json.loads((run_dir / "matrix" / "progress.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    phases = doc.get("phases") if isinstance(doc, dict) else None
-    return [p for p in phases if isinstance(p, dict)] if isinstance(phases, list) else []
-
-
-class ProgressPrinter:
-    """Progress lines for the terminal, from the engine's progress file: a line per suite at most
-    every ``every`` seconds while it runs, and its final line once."""
-
-    def __init__(
-        self, run_dir: Path, every: float = 2.0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.run_dir = run_dir
-        self.every = every
-        self.clock = clock
-        self._shown: dict[str, tuple[int, float]] = {}
-        self._final: set[str] = set()
-
-    def lines(self) -> list[str]:
-        now = self.clock()
-        out = []
-        for phase in read_progress(self.run_dir):
-            name = str(phase.get("phase"))
-            if name in self._final:
-                continue
-            done, (shown_done, shown_at) = int(phase.get("done", 0)), self._shown.get(name, (-1, -1e9))
-            if phase.get("finished"):
-                self._final.add(name)
-            elif done == shown_done or now - shown_at < self.every:
-                continue
-            self._shown[name] = (done, now)
-            out.append(progress_line(phase))
-        return out
-
-
-def progress_line(phase: dict[str, Any]) -> str:
-    """``vpstest connectivity: 240/552 probes, 38.1/s, ETA 8 s`` (or ``done in 14.2 s``)."""
-    head = f"vpstest {phase['phase']}: {phase['done']}/{phase['total']} probes, {phase['rate']:g}/s"
-    if phase.get("finished"):
-        return f"{head}, done in {phase.get('elapsed')} s"
-    eta = phase.get("eta")
-    return f"{head}, ETA {eta:.0f} s" if isinstance(eta, int | float) else head
 
 
 # --------------------------------------------------------------------------------------------

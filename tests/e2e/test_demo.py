@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_vpstest.demo import BROKEN_LINE, DEMO_PREFIX, GOOD_LINE, create_workspace
+from pytest_vpstest.demo import BROKEN_LINE, GOOD_LINE, create_workspace
+from tests.lab.conftest import worker_prefix
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,7 +28,7 @@ def test_demo_workspace_builds_and_its_fixer_repairs_the_planted_defect(tmp_path
     ws = tmp_path / "ws"
     config = create_workspace(ws)
     assert config == ws / "vpstest.yaml"
-    assert "inventory: \"lab:vdemo\"" in config.read_text()
+    assert "inventory: \"lab:vdemo\"" in config.read_text() and "service_prefix: vdemo" in config.read_text()
     assert _git_log(ws) == ["relay: check the sender of forwarded datagrams",
                             "agent: import the reference node"]
     node = (ws / "agent" / "node.py").read_text()
@@ -65,10 +66,6 @@ def _lab_unavailable() -> str | None:
     ok, why = netns_available()
     if not ok:
         return f"network namespaces unavailable: {why}"
-    from pytest_vpstest import lab
-
-    if lab.inventory_path(DEMO_PREFIX).exists():
-        return f"a lab '{DEMO_PREFIX}' is already up; the test needs to own it"
     return None
 
 
@@ -80,7 +77,13 @@ def test_vpstest_demo_end_to_end(tmp_path: Path) -> None:
     if reason:
         pytest.skip(reason)
     ws = tmp_path / "demo"
-    res = subprocess.run([sys.executable, "-m", "pytest_vpstest.cli", "demo", "--workspace", str(ws)],
+    # Its own lab prefix and any free port: the demo test runs beside other labs and dashboards.
+    prefix = worker_prefix("vdm")
+    from pytest_vpstest import lab
+
+    lab.down(prefix)  # what a killed earlier run of this test left (the demo would reuse a lab that is up)
+    argv = ["demo", "--workspace", str(ws), "--prefix", prefix, "--dashboard-port", "0"]
+    res = subprocess.run([sys.executable, "-m", "pytest_vpstest.cli", *argv],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     out = res.stdout
@@ -100,8 +103,14 @@ def test_vpstest_demo_end_to_end(tmp_path: Path) -> None:
     assert (project / "logs").is_dir() and any((project / "logs").iterdir())
     for label in ("proof:", "state file:", "HTML report:", "node logs:"):
         assert label in out
-    from pytest_vpstest import lab
+    assert not lab.inventory_path(prefix).exists()  # the lab was taken down again
+    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    assert not [n for n in ns if n.startswith(f"{prefix}-")]
 
-    assert not lab.inventory_path(DEMO_PREFIX).exists()  # the lab was taken down again
-    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert DEMO_PREFIX not in ns
+
+def test_a_bad_demo_prefix_is_one_error_line_before_anything_is_made(tmp_path: Path) -> None:
+    ws = tmp_path / "demo"
+    res = subprocess.run([sys.executable, "-m", "pytest_vpstest.cli", "demo", "--workspace", str(ws),
+                          "--prefix", "Bad Prefix"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0 and not ws.exists()
+    assert len(res.stderr.strip().splitlines()) == 1 and "prefix" in res.stderr, res.stderr

@@ -5,6 +5,8 @@
 #   works. Throughput: 10 Mbps × the sender's index, relayed when n2 sends. CRDT: one shared counter.
 #   FAKE_PUNCH_FALSE: p1->n1 punches answer ok=false (with a stderr line); FAKE_XPASS: n1<->n2 punches
 #   work although theory says they cannot.
+#   With FAKE_PROBE_DELAY each probe takes that long and logs, per node it touches, how many probes
+#   were in flight there when it started (inflight.log: "node count"), so tests can check the limit.
 action=$1; node=$2; shift 2
 # FAKE_AGENT_DIES=node:n — that node's agent answers its first n probes, then is "not running"
 # (SSH still works): every later probe says so, as the reference agent's CLI does, and connects
@@ -17,6 +19,19 @@ if [ -n "$FAKE_AGENT_DIES" ] && [ "$node" = "${FAKE_AGENT_DIES%%:*}" ]; then
     exit 0
   fi
 fi
+
+track() {
+  [ -n "$FAKE_PROBE_DELAY" ] || return 0
+  d="$FAKE_FLEET_DIR/inflight"; mkdir -p "$d"
+  for n in "$@"; do : > "$d/$n.$$"; done
+  for n in "$@"; do echo "$n $(ls "$d" | grep -c "^$n\\.")" >> "$FAKE_FLEET_DIR/inflight.log"; done
+  sleep "$FAKE_PROBE_DELAY"
+  for n in "$@"; do rm -f "$d/$n.$$"; done
+}
+case "$action" in
+connect|throughput) track "$node" "$1" ;;
+*) track "$node" ;;
+esac
 case "$action" in
 status) echo "{\"ok\": true, \"node\": \"$node\", \"addresses\": []}" ;;
 connect)

@@ -7,6 +7,7 @@ evidence, and the lease / runner-token rules for the state file."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Callable
 from typing import Any
@@ -490,6 +491,69 @@ def test_a_run_left_behind_by_a_dead_loop_runner_records_nothing_but_its_interru
     assert not (fleet.state_dir / "history.sqlite").exists()
     assert not list((fleet.state_dir / "demo").glob("proof-*.md"))
     assert not (fleet.state_dir / "demo" / "state.json").exists()
+
+
+def test_the_per_node_limit_holds_for_batch_probes_and_other_workers_probes_together(
+    fake_fleet: MakeFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = fake_fleet()
+    batch = f'  batch: "python3 {fleet.dir / "fakebatch.py"} {{node}}"\n'
+    fleet.config.write_text(fleet.config.read_text().replace("probes:\n", "probes:\n" + batch))
+    monkeypatch.setenv("FAKE_PROBE_DELAY", "0.3")
+    # The engine sends batch requests from one worker while the gossip suite probes from the other.
+    result = fleet.run("--vps-attempts=2", "--vps-node-concurrency=2", "-n", "2", "-p", "no:randomly")
+    result.assert_outcomes(**FULL)
+    seen: dict[str, int] = {}
+    for line in (fleet.dir / "inflight.log").read_text().splitlines():
+        node, count = line.split()
+        seen[node] = max(seen.get(node, 0), int(count))
+    assert fleet.calls("batch") == 4  # the engine's probes went through the batch command
+    assert seen and max(seen.values()) <= 2, seen
+    # Under xdist pytest prints one line of results: the engine's progress stays out of it.
+    lines = result.stdout.lines
+    first = next(i for i, line in enumerate(lines) if RESULT_LINE.match(line))
+    match = RESULT_LINE.match(lines[first])
+    assert match and len(match["results"]) == 53, lines[first]
+    assert not any(line.startswith("vpstest ") for line in lines[:first])
+
+
+RESULT_LINE = re.compile(r"^(?P<path>\S+\.py )?(?P<results>[.FEsxX]+)\s*\[\s*\d+%\]$")
+
+
+def test_matrix_progress_at_q_leaves_one_clean_dot_line(
+    fake_fleet: MakeFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = fake_fleet()
+    monkeypatch.setenv("FAKE_PROBE_DELAY", "0.05")  # long enough for progress to be due mid-run
+    result = fleet.run("--vps-focus=connectivity", "--vps-attempts=2", "-q", "-p", "no:randomly")
+    result.assert_outcomes(passed=28, xfailed=8)
+    lines = result.stdout.lines
+    first = next(i for i, line in enumerate(lines) if line[:1] in ".x")
+    match = RESULT_LINE.match(lines[first])
+    assert match and len(match["results"]) == 36, lines[first]
+    assert not any(line.startswith("vpstest ") for line in lines[:first])
+    # The suite's final figures come after the dot line, with the summary.
+    assert lines[first + 1].startswith("vpstest connectivity: 72/72 probes, ")
+
+
+def test_matrix_progress_at_normal_verbosity_goes_between_file_lines(
+    fake_fleet: MakeFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = fake_fleet()
+    monkeypatch.setenv("FAKE_PROBE_DELAY", "0.05")
+    result = fleet.run("--vps-attempts=2", "-p", "no:randomly")
+    result.assert_outcomes(**FULL)
+    lines = result.stdout.lines
+    start = lines.index("collected 53 items") + 2
+    end = next(i for i, line in enumerate(lines) if line.startswith("=") and i > start)
+    run = [line for line in lines[start:end] if line]
+    # Each test file's results on one whole line; the engine's lines only between them.
+    files = [line for line in run if not line.startswith("vpstest ")]
+    assert [line.split()[0] for line in files] == [
+        "test_connectivity.py", "test_gossip.py", "test_nat_traversal.py", "test_throughput.py"
+    ], run
+    assert all(RESULT_LINE.match(line) for line in files), run
+    assert "vpstest connectivity: 72/72 probes" in "\n".join(run)
 
 
 def test_nodes_unreachable_at_the_status_check_are_unhealthy_not_a_broken_template(

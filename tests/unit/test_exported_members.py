@@ -294,13 +294,13 @@ EXPECTED: dict[str, list[str]] = {
         "pytest_vpstest_build", "pytest_vpstest_deploy", "pytest_vpstest_fetch_logs",
         "pytest_vpstest_make_pool", "pytest_vpstest_results",
     ],
-    "pytest_vpstest.plugin.matrix": [
-        "Matrix", "MatrixError", "ProgressPrinter", "matrix_cell", "plan_cells", "progress_line",
-        "read_progress", "vps_matrix"
-    ],
+    "pytest_vpstest.plugin.matrix": ["Matrix", "MatrixError", "matrix_cell", "plan_cells", "vps_matrix"],
     "pytest_vpstest.plugin.pairs": [
         "Pair", "connectivity_pairs", "gossip_publishers", "group_by_nat", "nat_group_key",
         "nat_traversal_pairs", "peer_nodes", "throughput_pairs",
+    ],
+    "pytest_vpstest.plugin.progress": [
+        "ProgressPrinter", "ProgressView", "progress_line", "read_progress", "status_text"
     ],
     "pytest_vpstest.plugin.report": ["html_extras", "html_summary"],
     "pytest_vpstest.plugin.results": ["SCHEMA_VERSION", "RunOutcome", "finish_run"],

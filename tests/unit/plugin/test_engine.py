@@ -49,9 +49,20 @@ class FakeSteps:
         self.starts: dict[tuple[str, int], float] = {}
         self.ends: dict[tuple[str, int], float] = {}
         self.closed = False
+        self.queued: set[tuple[str, int]] = set()  # steps still waiting for node slots held elsewhere
+        self.began_at: dict[tuple[str, int], float] = {}
+        self.abandoned: list[tuple[str, int]] = []
 
     def deadline(self, task: Task) -> float:
         return self._deadline
+
+    def began(self, task: Task) -> float | None:
+        with self.lock:
+            return None if task.key in self.queued else self.began_at.get(task.key, self.starts[task.key])
+
+    def abandon(self, task: Task) -> None:
+        with self.lock:
+            self.abandoned.append(task.key)
 
     def describe(self, task: Task) -> str:
         return f"probe {task.cell.key}#{task.index}"
@@ -154,6 +165,31 @@ def test_a_hanging_step_is_given_up_without_holding_up_the_others() -> None:
     assert hung.timed_out and not hung.ok
     assert hung.command == "probe a->b#0" and "no answer within" in hung.reason
     assert all(r.ok for k, rs in delivered if k != "a->b" for r in rs)
+
+
+def test_a_hung_step_is_abandoned_so_its_node_slots_go_back() -> None:
+    steps = FakeSteps(lambda t: None, deadline=0.0)
+    _, delivered = run([connect_cell("a", "b", attempts=1)], steps, slack=0.2)
+    assert dict(delivered)["a->b"][0].timed_out
+    assert steps.abandoned == [("a->b", 0)]
+
+
+def test_a_step_waiting_for_slots_held_elsewhere_is_not_timed_out() -> None:
+    # Another process holds the nodes' slots for longer than the step's deadline and the slack.
+    def behaviour(task: Task) -> ProbeResult:
+        time.sleep(0.6)
+        with steps.lock:
+            steps.queued.discard(task.key)
+            steps.began_at[task.key] = time.monotonic()
+        time.sleep(0.05)  # then the step's own work, well within its deadline
+        return answer(task)
+
+    steps = FakeSteps(behaviour, delay=0.0, deadline=0.2)
+    steps.queued.add(("a->b", 0))
+    _, delivered = run([connect_cell("a", "b", attempts=1)], steps, slack=0.1)
+    result = dict(delivered)["a->b"][0]
+    assert result.ok and not result.timed_out
+    assert steps.abandoned == []
 
 
 def test_a_node_lost_mid_run_fails_only_its_pairs() -> None:

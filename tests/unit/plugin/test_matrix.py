@@ -15,7 +15,8 @@ import pytest
 
 from pytest_vpstest.fleet.probes import ProbeResult
 from pytest_vpstest.plugin.engine import Engine, ProbeSpec
-from pytest_vpstest.plugin.matrix import Matrix, MatrixError, ProgressPrinter, progress_line
+from pytest_vpstest.plugin.matrix import Matrix, MatrixError
+from pytest_vpstest.plugin.progress import ProgressPrinter, progress_line
 from pytest_vpstest.plugin.schedule import Cell, Task
 
 
@@ -26,6 +27,12 @@ class InstantSteps:
 
     def deadline(self, task: Task) -> float:
         return 5.0
+
+    def began(self, task: Task) -> float | None:
+        return 0.0  # every step begins at once
+
+    def abandon(self, task: Task) -> None:
+        pass
 
     def describe(self, task: Task) -> str:
         return "probe"
