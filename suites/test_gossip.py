@@ -8,12 +8,13 @@ on the same digest with value = baseline + the sum of the increments.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
 import pytest
 
-from pytest_vpstest.fleet.probes import ProbeRunner
+from pytest_vpstest.fleet.probes import ProbeResult, ProbeRunner
 from pytest_vpstest.plugin.fixtures import (
     Recorder,
     RunContext,
@@ -82,10 +83,11 @@ def test_broadcast(publisher: str, probe: ProbeRunner, vps_run: RunContext, vps_
     latencies: dict[str, float] = {}
     duplicates = 0
     last: dict[str, Any] = {}
-    timeout = settings.timeout_seconds
     while pending and time.monotonic() < deadline:
-        # One round asks every receiver still pending at once (bounded per node by the probe's slots).
-        answers = each(sorted(pending), lambda name: probe.received(name, message_id, timeout))
+        # One round asks every receiver still pending at once (bounded per node by the probe's slots);
+        # its {timeout} is what is left of the suite's: a round never outlasts the deadline.
+        timeout = round(max(0.5, deadline - time.monotonic()), 1)
+        answers = each(sorted(pending), functools.partial(_received, probe, message_id, timeout))
         for name, r in answers.items():
             last[name] = r
             if r.ok and r.get("received") is True:
@@ -113,6 +115,10 @@ def test_broadcast(publisher: str, probe: ProbeRunner, vps_run: RunContext, vps_
         nodes=(publisher, *receivers),
         delivered=f"{delivered}/{len(receivers)}",
     )
+
+
+def _received(probe: ProbeRunner, message_id: str, timeout: float, node: str) -> ProbeResult:
+    return probe.received(node, message_id, timeout)
 
 
 def test_crdt_convergence(probe: ProbeRunner, vps_run: RunContext, vps_record: Recorder) -> None:

@@ -1,7 +1,9 @@
 """NAT traversal: hole punches between pairs with at least one NATed side, grouped by NAT-type pair.
 
 K attempts per ordered pair with a cool-off between attempts (``tests.nat_traversal.nat_cooloff_seconds``)
-so a NAT mapping from the previous attempt does not help the next. A punch counts only when the
+so a NAT mapping from the previous attempt does not help the next. With a ``probes.reset`` template,
+both nodes are reset before every attempt after the first (so the previous punch's connection and
+caches do not help either); such an attempt holds both nodes alone while it runs. A punch counts only when the
 connection is not relayed (path ``direct`` or ``punched``); any failed attempt fails the test, except
 where NAT theory expects the punch to fail (an expected failure; a success there is an unexpected
 pass). Per group: attempts, success, rate and a 95% Wilson interval.
@@ -48,6 +50,7 @@ def matrix_cell(pair: Pair, run: RunContext) -> ProbeSpec:
         timeout=settings.timeout_seconds,
         method="holepunch",
         cooloff=settings.nat_cooloff_seconds,
+        reset=bool(run.project_config.probes.reset),
     )
 
 

@@ -24,6 +24,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 from pytest_vpstest.fleet.probes import ProbeResult, parse_output
@@ -35,13 +36,14 @@ __all__ = ["REQUESTS", "BatchLane", "Stream", "batch_request"]
 _PEER = {"peer_address": "peer_address", "peer_id": "peer_id", "peer_public_address": "peer_public_address"}
 
 # Contract action -> (the request's action, {request key: the probe's placeholder}).
+# Every request carries ``timeout``: as for a single probe, the seconds it has to be answered.
 REQUESTS: dict[str, tuple[str, dict[str, str]]] = {
-    "status": ("status", {}),
+    "status": ("status", {"timeout": "timeout"}),
     "connect": ("connect", {"peer": "peer", **_PEER, "method": "method", "timeout": "timeout"}),
-    "gossip_publish": ("publish", {"topic": "topic"}),
-    "gossip_received": ("received", {"id": "message_id"}),
-    "throughput": ("throughput", {"peer": "peer", **_PEER, "seconds": "seconds"}),
-    "crdt": ("crdt", {"increment": "amount"}),
+    "gossip_publish": ("publish", {"topic": "topic", "timeout": "timeout"}),
+    "gossip_received": ("received", {"id": "message_id", "timeout": "timeout"}),
+    "throughput": ("throughput", {"peer": "peer", **_PEER, "seconds": "seconds", "timeout": "timeout"}),
+    "crdt": ("crdt", {"increment": "amount", "timeout": "timeout"}),
 }
 
 # Lines of other output kept for a failed attempt's evidence.
@@ -81,7 +83,7 @@ class BatchLane:
         self._open = open_stream
         self._lock = threading.Lock()
         self._stream: Stream | None = None
-        self._pending: dict[int, tuple[str, str, float, Done]] = {}
+        self._pending: dict[int, tuple[str, str, float, float | None, Done]] = {}
         self._next_ref = 1
         self._other: list[str] = []
         self.starts = 0  # how many times the command was started (one per lane when all is well)
@@ -94,16 +96,17 @@ class BatchLane:
             self._next_ref += 1
             line = json.dumps(batch_request(action, ref, values), sort_keys=True)
             evidence = f"{self.command} <<< {line}"
+            limit = _number(values.get("timeout"))
             try:
                 stream = self._stream_locked()
-                self._pending[ref] = (action, evidence, time.monotonic(), done)
+                self._pending[ref] = (action, evidence, time.monotonic(), limit, done)
                 stream.send(line + "\n")
                 return
             except Exception as exc:  # the node is gone: this request is a failed attempt
                 self._pending.pop(ref, None)
                 self._stream = None
                 reason = f"batch command not started: {type(exc).__name__}: {exc}".splitlines()[0]
-        done(ProbeResult(action, self.node, evidence, None, "", "", 0.0, error=reason))
+        done(ProbeResult(action, self.node, evidence, None, "", "", 0.0, error=reason, timeout=limit))
 
     def close(self) -> None:
         """End the batch: close its stdin (the command answers what is open, then exits)."""
@@ -140,7 +143,7 @@ class BatchLane:
             left, self._pending = self._pending, {}
             tail = "".join(self._other[-_TAIL_LINES:])
         status = f"exit {code}" if code is not None else "connection closed"
-        for action, evidence, sent, done in left.values():
+        for action, evidence, sent, limit, done in left.values():
             done(
                 ProbeResult(
                     action,
@@ -151,6 +154,7 @@ class BatchLane:
                     tail,
                     time.monotonic() - sent,
                     error=f"batch command ended ({status}) before answering",
+                    timeout=limit,
                 )
             )
 
@@ -162,11 +166,15 @@ class BatchLane:
                 self._other.append(line)
                 del self._other[:-_TAIL_LINES]
                 return
-        action, evidence, sent, done = entry
+        action, evidence, sent, limit, done = entry
         data, error = parse_output(action, line)
-        done(
-            ProbeResult(action, self.node, evidence, 0, line, "", time.monotonic() - sent, False, data, error)
-        )
+        elapsed = time.monotonic() - sent
+        result = ProbeResult(action, self.node, evidence, 0, line, "", elapsed, data=data, error=error)
+        done(replace(result, timeout=limit))
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _ref_of(line: str) -> int | None:

@@ -325,7 +325,7 @@ def run_build(
         errors.append(
             Diagnostic("error", f"build timed out after {build.timeout_seconds:g} s: {build.command}")
         )
-    elif ok and artifact is not None and not artifact.is_file():
+    elif ok and artifact is not None and not (artifact.is_file() or artifact.is_dir()):
         ok = False
         errors.append(Diagnostic("error", f"the build exited 0 but left no artifact at {artifact}"))
     return BuildResult(

@@ -55,6 +55,9 @@ def judge(spec: ActionSpec, node: str, result: ProbeResult | None) -> CheckRow:
     if result.data is None:
         tail = stderr_tail(result, lines=1)
         return row("invalid", f"{result.reason}{'; stderr: ' + tail if tail else ''}: print one JSON object")
+    if result.late:
+        return row("invalid", f"answered after {result.duration:.1f}s, past its {{timeout}} of "
+                              f"{result.timeout:g}s: answer by {{timeout}} (ok: false when unfinished)")
     problems = validate(spec.action, dict(result.data))
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""

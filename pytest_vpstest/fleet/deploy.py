@@ -5,7 +5,9 @@ Per node (stop, upload, restart, verify, made safe):
 1. **stop** the running service first — overwriting a running binary in place fails ("text file busy");
 2. **upload** to a temporary file in the install directory and check its SHA-256;
 3. **install**: keep the current binary as ``<binary>.prev`` (for rollback), ``chmod +x`` the new one
-   and ``mv`` it into place (atomic: the path always names a whole binary);
+   and ``mv`` it into place (atomic: the path always names a whole binary). A multi-file artifact
+   (a directory or an archive) is unpacked beside the current release and switched to by a symlink
+   rename, the one it replaced kept for rollback (``fleet/artifact.py``);
 4. **start** it through the node's service manager with ``deploy.start_command`` filled by
    :func:`~pytest_vpstest.fleet.remote.quote_command`;
 5. **verify** it is still running a few seconds after its start — one window per node, all
@@ -25,14 +27,16 @@ import posixpath
 import secrets
 import shlex
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from pytest_vpstest.config import Inventory, ProjectConfig, RegistryAccess
 from pytest_vpstest.errors import ConfigError, DeployError, NodeError, UnreachableNodeError
+from pytest_vpstest.fleet.artifact import install_script, pack_bundle, rollback_script
 from pytest_vpstest.fleet.node import NodePlan, plan_node
 from pytest_vpstest.fleet.remote import Pool, Session, query_registry, quote_command
 from pytest_vpstest.fleet.services import ServiceManager, service_manager
@@ -162,6 +166,7 @@ def _deploy_one(
     inventory: Inventory,
     config: ProjectConfig,
     artifact: Path,
+    upload_file: Path,
     digest: str,
     verify_seconds: float,
     log: Log,
@@ -179,13 +184,13 @@ def _deploy_one(
         log(f"{node.name}: stopped {plan.service}")
 
         stage = "upload"
-        upload = posixpath.join(
-            plan.install_path, f".{posixpath.basename(plan.binary)}.upload-{secrets.token_hex(4)}"
-        )
+        token = secrets.token_hex(4)
+        name = ".bundle" if plan.bundle else f".{posixpath.basename(plan.binary)}"
+        upload = posixpath.join(plan.install_path, f"{name}.upload-{token}")
         session.run(
             f"mkdir -p {shlex.quote(plan.install_path)} {shlex.quote(plan.log_dir)}", timeout=30, check=True
         )
-        session.put(artifact, upload)
+        session.put(upload_file, upload)
         got = session.run(f"sha256sum {shlex.quote(upload)}", timeout=60, check=True).stdout.split()
         if not got or got[0] != digest:
             raise _StageFailed("upload", f"uploaded file's SHA-256 differs from {artifact.name}'s")
@@ -198,7 +203,11 @@ def _deploy_one(
             f"set -e; kept=no; if [ -f {b} ]; then ln -f {b} {prev} 2>/dev/null || cp -p {b} {prev}; "
             f"kept=yes; fi; chmod +x {up}; mv -f {up} {b}; echo kept=$kept"
         )
-        out = session.run(f"sh -c {shlex.quote(script)}", timeout=60, check=True).stdout
+        if plan.bundle:  # unpacking a large tree may take longer than a rename
+            release = f"{time.strftime('%Y%m%dT%H%M%S')}-{token}"
+            script = install_script(plan.install_path, upload, release, _installed_name(config))
+        install_timeout = 300 if plan.bundle else 60
+        out = session.run(f"sh -c {shlex.quote(script)}", timeout=install_timeout, check=True).stdout
         previous_kept = "kept=yes" in out
         upload = None  # moved into place
 
@@ -392,19 +401,31 @@ def deploy(
     targets = target_nodes(inventory, project_config, nodes)
     if not targets:
         raise DeployError("no nodes to deploy to (deploy.nodes selects none)")
-    if not artifact.is_file():
+    if not (artifact.is_file() or artifact.is_dir()):
         raise DeployError(f"artifact {artifact} does not exist")
     # A bad start_command template is the config's fault, not the nodes': refuse before touching any.
     for name in targets:
         node = inventory.node(name)
         start_command(plan_node(node, project_config, artifact), inventory, project_config)
-    digest = _sha256(artifact)
-    say(f"deploying {artifact.name} to {len(targets)} node(s): {', '.join(targets)}")
-    outcomes = pool.fan_out(
-        targets,
-        lambda s: _deploy_one(s, inventory, project_config, artifact, digest, verify_seconds, say),
-        parallelism=project_config.deploy.parallelism or len(targets),
-    )
+    with tempfile.TemporaryDirectory(prefix="vpstest-bundle-") as workdir:
+        upload = artifact
+        if plan_node(inventory.node(targets[0]), project_config, artifact).bundle:
+            if not project_config.modules:
+                raise ConfigError(
+                    f"artifact {artifact} is a directory or an archive: name the binary inside it "
+                    "as the module's binary (modules.<name>.binary, relative to the artifact's root)",
+                    key="modules",
+                )
+            upload = pack_bundle(artifact, _installed_name(project_config), Path(workdir))
+        digest = _sha256(upload)
+        say(f"deploying {artifact.name} to {len(targets)} node(s): {', '.join(targets)}")
+        outcomes = pool.fan_out(
+            targets,
+            lambda s: _deploy_one(
+                s, inventory, project_config, artifact, upload, digest, verify_seconds, say
+            ),
+            parallelism=project_config.deploy.parallelism or len(targets),
+        )
     per_node: dict[str, NodeDeploy] = {}
     started: dict[str, float] = {}
     for name, outcome in outcomes.items():
@@ -482,10 +503,18 @@ def _rollback_one(
         stage = "stop"
         manager.stop(plan.service)
         stage = "rollback"
+        if not plan.bundle and session.run(
+            f"test -L {shlex.quote(plan.current)} && ! test -f {shlex.quote(plan.previous)}", timeout=30
+        ).ok:  # deployed as a bundle although build.artifact does not say so (an artifact given by hand)
+            plan = replace(plan, bundle=True, binary=posixpath.join(plan.current, _installed_name(config)))
         b, prev = shlex.quote(plan.binary), shlex.quote(plan.previous)
-        res = session.run(f"test -f {prev} && mv -f {prev} {b}", timeout=60)
+        command = f"test -f {prev} && mv -f {prev} {b}"
+        if plan.bundle:
+            command = f"sh -c {shlex.quote(rollback_script(plan.install_path))}"
+        res = session.run(command, timeout=60)
         if not res.ok:
-            raise _StageFailed("rollback", f"no previous binary {plan.previous} to restore")
+            what = "release" if plan.bundle else "binary"
+            raise _StageFailed("rollback", f"no previous {what} {plan.previous} to restore")
         log(f"{node.name}: restored {plan.previous}")
         stage = "start"
         manager.start(plan.service, start_command(plan, inventory, config))

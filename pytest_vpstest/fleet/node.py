@@ -12,6 +12,9 @@ The rules:
 - service: ``<deploy.service_prefix>-<first module>``, else ``<deploy.service_prefix>-<project>``;
 - binary: ``<install path>/<name>``, the name being the first module's ``binary``, else the
   deployed artifact's file name, else ``build.artifact``'s file name, else the project name;
+- a multi-file artifact (a directory or an archive, ``fleet/artifact.py``) is unpacked into
+  ``<install path>/releases/<id>/`` with the symlink ``<install path>/current`` naming the installed
+  one (``previous`` the one before): the binary is ``<install path>/current/<module's binary>``;
 - p2p address: the node's ``p2p_address``, else its SSH host.
 """
 
@@ -22,9 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_vpstest.config import DeployConfig, ProjectConfig
+from pytest_vpstest.fleet.artifact import BUNDLE_CURRENT, BUNDLE_PREVIOUS, is_bundle
 from pytest_vpstest.inventory import Node, Role
 
-__all__ = ["NodePlan", "binary_name", "install_path", "plan_node", "service_name"]
+__all__ = ["NodePlan", "binary_name", "install_path", "is_bundle_deploy", "plan_node", "service_name"]
 
 
 @dataclass(frozen=True)
@@ -38,11 +42,20 @@ class NodePlan:
     log_dir: str
     binary: str  # the installed artifact's absolute path ({bin})
     p2p_address: str
+    bundle: bool = False  # a multi-file artifact: installed under releases/, named by ``current``
 
     @property
     def previous(self) -> str:
-        """Where deploy keeps the binary it replaced (for rollback)."""
+        """Where deploy keeps what it replaced (for rollback): ``<binary>.prev`` for a single file,
+        the ``previous`` symlink for a bundle."""
+        if self.bundle:
+            return posixpath.join(self.install_path, BUNDLE_PREVIOUS)
         return self.binary + ".prev"
+
+    @property
+    def current(self) -> str:
+        """The symlink naming the installed bundle (bundles only)."""
+        return posixpath.join(self.install_path, BUNDLE_CURRENT)
 
     def placeholders(self) -> dict[str, str]:
         """The node's values of the command-template placeholders (``{bin}``, ``{log_dir}``, ...)."""
@@ -78,15 +91,31 @@ def install_path(node: Node, deploy: DeployConfig) -> str:
     return node.install_path or deploy.install_path
 
 
+def is_bundle_deploy(config: ProjectConfig, artifact: Path | str | None = None) -> bool:
+    """Whether the deployed artifact is a directory or an archive: ``artifact`` when given, else
+    ``build.artifact`` (by its name, else whether it is a directory in the workspace)."""
+    if artifact is not None:
+        return is_bundle(artifact)
+    if config.build is not None and config.build.artifact:
+        return is_bundle(config.build.artifact) or is_bundle(config.workspace / config.build.artifact)
+    return False
+
+
 def plan_node(node: Node, config: ProjectConfig, artifact: Path | str | None = None) -> NodePlan:
     """The plan of ``node`` under ``config``; ``artifact`` is the file deployed (when known)."""
     install = install_path(node, config.deploy)
+    bundle = is_bundle_deploy(config, artifact)
+    if bundle:
+        binary = posixpath.join(install, BUNDLE_CURRENT, binary_name(config, artifact))
+    else:
+        binary = posixpath.join(install, binary_name(config, artifact))
     return NodePlan(
         node=node.name,
         role=node.role,
         service=service_name(config),
         install_path=install,
         log_dir=node.log_dir or posixpath.join(install, "logs"),
-        binary=posixpath.join(install, binary_name(config, artifact)),
+        binary=binary,
         p2p_address=node.p2p_address or node.host,
+        bundle=bundle,
     )

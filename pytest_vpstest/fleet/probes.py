@@ -4,6 +4,11 @@ A probe never raises out of a suite for a bad answer: a timeout, no output, outp
 exactly one JSON object, or a JSON object missing the action's required keys is a *failed
 attempt* that keeps the exact command, exit code and raw stdout/stderr as evidence.
 
+``{timeout}`` has one meaning for every action: the seconds the command has to print its answer.
+Work not finished by then is to be answered as failed (``ok: false``). The harness waits
+``{timeout}`` plus ``grace`` (for the transport) before it calls the attempt timed out, and keeps the
+number in :attr:`ProbeResult.timeout` so a late answer can be told apart (``vpstest contract check``).
+
 Seams: the node transport is anything with ``run(node, command, timeout)`` returning an object
 with the attributes of ``remote.CommandResult``; each node's placeholder values come from its
 :class:`~pytest_vpstest.fleet.node.NodePlan`; per-node concurrency goes through a
@@ -88,6 +93,13 @@ class ProbeResult:
     error: str | None = None
     # The command could not be run on the node at all (SSH connection failed or was lost).
     transport_error: bool = False
+    # The {timeout} the command was given: the seconds it had to print its answer.
+    timeout: float | None = None
+
+    @property
+    def late(self) -> bool:
+        """It answered, but after its ``{timeout}`` (within the transport's grace)."""
+        return self.timeout is not None and not self.timed_out and self.duration > self.timeout
 
     @property
     def valid(self) -> bool:
@@ -125,6 +137,7 @@ class ProbeResult:
             "data": None if self.data is None else dict(self.data),
             "error": self.error,
             "transport_error": self.transport_error,
+            "timeout": self.timeout,
         }
 
     @classmethod
@@ -141,6 +154,7 @@ class ProbeResult:
             data=doc.get("data"),
             error=doc.get("error"),
             transport_error=bool(doc.get("transport_error", False)),
+            timeout=None if doc.get("timeout") is None else float(doc["timeout"]),
         )
 
     def evidence(self, limit: int = 4000) -> dict[str, Any]:
@@ -308,12 +322,17 @@ class ProbeRunner:
         """Run one probe attempt; never raises for a bad answer (see the module docstring)."""
         limit = float(timeout if timeout is not None else self.default_timeout)
         if not self.has(action):
-            return ProbeResult(action, node, "", None, "", "", 0.0, error=f"no template for probes.{action}")
-        fill = self.node_values(node) | {"timeout": _num_text(limit)} | values
+            return ProbeResult(
+                action, node, "", None, "", "", 0.0, error=f"no template for probes.{action}", timeout=limit
+            )
+        # {timeout} is always the limit itself: the answer is due then (see the module docstring).
+        fill = self.node_values(node) | values | {"timeout": _num_text(limit)}
         try:
             command = quote_command(self.template(action), **fill)
         except ConfigError as exc:
-            return ProbeResult(action, node, self.template(action), None, "", "", 0.0, error=str(exc))
+            return ProbeResult(
+                action, node, self.template(action), None, "", "", 0.0, error=str(exc), timeout=limit
+            )
         start = time.monotonic()
         with self.slots.hold(node, *hold):
             try:
@@ -329,6 +348,7 @@ class ProbeRunner:
                     time.monotonic() - start,
                     error=f"{type(exc).__name__}: {exc}".splitlines()[0],
                     transport_error=True,
+                    timeout=limit,
                 )
         data: Mapping[str, Any] | None = None
         if outcome.timed_out:
@@ -348,6 +368,7 @@ class ProbeRunner:
             outcome.timed_out,
             data,
             error,
+            timeout=limit,
         )
 
     def _run_bounded(self, node: str, command: str, limit: float) -> CommandOutcome:

@@ -22,6 +22,10 @@ cell has one more step, the pair's iperf3 ceiling, recorded as a pseudo probe re
 request, a single probe, the ceiling), holds a slot of the probe runner's
 :class:`~pytest_vpstest.fleet.probes.NodeSlots` on both its nodes while it runs, so the per-node limit
 also counts the probes other xdist workers (and this process's other tests) send to the same nodes.
+With ``reset`` every attempt after the first begins with the contract's ``reset`` on both nodes
+(at once, under the step's slots), then the attempt; such a step holds both nodes alone (the cell's
+``exclusive_from``), so a reset never cuts another pair's probe on them. A reset that fails is the
+attempt's failure ("reset of NODE before attempt N failed: ...").
 """
 
 from __future__ import annotations
@@ -222,6 +226,7 @@ class Engine:
                 now - started,
                 timed_out=True,
                 error=f"no answer within {now - started:.1f}s (the harness stopped waiting)",
+                timeout=spec.timeout if isinstance(spec, ProbeSpec) else None,
             )
             self._finish(sched, results, task, hung)
 
@@ -298,10 +303,15 @@ class ProbeSpec:
     cooloff: float = 0.0
     exclusive: bool = False
     ceiling: bool = False  # one more step after the attempts: the pair's iperf3 ceiling
+    reset: bool = False  # reset both nodes before every attempt after the first
 
     @property
     def steps(self) -> int:
         return self.attempts + (1 if self.ceiling else 0)
+
+    def resets_before(self, index: int) -> bool:
+        """Whether step ``index`` begins with a reset of both nodes."""
+        return self.reset and 0 < index < self.attempts
 
     def step_action(self, index: int) -> str:
         return "iperf3" if self.ceiling and index == self.attempts else self.action
@@ -314,8 +324,9 @@ class ProbeSpec:
             nodes=(self.node, self.peer),
             steps=self.steps,
             cooloff=self.cooloff,
-            overlap=self.cooloff == 0 and not self.exclusive,
+            overlap=self.cooloff == 0 and not self.exclusive and not self.reset,
             exclusive=self.exclusive,
+            exclusive_from=1 if self.reset and not self.exclusive else None,
             spec=self,
         )
 
@@ -344,7 +355,8 @@ class FleetSteps:
         spec = _spec(task)
         if spec.step_action(task.index) == "iperf3":
             return (spec.seconds or 0) + 60.0
-        return spec.timeout + self.runner.grace
+        own = spec.timeout + self.runner.grace
+        return 2 * own if spec.resets_before(task.index) else own  # the resets (at once), then the attempt
 
     def describe(self, task: Task) -> str:
         spec = _spec(task)
@@ -411,11 +423,47 @@ class FleetSteps:
         if spec.step_action(task.index) == "iperf3":
             self._ceiling(spec, finish)
             return
+        if spec.resets_before(task.index):
+            failed = self._reset_both(spec, task.index)
+            if failed is not None:
+                finish(failed)
+                return
         lane = self._lane(spec.node) if spec.action in BATCH_REQUESTS else None  # else: no batch form
         if lane is None:
             finish(self._single(spec))
             return
         lane.submit(spec.action, self._values(spec), finish)
+
+    def _reset_both(self, spec: ProbeSpec, index: int) -> ProbeResult | None:
+        """Reset both nodes at once (under the slots the step holds); None when both said ok, else
+        the first failed reset as the attempt's failure."""
+        held = dataclasses.replace(self.runner, slots=self._no_slots)
+        theirs: list[ProbeResult] = []
+        peer = threading.Thread(
+            target=lambda: theirs.append(held.reset(spec.peer, spec.timeout)),
+            name=f"vps-reset-{spec.peer}",
+            daemon=True,
+        )
+        peer.start()
+        mine = held.reset(spec.node, spec.timeout)
+        peer.join()
+        failed = [r for r in (mine, *theirs) if not r.ok]
+        if not failed:
+            return None
+        r = failed[0]
+        return ProbeResult(
+            spec.action,
+            spec.node,
+            r.command,
+            r.exit_code,
+            r.stdout,
+            r.stderr,
+            r.duration,
+            r.timed_out,
+            error=f"reset of {r.node} before attempt {index + 1} failed: {r.reason}",
+            transport_error=r.transport_error,
+            timeout=spec.timeout,
+        )
 
     def _values(self, spec: ProbeSpec) -> dict[str, Any]:
         values: dict[str, Any] = {**self.runner.peer_values(spec.peer), "timeout": spec.timeout}

@@ -8,7 +8,9 @@ not wait for each other: any step whose nodes have a free slot starts.
 
 Limits: a step occupies one slot on each node it touches, at most ``per_node`` slots per node; an
 ``exclusive`` step (a throughput transfer) needs its nodes idle and holds them alone, so no two
-transfers share a node while disjoint links run at the same time. Cells run phase by phase (one
+transfers share a node while disjoint links run at the same time. A cell may make only its steps
+from ``exclusive_from`` on exclusive (a hole punch preceded by a reset of both nodes: the reset
+must not cut another pair's probe in flight on the same node). Cells run phase by phase (one
 suite after another, in the order of the tests), so one suite's load never disturbs another's
 figures.
 
@@ -39,7 +41,12 @@ class Cell:
     cooloff: float = 0.0
     overlap: bool = False
     exclusive: bool = False
+    exclusive_from: int | None = None  # steps with this index or later are exclusive
     spec: object = field(default=None, compare=False)
+
+    def exclusive_step(self, index: int) -> bool:
+        """Whether step ``index`` needs its nodes idle and holds them alone."""
+        return self.exclusive or (self.exclusive_from is not None and index >= self.exclusive_from)
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -116,12 +123,13 @@ class Scheduler:
         out: list[Task] = []
         for cell in list(self._pending.values()):
             while self._can_start(cell, now):
-                out.append(Task(cell, self._started[cell.key]))
+                index = self._started[cell.key]
+                out.append(Task(cell, index))
                 self._started[cell.key] += 1
                 self._running[cell.key] += 1
                 for n in cell.nodes:
                     self.load[n] += 1
-                if cell.exclusive:
+                if cell.exclusive_step(index):
                     self._exclusive.update(cell.nodes)
         return out
 
@@ -134,7 +142,7 @@ class Scheduler:
         self._finished[cell.key] += 1
         for n in cell.nodes:
             self.load[n] -= 1
-        if cell.exclusive:
+        if cell.exclusive_step(task.index):
             self._exclusive.difference_update(cell.nodes)
         if not cell.overlap:
             self._ready_at[cell.key] = now + cell.cooloff
@@ -162,6 +170,6 @@ class Scheduler:
             return False
         if any(n in self._exclusive for n in cell.nodes):
             return False
-        if cell.exclusive:
+        if cell.exclusive_step(self._started[cell.key]):
             return all(self.load[n] == 0 for n in cell.nodes)
         return all(self.load[n] < self.per_node for n in cell.nodes)

@@ -196,3 +196,54 @@ def test_process_node_without_log_dir_deploy_and_plugin_log_fetch_agree(
         assert "v7 run --node node-p" in fetched
     finally:
         stop_all(fleet, ["node-p"])
+
+
+def test_a_multi_file_artifact_over_real_ssh_installs_registers_and_rolls_back(
+    tmp_path: Path,
+    sshd_factory: Callable[[str], SshdHandle],  # noqa: F811
+    registry_url: str,
+) -> None:
+    """A directory, then a .tar.gz, deployed over real SSH: {bin} names the module's binary inside
+    the release ``current`` points at, the service reads a file beside it, rollback goes back."""
+    import os
+    import tarfile
+
+    made = make_fleet(tmp_path, sshd_factory, registry_url, ["node-a", "node-b"], [])
+    config = replace(made.config, modules=(("agent", ModuleConfig(binary="bin/agent")),))
+    fleet = Fleet(made.inventory, config, tmp_path)
+
+    def release(version: str) -> Path:
+        root = tmp_path / f"release-{version}"
+        (root / "bin").mkdir(parents=True)
+        (root / "etc").mkdir()
+        (root / "etc" / "greeting").write_text(f"hello from {version}\n")
+        # The service prints the file beside its binary: the whole tree arrived, under {bin}'s release.
+        service = SERVICE.format(version=version).replace(
+            "print(VERSION,",
+            "import pathlib; print(pathlib.Path(sys.argv[0]).resolve().parent.parent.joinpath("
+            "'etc', 'greeting').read_text().strip(), VERSION,",
+        )
+        (root / "bin" / "agent").write_text(service)
+        return root
+
+    archive = tmp_path / "agent-v2.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(release("v2"), arcname=".")
+    try:
+        with SessionPool(fleet.inventory) as pool:
+            first = deploy(pool, fleet.inventory, config, release("v1"), verify_seconds=1)
+            assert first.succeeded == 2
+            plan = plan_node(fleet.inventory.node("node-a"), config, archive)
+            assert plan.binary == str(tmp_path / "node-a" / "opt" / "current" / "bin" / "agent")
+            manager, service = fleet.manager(pool, "node-a")
+            assert manager.logs(service).splitlines()[-1].startswith("hello from v1 v1 run --node node-a")
+            second = deploy(pool, fleet.inventory, config, archive, verify_seconds=1)
+            assert second.succeeded == 2 and second.per_node["node-a"].previous_kept
+            assert manager.logs(service).splitlines()[-1].startswith("hello from v2 v2 run --node node-a")
+            current = os.readlink(tmp_path / "node-a" / "opt" / "current")
+            back = rollback(pool, fleet.inventory, config, ["node-a"], verify_seconds=1)
+            assert back.per_node["node-a"].ok, back.per_node["node-a"].error
+            assert manager.logs(service).splitlines()[-1].startswith("hello from v1 v1 run --node node-a")
+            assert not (tmp_path / "node-a" / "opt" / current).exists()
+    finally:
+        stop_all(fleet, ["node-a", "node-b"])

@@ -9,6 +9,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -132,6 +133,7 @@ def test_a_non_root_user_runs_the_loopback_lab() -> None:
         status = subprocess.run(
             [*base, "status", "--prefix", USER_PREFIX, "--json"], capture_output=True, text=True, timeout=30
         )
+        assert status.returncode == 0, status.stderr
         assert all(n["sshd_up"] for n in json.loads(status.stdout)["nodes"])
     finally:
         down = subprocess.run(
@@ -141,3 +143,49 @@ def test_a_non_root_user_runs_the_loopback_lab() -> None:
         shutil.rmtree(state, ignore_errors=True)
     assert down.returncode == 0, down.stderr
     assert leftover == []
+
+
+def _lab_status(lab: Lab, cwd: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "VPSTEST_CONFIG"}
+    return subprocess.run(
+        [sys.executable, "-m", "pytest_vpstest.cli", "lab", "status", "--prefix", lab.record.prefix,
+         "--lab-dir", str(lab.dir), *extra],
+        capture_output=True, text=True, timeout=60, cwd=cwd, env=env,
+    )
+
+
+def test_status_asks_the_software_under_test_through_the_configs_status_probe(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """With a project config each node answers through its status probe (ok / not ready / no answer
+    and why); without one the column is the reference agent's port, labelled as such."""
+    peers = [n.name for n in lab.record.nodes if n.role != "registry"]
+    ready, waiting = peers[0], peers[1]
+    answers = tmp_path / "answers"
+    answers.mkdir()
+    (answers / ready).write_text(f'{{"ok": true, "node": "{ready}", "addresses": []}}\n')
+    (answers / waiting).write_text(f'{{"ok": true, "node": "{waiting}", "addresses": [], "ready": false}}\n')
+    config = tmp_path / "vps.yaml"
+    config.write_text(
+        "project: sut\nworkspace: .\n"
+        f"probes:\n  status: \"cat {answers}/{{node}}\"\n"
+    )
+    proc = _lab_status(lab, tmp_path, "--config", str(config))
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines()[1:]}
+    assert lines["node"].rstrip().endswith("status probe")
+    assert lines[ready].rstrip().endswith("  ok")
+    assert lines[waiting].rstrip().endswith("not ready: status answered ready: false")
+    for other in peers[2:]:
+        assert "no answer: exit 1, no output; stderr: cat: " in lines[other]
+        assert "No such file" in lines[other]
+    doc = json.loads(_lab_status(lab, tmp_path, "--config", str(config), "--json").stdout)
+    assert doc["sut_check"] == "status probe"
+    assert {n["name"]: n["sut"]["state"] for n in doc["nodes"]}[waiting] == "not ready"
+    # No config given and none in the working directory: today's check, named for what it is.
+    bare = _lab_status(lab, tmp_path)
+    assert "reference agent (udp 9000)" in bare.stdout.splitlines()[1]
+    # ./vpstest.yaml is found as the other commands find it.
+    (tmp_path / "vpstest.yaml").write_text(config.read_text())
+    found = _lab_status(lab, tmp_path)
+    assert "status probe" in found.stdout.splitlines()[1] and "not ready" in found.stdout

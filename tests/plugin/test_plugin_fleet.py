@@ -570,6 +570,49 @@ def test_nodes_unreachable_at_the_status_check_are_unhealthy_not_a_broken_templa
     assert status["ok"] is True and all(a["transport_error"] for a in status["answers"].values())
 
 
+def _with_reset(fleet: FakeFleet) -> None:
+    text = fleet.config.read_text()
+    crdt = next(line for line in text.splitlines() if line.strip().startswith("crdt:"))
+    reset = crdt.replace("crdt:", "reset:").replace("crdt {node} {amount}", "reset {node}")
+    fleet.config.write_text(text.replace(crdt, f"{crdt}\n{reset}"))
+
+
+def test_resets_before_later_punches_never_overlap_a_probe_on_the_same_node(
+    fake_fleet: MakeFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = fake_fleet()
+    _with_reset(fleet)
+    log = fleet.dir / "probes.log"
+    monkeypatch.setenv("FAKE_PROBE_LOG", str(log))
+    result = fleet.run("--vps-focus=nat-traversal", "--vps-attempts=3")
+    result.assert_outcomes(passed=8, xfailed=2)
+    entries = [line.split() for line in log.read_text().splitlines()]
+    resets = [(node, float(a), float(b)) for kind, node, _, a, b in entries if kind == "reset"]
+    probes = [((node, peer), float(a), float(b)) for kind, node, peer, a, b in entries if kind == "connect"]
+    # 10 ordered pairs x attempts 2 and 3 x both nodes; the first attempt of a pair has no reset
+    assert len(resets) == 10 * 2 * 2 and len(probes) == 10 * 3
+    overlapping = [
+        (node, pair)
+        for node, r0, r1 in resets
+        for pair, p0, p1 in probes
+        if node in pair and p0 < r1 and r0 < p1
+    ]
+    assert overlapping == []
+
+
+def test_a_failed_reset_fails_the_attempt_it_came_before(
+    fake_fleet: MakeFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = fake_fleet()
+    _with_reset(fleet)
+    monkeypatch.setenv("FAKE_RESET_FAIL", "n1")
+    result = fleet.run("--vps-focus=nat-traversal", "--vps-attempts=2", "-k", "p1- and n1[")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*attempt 2: reset of n1 before attempt 2 failed: probe said ok=false: peer table locked*"]
+    )
+
+
 def test_an_agent_that_dies_during_the_run_skips_its_remaining_pairs_as_unhealthy(
     fake_fleet: MakeFleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -103,8 +103,14 @@ EXPECTED: dict[str, list[str]] = {
         "PATHS", "PUNCHED_PATHS", "ConnectVerdict", "Outcome", "attempt_lines", "connected", "judge_connect",
         "path_of", "stderr_tail",
     ],
+    "pytest_vpstest.fleet.artifact": [
+        "ARCHIVE_SUFFIXES", "BUNDLE_CURRENT", "BUNDLE_PREVIOUS", "BUNDLE_RELEASES", "install_script",
+        "is_bundle", "pack_bundle", "rollback_script",
+    ],
     "pytest_vpstest.fleet.iperf": ["iperf3_ceiling"],
-    "pytest_vpstest.fleet.node": ["NodePlan", "binary_name", "install_path", "plan_node", "service_name"],
+    "pytest_vpstest.fleet.node": [
+        "NodePlan", "binary_name", "install_path", "is_bundle_deploy", "plan_node", "service_name",
+    ],
     "pytest_vpstest.fleet.probes": [
         "ACTIONS", "REQUIRED_KEYS", "CommandOutcome", "NodeSlots", "ProbeResult", "ProbeRunner", "Transport",
         "parse_output",
@@ -130,6 +136,7 @@ EXPECTED: dict[str, list[str]] = {
         "BadRequest", "Handler", "parse_request", "run_batch", "serve_batch",
     ],
     "pytest_vpstest.lab.theory": ["expected_matrix", "peer_names"],
+    "pytest_vpstest.lab.sut_status": ["SutState", "SutStatus", "ask_nodes", "judge"],
     "pytest_vpstest.nat_theory": [
         "EXPECTED_RATES", "METHODS", "Outcome", "expected_failure", "expected_outcome", "group_target",
         "groups", "may_fail", "punch_possible", "split_group",

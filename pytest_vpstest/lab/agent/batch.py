@@ -63,6 +63,7 @@ PARAMETERS: dict[str, dict[str, Any]] = {
     "throughput": {"peer": None, "seconds": 5.0},
     "crdt": {"increment": 0},
 }
+# Every request may say ``timeout``: the seconds it has to be answered (the harness sends it).
 
 # What the harness also says of a request's peer (the single probe's placeholders). This agent
 # finds its peers by name through the registry, so it accepts these and does not use them.
@@ -93,7 +94,7 @@ def parse_request(line: bytes | str) -> tuple[dict[str, Any], float]:
         raise BadRequest(f"unknown action {action!r} (allowed: {', '.join(PARAMETERS)})")
     allowed = PARAMETERS[action]
     facts = _PEER_FACTS if "peer" in allowed else frozenset()
-    unknown = sorted(set(data) - {"action", "ref", *allowed, *facts})
+    unknown = sorted(set(data) - {"action", "ref", "timeout", *allowed, *facts})
     if unknown:
         raise BadRequest(f"unknown key(s) for {action}: {', '.join(unknown)}")
     request: dict[str, Any] = {"action": action}
@@ -109,9 +110,11 @@ def parse_request(line: bytes | str) -> tuple[dict[str, Any], float]:
             raise BadRequest(f"'method' must be one of {', '.join(METHODS)}")
         request["timeout"] = _positive(request["timeout"], "timeout")
         return request, request["timeout"] + GRACE_S
+    # Other actions: answered (as failed when unfinished) by the request's own timeout, if it has one.
+    answer_by = _positive(data["timeout"], "timeout") if "timeout" in data else None
     if action == "throughput":
         request["seconds"] = _positive(request["seconds"], "seconds")
-        return request, request["seconds"] + 30.0
+        return request, answer_by if answer_by is not None else request["seconds"] + 30.0
     if action == "crdt" and (
         isinstance(request["increment"], bool)
         or not isinstance(request["increment"], int)
@@ -122,7 +125,7 @@ def parse_request(line: bytes | str) -> tuple[dict[str, Any], float]:
         key = "topic" if action == "publish" else "id"
         if not isinstance(request[key], str) or not request[key]:
             raise BadRequest(f"'{key}' must be a non-empty string")
-    return request, DEFAULT_DEADLINE_S
+    return request, answer_by if answer_by is not None else DEFAULT_DEADLINE_S
 
 
 def _ref_of(line: bytes) -> Any:

@@ -146,3 +146,13 @@ def test_an_offered_optional_action_is_checked(tmp_path: Path, action: str) -> N
     runner = make_runner(tmp_path, **{action: f"sh {tmp_path / 'node.sh'} ok"})
     rows = check_contract(runner, ["a"], lambda n: "b", 5)
     assert next(r for r in rows if r.action == action).status == "ok"
+
+
+def test_an_answer_later_than_its_timeout_is_invalid_with_the_fix() -> None:
+    spec = action_spec("status")
+    late = ProbeResult("status", "a", "x status", 0, '{"ok": true}', "", 4.2,
+                       data={"ok": True, "node": "a", "addresses": []}, timeout=3.0)
+    row = judge(spec, "a", late)
+    assert row.status == "invalid"
+    assert "answered after 4.2s, past its {timeout} of 3s" in row.fix
+    assert judge(spec, "a", replace(late, duration=2.9)).status == "ok"

@@ -13,7 +13,7 @@ import pytest
 
 from pytest_vpstest.config import DeployConfig, Inventory, ModuleConfig, Node, ProbeTemplates, ProjectConfig
 from pytest_vpstest.fleet.node import plan_node
-from pytest_vpstest.fleet.probes import NodeSlots, ProbeRunner, parse_output
+from pytest_vpstest.fleet.probes import NodeSlots, ProbeResult, ProbeRunner, parse_output
 from pytest_vpstest.fleet.remote import CommandResult
 
 INV = Inventory(
@@ -241,3 +241,39 @@ def test_a_stalled_link_still_times_out_close_to_the_limit() -> None:
     assert res.timed_out and not res.ok and res.error == "timed out after 1.5s"
     assert elapsed < 10  # limit 1 + grace 0.5 + slack 0.5, not the link's 30 s
     assert "did not return" in res.stderr
+
+
+def test_timeout_is_one_number_for_every_action_the_answer_budget() -> None:
+    """{timeout} is the seconds the command has to answer: the transport waits exactly that plus
+    the grace, and the result keeps it."""
+    ok = '{"ok": true, "node": "a", "addresses": [], "method": "direct", "path": "direct", "rtt_ms": 1, '
+    ok += '"error": null, "message_id": "m", "received": true, "latency_ms": 1, "duplicates": 0, '
+    ok += '"bytes": 1, "seconds": 1, "mbps": 1, "value": 0, "digest": "d"}'
+    t = ScriptedTransport([answer(ok) for _ in range(9)])
+    every = {a: f"x {a} --timeout {{timeout}}" for a in ("status", "connect", "gossip_publish",
+             "gossip_received", "throughput", "crdt", "subscribe", "reset")}
+    r = ProbeRunner(t, INV, ProbeTemplates(**every), plan_for=PLANS.__getitem__, default_timeout=10, grace=5)
+    results = [
+        r.status("a", 7),
+        r.connect("a", "b c", "direct", 7),
+        r.publish("a", "t", 7),
+        r.received("a", "m", 7),
+        r.throughput("a", "b c", 2, 7),
+        r.crdt("a", 0, 7),
+        r.subscribe("a", "t", 7),
+        r.reset("a", 7),
+        r.throughput("a", "b c", 2),  # no timeout given: the seconds to send plus the default
+    ]
+    assert [res.valid for res in results] == [True] * 9
+    budgets = [7.0] * 8 + [12.0]
+    for (_, command, waited), res, budget in zip(t.commands, results, budgets, strict=True):
+        assert command.endswith(f"--timeout {budget:g}"), command
+        assert waited == budget + 5
+        assert res.timeout == budget
+
+
+def test_an_answer_after_its_timeout_is_late() -> None:
+    r, _ = runner(CommandResult("a", "cmd", 0, '{"ok": true, "node": "a", "addresses": []}', "", 3.5))
+    res = r.status("a", timeout=3)
+    assert res.ok and res.late
+    assert ProbeResult.from_json(res.to_json()) == res

@@ -193,3 +193,13 @@ def test_what_the_harness_says_of_a_peer_is_accepted_and_left_out_of_the_request
     # Only pair actions take them: a status request with a peer fact is still refused.
     with pytest.raises(batch.BadRequest, match="unknown key"):
         batch.parse_request(json.dumps({"action": "status", "peer_id": "x"}))
+
+
+def test_every_request_may_carry_its_timeout_and_is_answered_by_then() -> None:
+    request, deadline = batch.parse_request(json.dumps({"action": "throughput", "peer": "n2", "seconds": 1,
+                                                        "timeout": 6}))
+    assert request == {"action": "throughput", "peer": "n2", "seconds": 1.0} and deadline == 6.0
+    _, deadline = batch.parse_request(json.dumps({"action": "received", "id": "m", "timeout": 0.5}))
+    assert deadline == 0.5
+    with pytest.raises(batch.BadRequest, match="'timeout' must be a number"):
+        batch.parse_request(json.dumps({"action": "status", "timeout": "soon"}))

@@ -31,6 +31,8 @@ def cells(draw: st.DrawFn) -> list[Cell]:
                 cooloff=cooloff,
                 overlap=cooloff == 0 and not exclusive and draw(st.booleans()),
                 exclusive=exclusive,
+                # e.g. hole punches whose later attempts reset both nodes first
+                exclusive_from=None if exclusive else draw(st.sampled_from([None, 1, 2])),
             )
         )
     return out
@@ -67,8 +69,8 @@ def test_limits_cooloffs_and_order_hold_in_any_interleaving(
         load: Counter[str] = Counter(n for t in running for n in t.cell.nodes)
         assert all(v <= per_node for v in load.values())
         for t in running:
-            if t.cell.exclusive:
-                assert all(load[n] == 1 for n in t.cell.nodes)
+            if t.cell.exclusive_step(t.index):
+                assert all(load[n] == 1 for n in t.cell.nodes), (t.key, [r.key for r in running])
         per_cell = Counter(t.cell.key for t in running)
         assert all(per_cell[t.cell.key] == 1 for t in running if not t.cell.overlap)
         if running and rnd.random() < 0.7:
@@ -121,3 +123,16 @@ def test_bad_plans_are_refused() -> None:
     with pytest.raises(ValueError, match="not running"):
         sched = Scheduler([Cell("x", "s", ("a", "b"), 1)], 1)
         sched.finish(Task(Cell("x", "s", ("a", "b"), 1), 0), 0.0)
+
+
+def test_steps_from_exclusive_from_on_hold_their_nodes_alone() -> None:
+    punch = Cell("punch", "nat", ("a", "b"), steps=3, exclusive_from=1)
+    other = Cell("other", "nat", ("b", "c"), steps=2, overlap=True)
+    sched = Scheduler([punch, other], per_node=4)
+    first = sched.start(0.0)
+    assert [t.key for t in first] == [("punch", 0), ("other", 0), ("other", 1)]  # step 0 shares b
+    sched.finish(first[0], 1.0)
+    assert sched.start(1.0) == []  # attempt 2 waits until b is idle
+    sched.finish(first[1], 1.0)
+    sched.finish(first[2], 1.0)
+    assert [t.key for t in sched.start(1.0)] == [("punch", 1)]
