@@ -138,7 +138,7 @@ build:
 
 deploy:
   install_path: /opt/vpstest/
-  service_prefix: {prefix}
+  service_prefix: vdemo
   start_command: >-
     {{bin}} run --node {{node}} --bind {{p2p_address}}
     --registry {{registry}} --bootstrap {{bootstrap}}

@@ -99,11 +99,18 @@ class Collector:
         """Tests that belong to the suites (they recorded nodes or a measurement)."""
         return [t for _, t in sorted(self.tests.items()) if t.nodes or t.measurement is not None]
 
-    def counts(self) -> dict[str, int]:
-        """Tests by outcome; ``xfailed``: failures NAT theory expected, ``xpassed``: unexpected passes."""
-        out = {"passed": 0, "failed": 0, "skipped": 0, "xfailed": 0, "xpassed": 0}
+    def counts(self, unhealthy: Collection[str] = ()) -> dict[str, int]:
+        """Tests by outcome; ``xfailed``: failures NAT theory expected, ``xpassed``: unexpected passes.
+
+        A failure touching an ``unhealthy`` node (one found not Live, before or during the run) is the
+        node's fault, not the software's: it counts as ``infrastructure_failed``, not ``failed``, so
+        ``tests.failed`` in the criteria counts software failures only."""
+        out = {"passed": 0, "failed": 0, "skipped": 0, "xfailed": 0, "xpassed": 0, "infrastructure_failed": 0}
         for t in self.tests.values():
-            out["failed" if t.outcome in ("failed", "error") else t.outcome] += 1
+            if t.outcome in ("failed", "error"):
+                out["infrastructure_failed" if set(t.nodes) & set(unhealthy) else "failed"] += 1
+            else:
+                out[t.outcome] += 1
         return out
 
     def measurements(self, leave_out: Collection[str] = ()) -> list[dict[str, Any]]:

@@ -69,13 +69,14 @@ def finish_run(
     from pytest_vpstest.plugin.fixtures import skipped_nodes
 
     finished = time.time()
-    counts = collector.counts()
     # A node left out (handed over as not to test, or gone bad during the run) is out of every rate,
-    # also for its pairs measured before it was found out.
+    # also for its pairs measured before it was found out; a failed test of an unhealthy node is not
+    # a software failure.
     skipped = skipped_nodes(run)
     found = {n: unhealthy_why(n, reason) for n, reason in skipped.items()}
     unhealthy = {n: why for n, why in found.items() if why is not None}  # the nodes' own faults
     sick = set(unhealthy)
+    counts = collector.counts(unhealthy=sick)
     measurements = collector.measurements(leave_out=set(skipped))
     suites = aggregate(measurements)
     suites_run = tuple(s for s in suites_of_focus(FULL_SUITE) if s in suites)

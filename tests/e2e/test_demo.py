@@ -28,7 +28,7 @@ def test_demo_workspace_builds_and_its_fixer_repairs_the_planted_defect(tmp_path
     ws = tmp_path / "ws"
     config = create_workspace(ws)
     assert config == ws / "vpstest.yaml"
-    assert "inventory: \"lab:vdemo\"" in config.read_text() and "service_prefix: vdemo" in config.read_text()
+    assert "inventory: \"lab:vdemo\"" in config.read_text()
     assert _git_log(ws) == ["relay: check the sender of forwarded datagrams",
                             "agent: import the reference node"]
     node = (ws / "agent" / "node.py").read_text()

@@ -207,7 +207,8 @@ def test_holepunch_follows_nat_theory(agents: Agents, pair: tuple[str, str]) -> 
         assert answer["rtt_ms"] > 0
     else:
         assert (answer["ok"], answer["path"]) == (False, None), answer
-        assert "hole punch" in answer["error"], answer
+        # It tried for part of its {timeout} of 3 s, keeping the rest to answer in time.
+        assert "hole punch" in answer["error"] and "within 2.4 s" in answer["error"], answer
 
 
 @pytest.mark.parametrize("pair", ORDERED, ids=pair_id)

@@ -629,6 +629,12 @@ def test_an_agent_that_dies_during_the_run_skips_its_remaining_pairs_as_unhealth
     for failed in results["failed_tests"]:
         assert ("p2" in failed["nodes"]) == (failed["cause"] == "infrastructure"), failed
     assert not any("p2" in f["nodes"] and f["cause"] == "software" for f in results["failed_tests"])
+    # The criteria's tests.failed counts software failures only: p2's are infrastructure_failed.
+    software = [f for f in results["failed_tests"] if f["cause"] == "software"]
+    infrastructure = [f for f in results["failed_tests"] if f["cause"] == "infrastructure"]
+    assert results["tests"]["failed"] == len(software)
+    assert results["tests"]["infrastructure_failed"] == len(infrastructure)
+    assert results["metrics"]["tests.failed"] == len(software)
     # Once the run knows the agent is down it is not asked again: p2 sends in 7 cells × 2 attempts,
     # of which only the first 2 answers, 3 in a row "not running" and those already in flight ran.
     assert fleet.calls("agent-p2") < 14

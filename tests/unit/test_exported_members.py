@@ -165,7 +165,7 @@ EXPECTED: dict[str, list[str]] = {
         "ACK_EVERY", "ANTI_ENTROPY_INTERVAL", "GSO_BATCH", "HELLO_INTERVAL", "LINK_FRESH_SECONDS",
         "PEER_CACHE_SECONDS", "PEER_STALE_SECONDS", "PING_INTERVAL", "PUNCH_INTERVAL",
         "REGISTER_INTERVAL", "SOL_UDP", "TX_WINDOW", "UDP_SEGMENT", "ConnectFailed", "Link", "Node",
-        "Punch", "Route", "RouteKind", "RxSession", "TxSession", "run_node",
+        "Punch", "Route", "RouteKind", "RxSession", "TxSession", "answer_budget", "run_node",
     ],
     "pytest_vpstest.lab.agent.paths": ["HOME_ENV", "MAX_SOCKET_PATH", "control_socket", "default_home"],
     "pytest_vpstest.lab.agent.probe": [

@@ -94,7 +94,8 @@ def cmd_connect(args: argparse.Namespace) -> int:
                        error=f"method {args.method} is not implemented by this node")
     start = time.monotonic()
     try:
-        with _dial(args.peer_address, args.port, args.timeout) as s:
+        # {timeout} is the time to *answer*: dial for most of it, keep the rest for printing.
+        with _dial(args.peer_address, args.port, max(0.1, args.timeout * 0.8)) as s:
             s.sendall(b"PING\n")
             if s.makefile("rb").readline().strip() != b"PONG":
                 raise OSError("no PONG")

@@ -61,6 +61,7 @@ __all__ = [
     "RouteKind",
     "RxSession",
     "TxSession",
+    "answer_budget",
     "run_node",
 ]
 
@@ -85,6 +86,13 @@ SOL_UDP = getattr(socket, "SOL_UDP", 17)
 UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # Linux >= 4.18
 
 RouteKind = Literal["direct", "relay"]
+
+
+def answer_budget(timeout: float) -> float:
+    """How long a connect may try so that its answer is printed within ``timeout`` (the contract's
+    {timeout}: the seconds the probe has to answer): the rest is for the answer's way back through
+    the control socket, the probe process and SSH."""
+    return max(0.1, min(timeout - 0.5, timeout * 0.8))
 
 
 @dataclass(frozen=True)
@@ -984,7 +992,7 @@ class Node:
             if not (wire.valid_name(peer) and isinstance(method, str) and isinstance(timeout, int | float)):
                 raise ValueError("connect needs peer, method and a numeric timeout")
             assert isinstance(peer, str)
-            return await self.connect(peer, method, float(timeout))
+            return await self.connect(peer, method, answer_budget(float(timeout)))
         if action == "publish":
             return self.publish(str(request.get("topic", "probe")))
         if action == "received":

@@ -14,6 +14,7 @@ from pytest_vpstest.lab.agent import wire
 from pytest_vpstest.lab.agent.bootstrap import BootstrapState
 from pytest_vpstest.lab.agent.crdt import GCounter
 from pytest_vpstest.lab.agent.gossip import GossipLog
+from pytest_vpstest.lab.agent.node import answer_budget
 from pytest_vpstest.lab.agent.registry import BadRequest, validate_registration
 
 A, B, C = ("198.18.0.4", 9000), ("198.18.0.10", 31000), ("198.18.0.7", 9000)
@@ -228,3 +229,12 @@ def test_gcounter_replicas_converge_whatever_the_delivery_order(
     digests = {r.digest() for r in replicas.values()}
     assert len(digests) == 1
     assert {r.value for r in replicas.values()} == {sum(a for _, a in increments)}
+
+
+@given(st.floats(min_value=0.1, max_value=3600, allow_nan=False))
+def test_a_connect_keeps_part_of_its_timeout_to_answer_in(timeout: float) -> None:
+    budget = answer_budget(timeout)
+    assert 0.1 <= budget <= timeout
+    if budget > 0.1:  # a fifth of it, and at least half a second, left for the way back
+        assert budget <= timeout * 0.8 + 1e-9 and budget <= timeout - 0.5 + 1e-9
+    assert answer_budget(3) == pytest.approx(2.4) and answer_budget(10) == pytest.approx(8.0)

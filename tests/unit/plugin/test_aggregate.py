@@ -174,7 +174,13 @@ def test_collector_reads_properties_and_outcomes() -> None:
     c.add("plain", "call", "passed", 0.0, [])
     c.add("t4", "call", "xfailed", 0.0, [], "expected by NAT theory: ...")
     c.add("t5", "call", "xpassed", 0.0, [])
-    assert c.counts() == {"passed": 2, "failed": 1, "skipped": 1, "xfailed": 1, "xpassed": 1}
+    assert c.counts() == {
+        "passed": 2, "failed": 1, "skipped": 1, "xfailed": 1, "xpassed": 1, "infrastructure_failed": 0
+    }
+    # A failure touching a node found unhealthy is the node's, not the software's.
+    assert c.counts(unhealthy={"b"}) == {
+        "passed": 2, "failed": 0, "skipped": 1, "xfailed": 1, "xpassed": 1, "infrastructure_failed": 1
+    }
     assert [t.nodeid for t in c.vps_tests] == ["t1", "t2"]
     rows = node_rows(c, ["a", "b", "z"])
     assert rows["a"]["passed"] == 1 and rows["a"]["failed"] == 1
