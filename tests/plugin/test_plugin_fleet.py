@@ -80,7 +80,9 @@ def test_full_suite_serial_records_everything(fake_fleet: MakeFleet) -> None:
     doc = fleet.results()
     assert doc["schema_version"] == 1 and doc["project"] == "demo" and doc["passed"] is True
     assert doc["test_results"]["suites"] == EXPECTED_SUITES
-    assert doc["tests"] == {"passed": 43, "failed": 0, "skipped": 0, "xfailed": 10, "xpassed": 0}
+    assert doc["tests"] == {
+        "passed": 43, "failed": 0, "skipped": 0, "xfailed": 10, "xpassed": 0, "infrastructure_failed": 0
+    }
     assert {(r["from"], r["to"], r["method"]) for r in doc["pairs"] if r["suite"] == "connectivity"} >= {
         ("n2", "p1", "holepunch"),
         ("p1", "n1", "relay"),
