@@ -21,7 +21,7 @@ from pytest_vpstest.plugin.fixtures import (
     mark_unhealthy,
     parametrize,
     skip_if_not_deployed,
-    unhealthy_nodes,
+    skipped_nodes,
 )
 from pytest_vpstest.plugin.pairs import gossip_publishers, peer_nodes
 from pytest_vpstest.suite import GossipCrdtMeasurement, GossipDeliveryMeasurement
@@ -44,7 +44,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def test_broadcast(publisher: str, probe: ProbeRunner, vps_run: RunContext, vps_record: Recorder) -> None:
     skip_if_not_deployed(vps_run, publisher)
     settings = vps_run.suite("gossip")
-    sick = unhealthy_nodes(vps_run)  # an unhealthy receiver is left out, not counted as undelivered
+    sick = skipped_nodes(vps_run)  # a node not to test is no receiver, not counted as undelivered
     receivers = [n.name for n in peer_nodes(vps_run.inventory) if n.name != publisher and n.name not in sick]
     topic = f"vpstest-{vps_run.run_id}"
     if probe.has("subscribe"):  # pub/sub systems deliver only to subscribers: subscribe first
@@ -122,7 +122,7 @@ def _received(probe: ProbeRunner, message_id: str, timeout: float, node: str) ->
 
 
 def test_crdt_convergence(probe: ProbeRunner, vps_run: RunContext, vps_record: Recorder) -> None:
-    sick = unhealthy_nodes(vps_run)
+    sick = skipped_nodes(vps_run)
     nodes = [n.name for n in peer_nodes(vps_run.inventory) if n.name not in sick]
     if not probe.has("crdt"):
         pytest.skip("optional action crdt has no template (probes.crdt is null)")
