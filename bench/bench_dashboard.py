@@ -13,7 +13,10 @@ Measured, each beside a baseline from the same run:
 - transition → page: a transition committed through the store until the page's card shows the new
   state, median and max of N; baseline: the poll interval (0.2 s) the server looks for changes at;
 - idle CPU: the dashboard process's CPU seconds over IDLE seconds with the page connected and
-  nothing changing; baseline: the same process with no page connected.
+  nothing changing; baseline: the same process with no page connected;
+- host rows: the per-node rows of the 30 newest runs of every project (what the page's first read
+  asks the history for), through ``History.host_runs``; baseline: the ``id LIKE '<run>:%'`` query
+  it used before, on the same file (best of 3 rounds each, alternating).
 
     .venv/bin/python bench/bench_dashboard.py [--projects 10] [--nodes 100] [--runs 10000] [--idle 10]
 """
@@ -104,6 +107,31 @@ def reopen(state_dir: Path) -> list[FakeProject]:
     return out
 
 
+OLD_HOST_RUNS = "SELECT * FROM test_runs WHERE id LIKE ? ESCAPE '\\' ORDER BY host_id"
+
+
+def host_rows(state_dir: Path, rounds: int = 3) -> tuple[float, float, int]:
+    """Seconds to read the host rows of every project's 30 newest runs: (now, the old LIKE query), rows."""
+    with History(state_dir / "history.sqlite") as h:
+        conn = h._conn()
+        projects = [str(r[0]) for r in conn.execute("SELECT DISTINCT project FROM runs ORDER BY project")]
+        run_ids = [r.id for p in projects for r in h.runs(p, limit=30)]
+        best_new = best_old = float("inf")
+        rows = 0
+        for _ in range(rounds):
+            t = time.monotonic()
+            rows = sum(len(h.host_runs(r)) for r in run_ids)
+            best_new = min(best_new, time.monotonic() - t)
+            t = time.monotonic()
+            old = 0
+            for r in run_ids:
+                like = r.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ":%"
+                old += len(conn.execute(OLD_HOST_RUNS, (like,)).fetchall())
+            best_old = min(best_old, time.monotonic() - t)
+            assert old == rows, (old, rows)
+    return best_new, best_old, rows
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -130,6 +158,11 @@ def main() -> None:
         print(
             f"fleet: {args.projects} projects x {args.nodes} nodes, {args.runs} history runs per project "
             f"(history {size:.0f} MB), written in {time.monotonic() - t:.0f} s"
+        )
+        new, old, rows = host_rows(state_dir)
+        print(
+            f"host rows of the 30 newest runs of each project ({rows} rows): {new:.3f} s "
+            f"(baseline: the old LIKE query {old:.3f} s, {old / max(new, 1e-9):.0f}x)"
         )
         proc = subprocess.Popen(
             [

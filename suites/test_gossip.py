@@ -31,7 +31,7 @@ from pytest_vpstest.plugin.fixtures import (
     mark_unhealthy,
     parametrize,
     skip_if_not_deployed,
-    unhealthy_nodes,
+    skipped_nodes,
 )
 from pytest_vpstest.plugin.pairs import gossip_publishers, peer_nodes
 from pytest_vpstest.suite import GossipCrdtMeasurement, GossipDeliveryMeasurement
@@ -66,7 +66,7 @@ def test_broadcast(
 ) -> None:
     skip_if_not_deployed(vps_run, publisher)
     parts = matrix_parts()
-    sick = unhealthy_nodes(vps_run)  # an unhealthy receiver is left out, not counted as undelivered
+    sick = skipped_nodes(vps_run)  # a node not to test is no receiver, not counted as undelivered
     receivers = [n for n in _nodes_of(parts, "received") if n not in sick]
     subscribed = {n: parts[f"subscribe:{n}"][-1] for n in _nodes_of(parts, "subscribe") if n in receivers}
     for r in subscribed.values():  # a receiver that cannot be reached is unhealthy, not a delivery failure
@@ -132,7 +132,7 @@ def test_broadcast(
 def test_crdt_convergence(
     matrix_parts: Callable[[], Parts], probe: ProbeRunner, vps_run: RunContext, vps_record: Recorder
 ) -> None:
-    sick = unhealthy_nodes(vps_run)
+    sick = skipped_nodes(vps_run)
     alive = [n.name for n in peer_nodes(vps_run.inventory) if n.name not in sick]
     if not probe.has("crdt"):
         pytest.skip("optional action crdt has no template (probes.crdt is null)")
@@ -141,7 +141,7 @@ def test_crdt_convergence(
         pytest.skip("CRDT convergence needs at least two peer nodes")
     parts = matrix_parts()
     planned = _nodes_of(parts, "read")
-    sick = unhealthy_nodes(vps_run)  # found unhealthy while the engine ran: left out
+    sick = skipped_nodes(vps_run)  # also those found unhealthy while the engine ran: left out
     nodes = [n for n in planned if n not in sick]
     bad = [parts[f"read:{n}"][-1] for n in nodes if not parts[f"read:{n}"][-1].ok]
     if bad:
@@ -204,11 +204,11 @@ def matrix_parts(
 
 
 def _broadcast_plan(publisher: str, run: RunContext, key: Callable[[str], str]) -> Plan:
-    if publisher in failed_nodes(run) or publisher in unhealthy_nodes(run):
+    if publisher in failed_nodes(run) or publisher in skipped_nodes(run):
         return []  # the test skips
     timeout = run.suite("gossip").timeout_seconds
     topic = (("topic", _topic(run)),)
-    sick = unhealthy_nodes(run)  # an unhealthy receiver is left out, not counted as undelivered
+    sick = skipped_nodes(run)  # a node not to test is no receiver, not counted as undelivered
     receivers = [n.name for n in peer_nodes(run.inventory) if n.name != publisher and n.name not in sick]
     subscribes = bool(run.project_config.probes.subscribe)
     plan: Plan = []
@@ -239,7 +239,7 @@ def _broadcast_plan(publisher: str, run: RunContext, key: Callable[[str], str]) 
 
 
 def _crdt_plan(run: RunContext, key: Callable[[str], str], earlier: Sequence[str]) -> Plan:
-    sick = unhealthy_nodes(run)
+    sick = skipped_nodes(run)
     nodes = [n.name for n in peer_nodes(run.inventory) if n.name not in sick]
     if not run.project_config.probes.crdt or len(nodes) < 2 or set(nodes) & set(failed_nodes(run)):
         return []  # the test skips

@@ -18,6 +18,8 @@ from typing import Any
 from pytest_vpstest.config import Inventory, ProjectConfig
 from pytest_vpstest.dashboard import files
 from pytest_vpstest.errors import VpsTestError
+from pytest_vpstest.node_skips import SKIP_FILE, SKIP_NODES_OPTION, nodes_to_skip
+from pytest_vpstest.plugin.selection import ONLY_NODES_OPTION
 from pytest_vpstest.suite import suites_directory as suites_dir
 
 __all__ = ["ActionRunner", "suites_dir"]
@@ -63,7 +65,9 @@ class ActionRunner:
 
     # -- run tests ---------------------------------------------------------------------------
     def run_tests(self, config: ProjectConfig, inventory: Inventory, node: str) -> Path:
-        """Start the suites' tests involving ``node`` (``-k node``); returns the run's directory."""
+        """Start the suites' tests of the pairs with ``node`` at one end (``--vps-only-nodes node``: exact,
+        where ``-k n1`` would take n10's too); returns the run's directory. Pairs with a node whose
+        tests are disabled skip, as in the loop (``--vps-skip-nodes``)."""
         if config.dashboard.tests_mode(node) == "disabled":
             raise VpsTestError(f"{config.project}/{node}: tests are disabled for this node in the config")
         if node not in inventory.names:
@@ -86,11 +90,12 @@ class ActionRunner:
             "-p",
             "no:cacheprovider",
             "-v",
+            "-rs",  # why tests skipped (a node unhealthy, disabled, not deployed), in the output shown
             "-o",
             "addopts=",
             "--rootdir",
             str(suites),
-            "-k",
+            ONLY_NODES_OPTION,
             node,
             "--vps-config",
             str(config.path),
@@ -105,6 +110,12 @@ class ActionRunner:
             "--vps-skip-build",
             "--vps-skip-deploy",
         ]
+        # Nodes never to test, as in the loop; Run tests is itself the manual run of manual nodes.
+        mode = config.dashboard.tests_mode
+        disabled = nodes_to_skip(inventory.names, {}, lambda n: "disabled" if mode(n) == "disabled" else "")
+        if disabled:
+            files.write_json_atomic(run_dir / SKIP_FILE, disabled)
+            argv += [SKIP_NODES_OPTION, str(run_dir / SKIP_FILE)]
         timeout = config.dashboard.test_timeout_seconds
         status: dict[str, Any] = {
             "node": node,

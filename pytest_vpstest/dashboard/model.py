@@ -31,12 +31,15 @@ TestsColour = Literal["green", "yellow", "red", "blue", "gray"]
 class NodeTestFacts:
     """What is known about one node's tests. Times are POSIX seconds.
 
-    ``changed_at``: the node's last deploy or rollback; ``deploying``: a deploy is under way now;
-    ``tested_at``: when its last finished test run ended (``passed``/``failed`` tests in it).
+    ``running``: a Run tests of this node is under way; ``loop_testing``: the loop is in TEST (which
+    tests only ``auto`` nodes); ``changed_at``: the node's last deploy or rollback; ``deploying``: a
+    deploy is under way now; ``tested_at``: when its last finished test run ended (``passed``/``failed``
+    tests in it).
     """
 
     mode: str = "auto"
     running: bool = False
+    loop_testing: bool = False
     deploying: bool = False
     changed_at: float | None = None
     tested_at: float | None = None
@@ -44,12 +47,17 @@ class NodeTestFacts:
     failed: int = 0
 
 
+def _testing_now(f: NodeTestFacts) -> bool:
+    # The loop's TEST leaves manual (and disabled) nodes out: they are not being tested then.
+    return f.running or (f.loop_testing and f.mode == "auto")
+
+
 def node_tests_colour(f: NodeTestFacts) -> TestsColour:
     """gray disabled; blue running; yellow not run since the last deploy (or nothing ran: every test
     of the last run skipped, e.g. the node was unhealthy); red failed; green passed."""
     if f.mode == "disabled":
         return "gray"
-    if f.running:
+    if _testing_now(f):
         return "blue"
     if f.deploying or f.tested_at is None or (f.changed_at is not None and f.tested_at < f.changed_at):
         return "yellow"
@@ -76,18 +84,19 @@ def node_tests_tooltip(f: NodeTestFacts, now: float) -> str:
     """E.g. ``Last test: 2 min ago (8/8 passed)``, with why the colour is what it is."""
     if f.mode == "disabled":
         return "Tests disabled for this node"
-    if f.running:
+    if _testing_now(f):
         return "Tests running"
+    manual = "; tests run manually for this node (Run tests)" if f.mode == "manual" else ""
     if f.tested_at is None:
-        return "Not tested yet"
+        return "Not tested yet" + manual
     total = f.passed + f.failed
     line = f"Last test: {ago(now - f.tested_at)} ({f.passed}/{total} passed)"
     if f.deploying:
         return line + "; deploying now"
     if f.changed_at is not None and f.tested_at < f.changed_at:
-        return line + f"; not run since the deploy {ago(now - f.changed_at)}"
+        return line + f"; not run since the deploy {ago(now - f.changed_at)}" + manual
     if total == 0:
-        return line + "; no test ran (all skipped)"
+        return line + "; no test ran (all skipped)" + manual
     return line
 
 

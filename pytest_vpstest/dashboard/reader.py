@@ -325,7 +325,8 @@ class StateReader:
                     )
             facts = NodeTestFacts(
                 mode=dash.tests_mode(name),
-                running=state == "TEST" or bool(manual and manual.get("state") == "running"),
+                running=bool(manual and manual.get("state") == "running"),
+                loop_testing=state == "TEST",
                 deploying=state == "DEPLOY",
                 changed_at=changed,
                 tested_at=tested_at,

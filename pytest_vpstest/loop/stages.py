@@ -25,6 +25,7 @@ from pytest_vpstest.loop import machine as m
 from pytest_vpstest.loop.health import NodeCheck
 from pytest_vpstest.loop.stage_context import StageContext, TestOutcome, child_env, utcnow
 from pytest_vpstest.loop.stage_context import iso as _iso
+from pytest_vpstest.node_skips import SKIP_FILE, SKIP_NODES_OPTION, nodes_to_skip
 from pytest_vpstest.suite import FULL_SUITE, suites_directory
 
 if TYPE_CHECKING:  # the SSH stack is imported when the first stage needs a session
@@ -296,13 +297,14 @@ class FleetStages:
             argv += ["--vps-nodes", str(ctx.inventory.path)]
         if cfg.criteria_expr:
             argv += ["--vps-criteria-expr", cfg.criteria_expr]
-        unhealthy = dict(ctx.runner.get("unhealthy") or {})
-        if unhealthy:
-            # Nodes that are not Live: the plugin skips their pairs as "node unhealthy".
-            write_json_atomic(run_dir / "unhealthy.json", unhealthy)
-            argv += ["--vps-unhealthy", str(run_dir / "unhealthy.json")]
-            ctx.log(f"leaving out {len(unhealthy)} unhealthy node(s): "
-                    + "; ".join(f"{n} ({why})" for n, why in sorted(unhealthy.items())))
+        # Nodes not Live, and nodes whose tests the config keeps from automatic runs: the plugin
+        # skips every test touching one, with the reason given here.
+        skip = nodes_to_skip(ctx.inventory.names, dict(ctx.runner.get("unhealthy") or {}),
+                             cfg.dashboard.tests_mode)
+        if skip:
+            write_json_atomic(run_dir / SKIP_FILE, skip)
+            argv += [SKIP_NODES_OPTION, str(run_dir / SKIP_FILE)]
+            ctx.log(f"leaving out {len(skip)} node(s): " + "; ".join(skip.values()))
         label = ("initial", "after-1hr", "after-6hr")[min(checkpoint, 2)]
         env = {**os.environ, "VPSTEST_RUNNER_TOKEN": str(ctx.token), "VPSTEST_LOOP_STATE": f"TEST:{label}",
                "VPSTEST_RUNNER_PID": str(os.getpid()),

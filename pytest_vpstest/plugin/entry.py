@@ -69,7 +69,8 @@ _OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("attempts", "attempts per pair (default: tests.<suite>.attempts)", {"type": int}),
     ("results-json", "write the run's results.json here instead of the run directory", {}),
     ("node-concurrency", "probes touching one node at a time, across workers (default 8)", {"type": int}),
-    ("unhealthy", "JSON file {node: reason} of nodes not to test (their pairs skip as unhealthy)", {}),
+    ("skip-nodes", "JSON file {node: reason} of nodes not to test (their tests skip with that reason)", {}),
+    ("only-nodes", "node names, comma-separated: only the suite tests of pairs with an end among them", {}),
 )
 _FLAGS = (
     ("skip-build", "do not build; use the artifact already deployed"),
@@ -152,6 +153,8 @@ def _make_run(config: pytest.Config, config_path: Path) -> RunContext:
     from pytest_vpstest import config as loaders
     from pytest_vpstest.commands.loading import default_state_dir, resolve_inventory_path
     from pytest_vpstest.errors import ConfigError
+    from pytest_vpstest.node_skips import read_skip_file
+    from pytest_vpstest.plugin.selection import parse_node_selection
 
     project_config = loaders.load_project_config(config_path)
     nodes_opt = config.getoption("vps_nodes")
@@ -188,7 +191,8 @@ def _make_run(config: pytest.Config, config_path: Path) -> RunContext:
         parse(str(expr))
     attempts = _setting(config, "attempts")
     concurrency = _setting(config, "node_concurrency")
-    unhealthy = _read_unhealthy(_path_setting(config, "unhealthy"))
+    skip_file = _path_setting(config, "skip_nodes")
+    only = _setting(config, "only_nodes")
     return RunContext(
         config_path=config_path,
         project_config=project_config,
@@ -206,26 +210,10 @@ def _make_run(config: pytest.Config, config_path: Path) -> RunContext:
         skip_deploy=bool(_setting(config, "skip_deploy")),
         results_json=results_json,
         node_concurrency=int(concurrency) if concurrency not in (None, "") else DEFAULT_NODE_CONCURRENCY,
-        unhealthy=unhealthy,
+        skip_nodes=read_skip_file(skip_file) if skip_file is not None else {},
+        only_nodes=parse_node_selection(str(only), inventory.names, inventory_path) if only else None,
         is_worker=worker is not None,
     )
-
-
-def _read_unhealthy(path: Path | None) -> dict[str, str]:
-    """The ``--vps-unhealthy`` file: a JSON object {node: reason}."""
-    import json
-
-    from pytest_vpstest.errors import ConfigError
-
-    if path is None:
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"--vps-unhealthy {path}: not a readable JSON file: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"--vps-unhealthy {path}: must be a JSON object {{node: reason}}")
-    return {str(k): str(v) for k, v in data.items()}
 
 
 class _XdistController:
@@ -272,6 +260,11 @@ class VpsPlugin:
                 drop.append(item)
             else:
                 keep.append(item)
+        if self.run.only_nodes is not None:
+            from pytest_vpstest.plugin.selection import split_by_nodes
+
+            keep, off = split_by_nodes(keep, self.run.only_nodes, _is_suite_test)
+            drop += off
         if drop:
             config.hook.pytest_deselected(items=drop)
             items[:] = keep
@@ -390,6 +383,10 @@ class VpsPlugin:
 
             report.extras = [*getattr(report, "extras", []), *html_extras(item.user_properties)]
         return report
+
+
+def _is_suite_test(item: pytest.Item) -> bool:
+    return item.get_closest_marker(MARKER) is not None
 
 
 def _interrupted(session: pytest.Session, exitstatus: int) -> str | None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_vpstest._files import write_json_atomic
+from pytest_vpstest.node_skips import unhealthy_reason
 from pytest_vpstest.suite import FULL_SUITE
 
 if TYPE_CHECKING:  # config (YAML) and the SSH stack load only once the plugin is configured
@@ -36,7 +37,6 @@ __all__ = [
     "DEFAULT_NODE_CONCURRENCY",
     "NOT_CONFIGURED",
     "RUN_KEY",
-    "UNHEALTHY_PREFIX",
     "Recorder",
     "RunContext",
     "build_artifact",
@@ -56,7 +56,7 @@ __all__ = [
     "run_of",
     "skip_if_not_deployed",
     "skip_if_unreachable",
-    "unhealthy_nodes",
+    "skipped_nodes",
     "vps_config",
     "vps_record",
     "vps_run",
@@ -90,8 +90,10 @@ class RunContext:
     skip_deploy: bool = False
     results_json: Path | None = None
     node_concurrency: int = DEFAULT_NODE_CONCURRENCY
-    # Nodes the loop found not Live before this run (``--vps-unhealthy``): {node: reason}.
-    unhealthy: dict[str, str] = field(default_factory=dict)
+    # Nodes not to test, handed over by the loop (``--vps-skip-nodes``): {node: skip reason}.
+    skip_nodes: dict[str, str] = field(default_factory=dict)
+    # ``--vps-only-nodes``: only the suite tests naming one of these nodes run (None: all).
+    only_nodes: frozenset[str] | None = None
     started_at: float = field(default_factory=time.time)
     is_worker: bool = False
     # Filled lazily per process.
@@ -125,6 +127,8 @@ class RunContext:
             parts.append(f"--vps-criteria-expr={json.dumps(self.criteria_expr)}")
         if self.attempts is not None:
             parts.append(f"--vps-attempts={self.attempts}")
+        if self.only_nodes is not None:
+            parts.append(f"--vps-only-nodes={','.join(sorted(self.only_nodes))}")
         return " ".join(parts)
 
 
@@ -311,15 +315,15 @@ def _check_status(run: RunContext, runner: ProbeRunner) -> None:
     """The ``status`` probe on every deployed peer node, once per run, before any suite test.
 
     No valid ``ok`` answer anywhere fails session setup with one line (the template is broken,
-    not the network); nodes that alone fail are skipped like nodes whose deploy failed. Unhealthy
-    nodes are not asked; a node that cannot be reached over SSH, or whose answer says its agent is
-    not running (``plugin.agent_watch``), becomes unhealthy, and nodes that could not be reached are
-    no evidence against the template.
+    not the network); nodes that alone fail are skipped like nodes whose deploy failed. Nodes not to
+    test (unhealthy, tests disabled or manual) are not asked; a node that cannot be reached over SSH,
+    or whose answer says its agent is not running (``plugin.agent_watch``), becomes unhealthy, and
+    nodes that could not be reached are no evidence against the template.
     """
     from pytest_vpstest.plugin.agent_watch import agent_down
     from pytest_vpstest.plugin.pairs import peer_nodes
 
-    already = failed_nodes(run) | unhealthy_nodes(run)
+    already = failed_nodes(run) | skipped_nodes(run)
     names = [n.name for n in peer_nodes(run.inventory) if n.name not in already]
     if not names:
         return
@@ -408,17 +412,16 @@ def nat_skip_reason(inventory: Inventory) -> str | None:
     return None
 
 
-UNHEALTHY_PREFIX = "node unhealthy: "
-
-
-def unhealthy_nodes(run: RunContext) -> dict[str, str]:
-    """Nodes not to test: those the loop handed over, and those found unreachable during this run
-    (one file per node in ``<run dir>/unhealthy/``, shared by every xdist worker)."""
-    found = dict(run.unhealthy)
+def skipped_nodes(run: RunContext) -> dict[str, str]:
+    """{node: skip reason} of the nodes not to test: those the loop handed over (not Live, tests
+    disabled or manual for the node), and those found unreachable during this run (one file per node
+    in ``<run dir>/unhealthy/``, shared by every xdist worker)."""
+    found = dict(run.skip_nodes)
     with contextlib.suppress(OSError):
         for path in sorted((run.run_dir / "unhealthy").iterdir()):
             if not path.name.startswith("."):
-                found.setdefault(path.name, path.read_text(encoding="utf-8").strip() or "unreachable")
+                why = path.read_text(encoding="utf-8").strip() or "unreachable"
+                found.setdefault(path.name, unhealthy_reason(path.name, why))
     return found
 
 
@@ -432,10 +435,11 @@ def mark_unhealthy(run: RunContext, node: str, reason: str) -> None:
 
 
 def skip_if_not_deployed(run: RunContext, *nodes: str) -> None:
-    """Skip a test touching a node that is unhealthy (first) or whose deployment failed."""
-    sick = {n: why for n, why in unhealthy_nodes(run).items() if n in nodes}
-    if sick:
-        pytest.skip(UNHEALTHY_PREFIX + "; ".join(f"{n} ({why})" for n, why in sick.items()))
+    """Skip a test touching a node not to test (first, with its reason) or whose deployment failed."""
+    left_out = skipped_nodes(run)
+    reasons = [left_out[n] for n in dict.fromkeys(nodes) if n in left_out]
+    if reasons:
+        pytest.skip("; ".join(reasons))
     bad = {n: why for n, why in failed_nodes(run).items() if n in nodes}
     if bad:
         pytest.skip("not deployed: " + "; ".join(f"{n} ({why})" for n, why in bad.items()))
@@ -448,7 +452,7 @@ def skip_if_unreachable(run: RunContext, results: Any) -> None:
     if attempts and all(getattr(r, "transport_error", False) for r in attempts):
         node, reason = attempts[0].node, attempts[-1].reason
         mark_unhealthy(run, node, f"unreachable during the run: {reason}")
-        pytest.skip(f"{UNHEALTHY_PREFIX}{node} (unreachable during the run: {reason})")
+        pytest.skip(unhealthy_reason(node, f"unreachable during the run: {reason}"))
 
 
 def parametrize(

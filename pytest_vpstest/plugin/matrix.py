@@ -36,12 +36,11 @@ from typing import IO, TYPE_CHECKING, Any
 import pytest
 
 from pytest_vpstest.plugin.fixtures import (
-    UNHEALTHY_PREFIX,
     RunContext,
     failed_nodes,
     mark_unhealthy,
     nat_skip_reason,
-    unhealthy_nodes,
+    skipped_nodes,
 )
 
 if TYPE_CHECKING:
@@ -77,11 +76,11 @@ def part_key(test: str, part: str) -> str:
 
 def plan_cells(items: list[pytest.Item], run: RunContext) -> list[Cell]:
     """One cell per selected test whose suite plans cells (several for a multi-part test), in test
-    order; tests that will skip (a node not deployed or unhealthy, NAT needed where there is none)
+    order; tests that will skip (a node not deployed or not to test, NAT needed where there is none)
     are left out."""
     from pytest_vpstest.plugin.engine import ProbeSpec
 
-    failed = set(failed_nodes(run)) | set(unhealthy_nodes(run))
+    failed = set(failed_nodes(run)) | set(skipped_nodes(run))
     no_nat = nat_skip_reason(run.inventory)
     cells: list[Cell] = []
     for item in items:
@@ -361,7 +360,8 @@ def matrix_cell(
     """``matrix_cell()`` → this test's probe results, measured by the run's matrix engine.
 
     A pair touching a node found unhealthy during the run (before its test reports) is skipped as
-    ``node unhealthy``, whatever its cell measured: that node's pairs stay out of every rate."""
+    ``node unhealthy`` (or with the reason a node not to test was handed over with), whatever its cell
+    measured: that node's pairs stay out of every rate."""
 
     def results() -> list[ProbeResult]:
         try:
@@ -371,9 +371,10 @@ def matrix_cell(
         callspec = getattr(request.node, "callspec", None)
         pair = callspec.params.get("pair") if callspec is not None else None
         touched = {pair.src, pair.dst} if pair is not None else {r.node for r in found}
-        sick = {n: why for n, why in unhealthy_nodes(vps_run).items() if n in touched}
-        if sick:
-            pytest.skip(UNHEALTHY_PREFIX + "; ".join(f"{n} ({why})" for n, why in sorted(sick.items())))
+        left_out = skipped_nodes(vps_run)
+        reasons = [left_out[n] for n in sorted(touched) if n in left_out]
+        if reasons:
+            pytest.skip("; ".join(reasons))
         return found
 
     return results

@@ -65,14 +65,19 @@ def finish_run(
     recorded (no state merge, no history row, so no ``improvement`` baseline, no proof)."""
     from pytest_vpstest.criteria import CriteriaSpec, judge
     from pytest_vpstest.errors import CriteriaError
-    from pytest_vpstest.plugin.fixtures import unhealthy_nodes
+    from pytest_vpstest.node_skips import unhealthy_why
+    from pytest_vpstest.plugin.fixtures import skipped_nodes
 
     finished = time.time()
-    # A node found unhealthy (handed over, or gone bad during the run) is out of every rate, also for
-    # its pairs measured before it was found out, and its failed tests are not software failures.
-    sick = set(unhealthy_nodes(run))
+    # A node left out (handed over as not to test, or gone bad during the run) is out of every rate,
+    # also for its pairs measured before it was found out; a failed test of an unhealthy node is not
+    # a software failure.
+    skipped = skipped_nodes(run)
+    found = {n: unhealthy_why(n, reason) for n, reason in skipped.items()}
+    unhealthy = {n: why for n, why in found.items() if why is not None}  # the nodes' own faults
+    sick = set(unhealthy)
     counts = collector.counts(unhealthy=sick)
-    measurements = collector.measurements(leave_out=sick)
+    measurements = collector.measurements(leave_out=set(skipped))
     suites = aggregate(measurements)
     suites_run = tuple(s for s in suites_of_focus(FULL_SUITE) if s in suites)
     metrics = metrics_of({"suites": suites}, counts)
@@ -104,8 +109,10 @@ def finish_run(
         "metrics": metrics,
         "test_results": test_results,
         "pairs": pairs,
-        # Nodes left out as unhealthy, and what failed (the loop tells node faults from software).
-        "unhealthy": unhealthy_nodes(run),
+        # Nodes left out and why; the unhealthy ones among them and what failed (the loop tells node
+        # faults from the software's).
+        "skipped_nodes": skipped,
+        "unhealthy": unhealthy,
         # A failure touching a node found unhealthy (before the run or during it, e.g. its agent
         # stopped answering) is the node's fault: "infrastructure"; any other is "software".
         "failed_tests": [

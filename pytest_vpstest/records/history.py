@@ -280,7 +280,9 @@ class History:
         )
         with self._write() as conn:
             conn.execute("DELETE FROM metrics WHERE run_id = ?", (run.id,))
-            conn.execute("DELETE FROM test_runs WHERE id LIKE ? ESCAPE '\\'", (_like_prefix(run.id) + ":%",))
+            conn.execute(
+                "DELETE FROM test_runs WHERE id >= ? AND id < ? AND id = ? || ':' || host_id", _of_run(run.id)
+            )
             conn.execute(
                 "INSERT OR REPLACE INTO runs (id, project, focus, criteria, started_at, finished_at, "
                 "passed, verdict_json, loop_state, checkpoint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -384,8 +386,8 @@ class History:
     def host_runs(self, run_id: str) -> list[HostRun]:
         """The per-host rows recorded with a run."""
         rows = self._conn().execute(
-            "SELECT * FROM test_runs WHERE id LIKE ? ESCAPE '\\' ORDER BY host_id",
-            (_like_prefix(run_id) + ":%",),
+            "SELECT * FROM test_runs WHERE id >= ? AND id < ? AND id = ? || ':' || host_id ORDER BY host_id",
+            _of_run(run_id),
         )
         return [
             HostRun(
@@ -439,8 +441,15 @@ def _is_time(text: str) -> bool:
     return True
 
 
-def _like_prefix(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+def _of_run(run_id: str) -> tuple[str, str, str]:
+    """Parameters of ``id >= ? AND id < ? AND id = ? || ':' || host_id``: a run's host rows.
+
+    Their ids are ``<run id>:<host id>``, so all of them sort between ``<run id>:`` and ``<run id>;``
+    (':' + 1): a range the primary key's index answers directly, where ``id LIKE '<run>:%'`` scanned
+    the whole table (SQLite's LIKE ignores case, so the index cannot serve it). The equality keeps
+    out the rows of another run whose id starts with ``<run id>:``.
+    """
+    return f"{run_id}:", f"{run_id};", run_id
 
 
 def _run_record(r: sqlite3.Row) -> RunRecord:

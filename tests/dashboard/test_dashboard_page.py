@@ -325,3 +325,47 @@ def _expect() -> Any:
     from playwright.sync_api import expect
 
     return expect
+
+
+def test_run_tests_of_n1_runs_n1s_pairs_only_not_n10s(state_dir: Path, dashboard: Any, page: Any) -> None:
+    """Run tests selects the node exactly: ``-k n1`` would also run n10's pairs; pairs with a node
+    whose tests are disabled skip, as in the loop."""
+    # Nothing answers here: the run waits out the hole punches' timeouts (about a minute) before its
+    # summary of skip reasons; the timeout leaves room for that on a loaded machine.
+    fp = FakeProject(state_dir, "alpha", ["n1", "n2", "n10", "n11"], node_tests={"n11": "disabled"},
+                     test_timeout=240)
+    fp.move("SETUP")
+    fp.set_nodes(status="online", last_check="2026-01-01T00:00:00Z")
+    fp.move("DEPLOY")
+    fp.set_nodes(deployed=True)
+    fp.move("WAIT_1HR")
+    server = dashboard()
+    page.goto(server.url)
+    page.locator('tr[data-node="n1"]').click()
+    page.locator("#btn-run-tests").click()
+    page.locator("#confirm-token").fill(TOKEN)
+    page.locator("#confirm-ok").click()
+    expect = _expect()
+    tests = page.locator('tr[data-node="n1"] .comp.tests')
+    expect(tests).to_have_attribute("data-tip", re.compile(r"^Last test: "), timeout=270_000)
+    output = page.locator("#node-output").inner_text()
+    ids = set(re.findall(r"::(test_\w+\[[^\s]*\]\])", output))
+    assert ids, output[-2000:]
+    ends = {i: set(re.findall(r"\[(\w+)(?:->(\w+))?\[", i)[0]) - {""} for i in ids}
+    assert all("n1" in nodes for nodes in ends.values()), sorted(i for i, n in ends.items() if "n1" not in n)
+    assert "test_connect[n1->n10[relay]]" in ids and "test_connect[n10->n1[relay]]" in ids
+    assert re.search(r"SKIPPED \[\d+\] .*: tests disabled for node n11", output), output[-3000:]
+
+
+def test_while_the_loop_tests_only_auto_nodes_are_blue(state_dir: Path, dashboard: Any, page: Any) -> None:
+    """The loop's TEST leaves manual and disabled nodes out: they are not shown as running."""
+    fp = deployed_fleet(state_dir, node_tests={"n3": "manual", "n4": "disabled"})
+    fp.move("TEST")
+    server = dashboard()
+    page.goto(server.url)
+    expect = _expect()
+    expect(page.locator('tr[data-node="n1"] .comp.tests')).to_have_attribute("data-colour", "blue")
+    assert colour(page, "n3") == "yellow"
+    assert colour(page, "n4") == "gray"
+    page.locator('tr[data-node="n3"] .comp.tests').hover()
+    expect(page.locator("#tooltip")).to_contain_text("tests run manually for this node (Run tests)")

@@ -10,6 +10,8 @@
   the other nodes, heard by each other at the agents' own pace, never leave Live;
 * a node whose sshd is stopped before the run: its pairs are skipped as "node unhealthy", the verdict
   is judged on the rest and the loop never enters FIX;
+* nodes whose tests the config disables or leaves to the dashboard's Run tests (``manual``) are never
+  tested by the loop: their tests skip with that reason;
 * six of ten nodes unreachable: the run stops, naming each node and the cause.
 """
 
@@ -161,6 +163,33 @@ def test_an_agent_killed_during_wait_is_respawned_and_the_next_checkpoint_passes
     assert respawned_at <= checkpoints[1]["time"]
     log = (runner.dir / "runner.log").read_text()
     assert f"node {victim}: Evicted -> Respawning" in log
+
+
+def test_nodes_with_tests_disabled_or_manual_are_never_tested_by_the_loop(
+    health_lab: Lab, tmp_path: Path
+) -> None:
+    config = _workspace(tmp_path, health_lab, wait_1hr=None)
+    config.write_text(
+        config.read_text() + "\ndashboard:\n  node_tests:\n    saorsa-4: disabled\n    saorsa-5: manual\n"
+    )
+    final, runner = _run(config, health_lab)
+    assert final.state is m.State.COMPLETE, final.stop_reason
+    assert "FIX" not in _transitions(runner)
+    doc = StateStore(runner.state_dir, runner.project).load()
+    assert doc is not None
+    results = json.loads(Path(doc["runner"]["last_results"]).read_text())
+    assert results["skipped_nodes"] == {
+        "saorsa-4": "tests disabled for node saorsa-4",
+        "saorsa-5": "tests run manually for node saorsa-5",
+    }
+    assert results["unhealthy"] == {}
+    tested = {n for p in results["pairs"] for n in (p["from"], p["to"])}
+    assert tested == {"saorsa-2", "saorsa-3"}, tested
+    assert results["tests"]["skipped"] == 30  # every pair with saorsa-4 or -5: 10 of 12, x 3 methods
+    assert results["tests"]["failed"] == 0
+    log = (runner.dir / "runner.log").read_text()
+    reasons = "tests disabled for node saorsa-4; tests run manually for node saorsa-5"
+    assert f"leaving out 2 node(s): {reasons}" in log
 
 
 def test_an_agent_killed_during_test_is_noticed_within_the_run_and_the_loop_does_not_fix(

@@ -463,9 +463,9 @@ def test_nodes_handed_over_as_unhealthy_are_skipped_and_left_out_of_the_rates(
     fake_fleet: MakeFleet,
 ) -> None:
     fleet = fake_fleet()
-    unhealthy = fleet.dir / "unhealthy.json"
-    unhealthy.write_text(json.dumps({"n2": "provisioning: ssh: connection refused"}))
-    result = fleet.run("--vps-focus=throughput", "--vps-unhealthy", str(unhealthy), "-rs")
+    unhealthy = fleet.dir / "skip-nodes.json"
+    unhealthy.write_text(json.dumps({"n2": "node unhealthy: n2 (provisioning: ssh: connection refused)"}))
+    result = fleet.run("--vps-focus=throughput", "--vps-skip-nodes", str(unhealthy), "-rs")
     result.assert_outcomes(passed=2, skipped=2)
     result.stdout.fnmatch_lines(["*node unhealthy: n2 (provisioning: ssh: connection refused)*"])
     results = fleet.results()

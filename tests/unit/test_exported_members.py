@@ -143,6 +143,10 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "pytest_vpstest.modes": ["CRITERIA", "PROOFS", "Criteria", "Proof"],
     "pytest_vpstest.nat_types": ["NAT_TYPES", "NatInfo", "NatType", "nat_info", "nat_rank"],
+    "pytest_vpstest.node_skips": [
+        "SKIP_FILE", "SKIP_NODES_OPTION", "UNHEALTHY_PREFIX", "nodes_to_skip", "read_skip_file",
+        "tests_mode_reason", "unhealthy_reason", "unhealthy_why",
+    ],
     "pytest_vpstest.lab": [
         "FLAVOURS", "Flavour", "LabRecord", "NodeStatus", "Topology", "choose_flavour", "down",
         "inventory_path", "lab_dir", "load_topology", "status", "up",
@@ -287,10 +291,10 @@ EXPECTED: dict[str, list[str]] = {
         "node", "node_pool", "probe", "vps_config", "vps_matrix", "vps_record", "vps_run"
     ],
     "pytest_vpstest.plugin.fixtures": [
-        "DEFAULT_NODE_CONCURRENCY", "NOT_CONFIGURED", "RUN_KEY", "UNHEALTHY_PREFIX", "Recorder", "RunContext",
+        "DEFAULT_NODE_CONCURRENCY", "NOT_CONFIGURED", "RUN_KEY", "Recorder", "RunContext",
         "build_artifact", "default_build", "default_deploy", "default_fetch_logs", "deployment",
         "failed_nodes", "fleet", "mark_unhealthy", "nat_skip_reason", "node", "node_pool", "once",
-        "parametrize", "probe", "run_of", "skip_if_not_deployed", "skip_if_unreachable", "unhealthy_nodes",
+        "parametrize", "probe", "run_of", "skip_if_not_deployed", "skip_if_unreachable", "skipped_nodes",
         "vps_config", "vps_record", "vps_run"
     ],
     "pytest_vpstest.plugin.hookspecs": [
@@ -310,6 +314,9 @@ EXPECTED: dict[str, list[str]] = {
     "pytest_vpstest.plugin.report": ["html_extras", "html_summary"],
     "pytest_vpstest.plugin.results": ["SCHEMA_VERSION", "RunOutcome", "finish_run"],
     "pytest_vpstest.plugin.schedule": ["Cell", "Scheduler", "Task"],
+    "pytest_vpstest.plugin.selection": [
+        "ONLY_NODES_OPTION", "item_nodes", "parse_node_selection", "split_by_nodes",
+    ],
     "pytest_vpstest.plugin.spec": ["MIN_TIMEOUT", "Bind", "Flow", "ProbeSpec"],
     "pytest_vpstest.records": [],
     "pytest_vpstest.records.history": [

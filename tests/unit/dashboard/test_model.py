@@ -21,6 +21,7 @@ facts = st.builds(
     NodeTestFacts,
     mode=st.sampled_from(["auto", "manual", "disabled"]),
     running=st.booleans(),
+    loop_testing=st.booleans(),
     deploying=st.booleans(),
     changed_at=times,
     tested_at=times,
@@ -34,14 +35,30 @@ def test_colour_follows_the_precedence_disabled_running_stale_failed_passed(f: N
     colour = node_tests_colour(f)
     if f.mode == "disabled":
         assert colour == "gray"
-    elif f.running:
-        assert colour == "blue"
+    elif f.running or (f.loop_testing and f.mode == "auto"):
+        assert colour == "blue"  # the loop's TEST does not test manual nodes
     elif f.deploying or f.tested_at is None or (f.changed_at is not None and f.tested_at < f.changed_at):
         assert colour == "yellow"
     elif f.passed + f.failed == 0:
         assert colour == "yellow"  # nothing ran: not "all passed"
     else:
         assert colour == ("red" if f.failed else "green")
+
+
+def test_the_loops_test_makes_only_auto_nodes_blue_and_manual_ones_wait_for_run_tests() -> None:
+    deployed_after_test = {"tested_at": 100.0, "passed": 8, "changed_at": 150.0}
+    assert node_tests_colour(NodeTestFacts(mode="auto", loop_testing=True, **deployed_after_test)) == "blue"
+    manual = NodeTestFacts(mode="manual", loop_testing=True, **deployed_after_test)
+    assert node_tests_colour(manual) == "yellow"
+    assert node_tests_tooltip(manual, 210.0) == (
+        "Last test: 1 min ago (8/8 passed); not run since the deploy 1 min ago; "
+        "tests run manually for this node (Run tests)"
+    )
+    assert node_tests_colour(NodeTestFacts(mode="disabled", loop_testing=True)) == "gray"
+    # Someone clicks Run tests: blue, then its result.
+    assert node_tests_colour(NodeTestFacts(mode="manual", running=True, loop_testing=True)) == "blue"
+    tested = NodeTestFacts(mode="manual", tested_at=200.0, passed=8, changed_at=150.0)
+    assert node_tests_colour(tested) == "green"
 
 
 def test_a_rollback_after_the_last_test_turns_the_node_yellow() -> None:

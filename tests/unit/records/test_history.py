@@ -249,3 +249,43 @@ def test_threads_share_one_history(tmp_path: Path) -> None:
     assert errors == []
     assert len(history.runs("p", limit=100)) == 60
     history.close()
+
+
+def test_a_runs_host_rows_are_found_through_the_primary_key_not_a_table_scan(tmp_path: Path) -> None:
+    """``host_runs`` and re-recording a run reach its rows by an index range: with 10,000s of runs a
+    scan of ``test_runs`` per run made the dashboard's first read take many seconds."""
+    with History(tmp_path / "h.sqlite") as history:
+        for i in range(3):
+            history.record_run(run(f"r{i}", i), [HostRun("a", at(i)), HostRun("b", at(i))])
+        conn = history._conn()
+        statements: list[str] = []
+        conn.set_trace_callback(statements.append)
+        try:
+            assert [h.host_id for h in history.host_runs("r1")] == ["a", "b"]
+            history.record_run(run("r1", 1), [HostRun("c", at(1))])
+        finally:
+            conn.set_trace_callback(None)
+        reads = ("SELECT", "DELETE")
+        touching = [s for s in statements if "test_runs" in s and s.lstrip().upper().startswith(reads)]
+        assert len(touching) == 2, statements
+        for statement in touching:
+            plan = " | ".join(str(r[3]) for r in conn.execute("EXPLAIN QUERY PLAN " + statement))
+            assert "SCAN test_runs" not in plan, (statement, plan)
+            assert "sqlite_autoindex_test_runs_1" in plan, (statement, plan)
+        assert [h.host_id for h in history.host_runs("r1")] == ["c"]
+        assert [h.host_id for h in history.host_runs("r2")] == ["a", "b"]
+
+
+def test_host_rows_of_runs_whose_ids_share_a_prefix_or_hold_like_wildcards_stay_apart(tmp_path: Path) -> None:
+    with History(tmp_path / "h.sqlite") as history:
+        history.record_run(run("r_1", 0), [HostRun("a", at(0))])
+        history.record_run(run("rx1", 1), [HostRun("b", at(1))])
+        history.record_run(run("r%", 2), [HostRun("c", at(2))])
+        history.record_run(run("r", 3), [HostRun("d", at(3))])
+        history.record_run(run("r:x", 4), [HostRun("e", at(4))])  # its rows' ids start with "r:"
+        assert [h.host_id for h in history.host_runs("r_1")] == ["a"]
+        assert [h.host_id for h in history.host_runs("r%")] == ["c"]
+        assert [h.host_id for h in history.host_runs("r")] == ["d"]
+        history.record_run(run("r", 3), [])  # re-recording "r" leaves "r:x" alone
+        assert [h.host_id for h in history.host_runs("r:x")] == ["e"]
+        assert history.host_runs("r") == []
