@@ -15,12 +15,18 @@ look at the node that ran it: once the watch finds a node's agent down, ``on_unh
 reason)`` is called (the run marks the node unhealthy) and no further step touching that node is
 run — each is recorded at once as a result saying it was not run, so its cell still completes.
 
-What a step is, for the fleet (:class:`ProbeSpec`): attempt *i* of a pair probe (``connect``,
-``throughput``, or a suite's own action taking a peer) from ``node`` to ``peer``; with ``ceiling`` the
-cell has one more step, the pair's iperf3 ceiling, recorded as a pseudo probe result (action
-``iperf3``, data ``{ok, mbps, note}``). Every step, whichever way it reaches the node (a batch
-request, a single probe, the ceiling), holds a slot of the probe runner's
-:class:`~pytest_vpstest.fleet.probes.NodeSlots` on both its nodes while it runs, so the per-node limit
+Cells that depend on others (a gossip receiver's polls wait for the publish and need its message
+id) go through a :class:`~pytest_vpstest.plugin.spec.Flow`: bound when their first step starts,
+ended early by an answer that satisfies their ``until`` or when their ``within`` window is over (the
+steps dropped leave the progress total), or recorded as not run when what they need failed.
+
+What a step is, for the fleet (:class:`ProbeSpec`): attempt *i* of a probe from ``node`` (to
+``peer``: ``connect``, ``throughput``, a suite's own; or of one node: publish, received, crdt,
+subscribe, with the action's own placeholder values); with ``ceiling`` the cell has one more step,
+the pair's iperf3 ceiling, recorded as a pseudo probe result (action ``iperf3``, data ``{ok, mbps,
+note}``). Every step, whichever way it reaches the node (a batch request, a single probe, the
+ceiling), holds a slot of the probe runner's :class:`~pytest_vpstest.fleet.probes.NodeSlots` on each
+of its nodes while it runs, so the per-node limit
 also counts the probes other xdist workers (and this process's other tests) send to the same nodes.
 With ``reset`` every attempt after the first begins with the contract's ``reset`` on both nodes
 (at once, under the step's slots), then the attempt; such a step holds both nodes alone (the cell's
@@ -43,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pytest_vpstest.fleet.batch import REQUESTS as BATCH_REQUESTS
 from pytest_vpstest.fleet.probes import NodeSlots, ProbeResult
 from pytest_vpstest.plugin.schedule import Cell, Scheduler, Task
+from pytest_vpstest.plugin.spec import Flow, ProbeSpec
 
 if TYPE_CHECKING:
     from pytest_vpstest.fleet.batch import BatchLane
@@ -146,6 +153,11 @@ class Engine:
         arrived: queue.SimpleQueue[tuple[Task, ProbeResult]] = queue.SimpleQueue()
         inflight: dict[tuple[str, int], tuple[Task, float, float]] = {}
         results: dict[str, list[ProbeResult | None]] = {c.key: [None] * c.steps for c in self.cells}
+        self._flow = Flow()
+
+        def results_of(key: str) -> list[ProbeResult]:
+            return [r for r in results[key] if r is not None]
+
         try:
             while not sched.done:
                 now = self.clock()
@@ -157,6 +169,12 @@ class Engine:
                     if self._not_run(sched, results, task):
                         not_run = True
                         continue
+                    ready = self._flow.prepare(task, now, results_of)
+                    if isinstance(ready, str):  # what it depends on failed: its cell ends here
+                        self._skip(sched, results, task, f"not run: {ready}", stop=True)
+                        not_run = True
+                        continue
+                    task = ready
                     inflight[task.key] = (task, now, now + self.runner.deadline(task) + self.watchdog_slack)
                     self.runner.start(task, _reporter(arrived, task))
                 self.max_running = max(self.max_running, len(inflight))
@@ -238,6 +256,7 @@ class Engine:
         result: ProbeResult,
         *,
         measured: bool = True,
+        stop: bool = False,
     ) -> None:
         now = self.clock()
         sched.finish(task, now)
@@ -247,29 +266,41 @@ class Engine:
                 self.on_unhealthy(result.node, reason)
         cell_results = results[task.cell.key]
         cell_results[task.index] = result
+        dropped = sched.stop(task.cell.key) if stop or self._flow.done_after(task, result, now) else 0
         phase = self.progress[task.cell.phase]
         with self._lock:
             phase.done += 1
+            phase.total -= dropped
             if phase.done == phase.total:
                 phase.ended = now
-        if sched.finished_steps(task.cell.key) == task.cell.steps:
+        if sched.ended(task.cell.key):
             self.on_cell(task.cell, [r for r in cell_results if r is not None])
 
-    def _not_run(
-        self, sched: Scheduler, results: dict[str, list[ProbeResult | None]], task: Task
-    ) -> bool:
+    def _not_run(self, sched: Scheduler, results: dict[str, list[ProbeResult | None]], task: Task) -> bool:
         """A step touching a node whose agent is down is not run: recorded at once as such."""
         down = self.watch.down if self.watch is not None else {}
         node = next((n for n in task.cell.nodes if n in down), None)
         if node is None:
             return False
         spec = task.cell.spec
+        polls = isinstance(spec, ProbeSpec) and spec.until is not None  # no point asking again
+        self._skip(sched, results, task, f"not run: node unhealthy: {down[node]}", stop=polls)
+        return True
+
+    def _skip(
+        self,
+        sched: Scheduler,
+        results: dict[str, list[ProbeResult | None]],
+        task: Task,
+        why: str,
+        *,
+        stop: bool,
+    ) -> None:
+        spec = task.cell.spec
         action = spec.step_action(task.index) if isinstance(spec, ProbeSpec) else "probe"
         by = spec.node if isinstance(spec, ProbeSpec) else task.cell.nodes[0]
-        why = f"not run: node unhealthy: {down[node]}"
         skipped = ProbeResult(action, by, "", None, "", "", 0.0, error=why)
-        self._finish(sched, results, task, skipped, measured=False)
-        return True
+        self._finish(sched, results, task, skipped, measured=False, stop=stop)
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Progress of every phase, for the terminal and the progress file."""
@@ -287,48 +318,6 @@ def _reporter(arrived: queue.SimpleQueue[tuple[Task, ProbeResult]], task: Task) 
 
 # --------------------------------------------------------------------------------------------
 # The fleet's steps
-
-
-@dataclass(frozen=True)
-class ProbeSpec:
-    """What a cell measures: ``attempts`` probes of ``action`` from ``node`` to ``peer``."""
-
-    action: str  # a probe action of the contract taking a peer: "connect", "throughput", ...
-    node: str
-    peer: str
-    attempts: int
-    timeout: float
-    method: str | None = None
-    seconds: float | None = None
-    cooloff: float = 0.0
-    exclusive: bool = False
-    ceiling: bool = False  # one more step after the attempts: the pair's iperf3 ceiling
-    reset: bool = False  # reset both nodes before every attempt after the first
-
-    @property
-    def steps(self) -> int:
-        return self.attempts + (1 if self.ceiling else 0)
-
-    def resets_before(self, index: int) -> bool:
-        """Whether step ``index`` begins with a reset of both nodes."""
-        return self.reset and 0 < index < self.attempts
-
-    def step_action(self, index: int) -> str:
-        return "iperf3" if self.ceiling and index == self.attempts else self.action
-
-    def cell(self, key: str, phase: str) -> Cell:
-        """The scheduler's cell: attempts may overlap when no cool-off is asked for."""
-        return Cell(
-            key=key,
-            phase=phase,
-            nodes=(self.node, self.peer),
-            steps=self.steps,
-            cooloff=self.cooloff,
-            overlap=self.cooloff == 0 and not self.exclusive and not self.reset,
-            exclusive=self.exclusive,
-            exclusive_from=1 if self.reset and not self.exclusive else None,
-            spec=self,
-        )
 
 
 class FleetSteps:
@@ -363,7 +352,11 @@ class FleetSteps:
         lane = self._lane(spec.node) if spec.step_action(task.index) != "iperf3" else None
         if lane is not None:
             return lane.command
-        return f"{spec.step_action(task.index)} {spec.node} -> {spec.peer}"
+        return (
+            spec.describe()
+            if spec.step_action(task.index) != "iperf3"
+            else f"iperf3 {spec.node} -> {spec.peer}"
+        )
 
     def start(self, task: Task, done: StepDone) -> None:
         hold = _Hold()
@@ -406,10 +399,10 @@ class FleetSteps:
         spec = _spec(task)
         stack = contextlib.ExitStack()
         try:
-            stack.enter_context(self.runner.slots.hold(spec.node, spec.peer))
+            stack.enter_context(self.runner.slots.hold(*spec.nodes))
         except Exception as exc:  # e.g. the run directory's lock files: a failed attempt, not a hang
             self.abandon(task)
-            why = f"no slot on {spec.node}/{spec.peer}: {type(exc).__name__}: {exc}".splitlines()[0]
+            why = f"no slot on {'/'.join(spec.nodes)}: {type(exc).__name__}: {exc}".splitlines()[0]
             action = spec.step_action(task.index)
             done(ProbeResult(action, spec.node, self.describe(task), None, "", "", 0.0, error=why))
             return
@@ -438,10 +431,11 @@ class FleetSteps:
         """Reset both nodes at once (under the slots the step holds); None when both said ok, else
         the first failed reset as the attempt's failure."""
         held = dataclasses.replace(self.runner, slots=self._no_slots)
+        other = _peer(spec)
         theirs: list[ProbeResult] = []
         peer = threading.Thread(
-            target=lambda: theirs.append(held.reset(spec.peer, spec.timeout)),
-            name=f"vps-reset-{spec.peer}",
+            target=lambda: theirs.append(held.reset(other, spec.timeout)),
+            name=f"vps-reset-{other}",
             daemon=True,
         )
         peer.start()
@@ -466,22 +460,25 @@ class FleetSteps:
         )
 
     def _values(self, spec: ProbeSpec) -> dict[str, Any]:
-        values: dict[str, Any] = {**self.runner.peer_values(spec.peer), "timeout": spec.timeout}
-        if spec.method is not None:
-            values["method"] = spec.method
+        """A batch request's values (numbers as numbers)."""
+        values = self._placeholders(spec) | {"timeout": spec.timeout}
         if spec.seconds is not None:
             values["seconds"] = spec.seconds
         return values
 
     def _single(self, spec: ProbeSpec) -> ProbeResult:
-        """One probe of any pair action (``connect``, ``throughput``, a suite's own), its peer held too."""
-        values: dict[str, Any] = self.runner.peer_values(spec.peer)
-        if spec.method is not None:
-            values["method"] = spec.method
+        """One probe of any action (a pair's, or one node's such as ``crdt``), its nodes held already."""
+        values = self._placeholders(spec)
         if spec.seconds is not None:
             values["seconds"] = _num_text(spec.seconds)
         held = dataclasses.replace(self.runner, slots=self._no_slots)  # the runner as it is now
         return held.run(spec.action, spec.node, timeout=spec.timeout, **values)
+
+    def _placeholders(self, spec: ProbeSpec) -> dict[str, Any]:
+        values: dict[str, Any] = {} if spec.peer is None else self.runner.peer_values(spec.peer)
+        if spec.method is not None:
+            values["method"] = spec.method
+        return values | dict(spec.values)
 
     def _ceiling(self, spec: ProbeSpec, done: StepDone) -> None:
         from pytest_vpstest.fleet.iperf import iperf3_ceiling
@@ -493,7 +490,7 @@ class FleetSteps:
                 self.runner.inventory,
                 self.runner.plan_for,
                 spec.node,
-                spec.peer,
+                _peer(spec),
                 spec.seconds or 1.0,
             )
         except Exception as exc:  # the ceiling is context, never a crash
@@ -550,6 +547,12 @@ class _Hold:
 
 def _num_text(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _peer(spec: ProbeSpec) -> str:
+    if spec.peer is None:  # ProbeSpec.cell refuses a ceiling or a reset without a peer
+        raise ValueError(f"{spec.describe()}: this step needs a peer")
+    return spec.peer
 
 
 def _spec(task: Task) -> ProbeSpec:

@@ -33,7 +33,7 @@ from pytest_vpstest.plugin.fixtures import (
     vps_record,
     vps_run,
 )
-from pytest_vpstest.plugin.matrix import matrix_cell, vps_matrix
+from pytest_vpstest.plugin.matrix import matrix_cell, matrix_parts, vps_matrix
 from pytest_vpstest.suite import FOCUSES, FULL_SUITE, MARKER, SUITES, find_suite, suites_of_focus
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ __all__ = [
     "deployment",
     "fleet",
     "matrix_cell",
+    "matrix_parts",
     "node",
     "node_pool",
     "probe",

@@ -1,16 +1,20 @@
 """The run's matrix: every measured cell planned up front, run once by the engine, shared by all tests.
 
-The first test of a run that asks for its cell (the ``matrix_cell`` fixture) plans the whole
-matrix from the session's selected tests: each test whose suite module defines
+The first test of a run that asks for its cell (the ``matrix_cell`` or ``matrix_parts`` fixture)
+plans the whole matrix from the session's selected tests: each test whose suite module defines
 ``matrix_cell(pair, run) -> ProbeSpec`` becomes one cell (its test node id is the key), so ``-k``,
-``-m`` and ``--vps-focus`` select what is measured. That process runs the engine in a background
-thread; each test then waits for its own cell and judges it, so results stream to the reports as
-they arrive.
+``-m`` and ``--vps-focus`` select what is measured. A test measured by several cells that depend on
+each other (a gossip broadcast: subscribes, the publish, each receiver's polls) comes from the
+module's ``matrix_parts(item, run, key, earlier) -> [(part, ProbeSpec), ...]``: ``key(part)`` is a
+part's cell key, ``earlier`` the keys of the suite's cells planned before this test's. That process
+runs the engine in a background thread; each test then waits for its own cells and judges them, so
+results stream to the reports as they arrive.
 
 Under xdist every worker collects the same tests, and exactly one process runs the engine: the
 first to take the lock ``<run_dir>/matrix/engine.lock``. It appends each finished cell to
 ``cells.jsonl`` (one JSON line: key and probe results) and the others read that file, so a run
-measures every probe once and serial and parallel runs give the same numbers. The owner keeps the
+measures every probe once and serial and parallel runs give the same numbers. The file's first
+line says which parts each multi-part test has (``{"parts": {test: {part: key}}}``). The owner keeps the
 lock until its engine is done (its session teardown waits for it); a reader that finds the lock
 free before the file says ``done`` knows the owner died and fails its test with that reason.
 Progress (per suite: probes done / total, rate, ETA) goes to ``progress.json`` for the terminal
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import threading
 import time
@@ -48,11 +53,14 @@ __all__ = [
     "Matrix",
     "MatrixError",
     "matrix_cell",
+    "matrix_parts",
+    "part_key",
     "plan_cells",
     "vps_matrix",
 ]
 
 PLANNER = "matrix_cell"  # the suite module function that turns a test's pair into a ProbeSpec
+PARTS_PLANNER = "matrix_parts"  # ... that turns a test into parts: [(part, ProbeSpec), ...]
 POLL_SECONDS = 0.05
 PROGRESS_EVERY = 0.5
 
@@ -61,19 +69,33 @@ class MatrixError(Exception):
     """The matrix could not give a test its cell (not planned, or the engine's process ended)."""
 
 
+def part_key(test: str, part: str) -> str:
+    """The cell key of one part of a multi-part test."""
+    return f"{test} #{part}"
+
+
 def plan_cells(items: list[pytest.Item], run: RunContext) -> list[Cell]:
-    """One cell per selected test whose suite plans cells, in test order; tests that will skip
-    (a node not deployed or not to test, NAT needed where there is none) are left out."""
+    """One cell per selected test whose suite plans cells (several for a multi-part test), in test
+    order; tests that will skip (a node not deployed or not to test, NAT needed where there is none)
+    are left out."""
     from pytest_vpstest.plugin.engine import ProbeSpec
 
     failed = set(failed_nodes(run)) | set(skipped_nodes(run))
     no_nat = nat_skip_reason(run.inventory)
     cells: list[Cell] = []
     for item in items:
+        parts = getattr(getattr(item, "module", None), PARTS_PLANNER, None)
+        marker = item.get_closest_marker("vps_suite")
+        if parts is not None and marker is not None and marker.args:
+            phase = str(marker.args[0])
+            earlier = tuple(c.key for c in cells if c.phase == phase)
+            test = item.nodeid
+            for part, spec in parts(item, run, functools.partial(part_key, test), earlier):
+                cells.append(spec.cell(part_key(test, part), phase, test=test))
+            continue
         planner = getattr(getattr(item, "module", None), PLANNER, None)
         callspec = getattr(item, "callspec", None)
         pair = callspec.params.get("pair") if callspec is not None else None
-        marker = item.get_closest_marker("vps_suite")
         if planner is None or pair is None or marker is None or not marker.args:
             continue
         if failed & {pair.src, pair.dst} or (no_nat and item.get_closest_marker("needs_nat")):
@@ -98,6 +120,7 @@ class Matrix:
         self._make_engine = make_engine
         self._cond = threading.Condition()
         self._results: dict[str, list[dict[str, Any]]] = {}
+        self._parts: dict[str, dict[str, str]] | None = None  # test -> {part: key}, once planned
         self._done = False
         self._error: str | None = None
         self._role: str | None = None  # "owner" | "reader"
@@ -133,6 +156,20 @@ class Matrix:
             raise MatrixError(f"no measurement for {key}: {why}")
         return [ProbeResult.from_json(r) for r in found]
 
+    def parts(self, test: str) -> dict[str, list[ProbeResult]]:
+        """A multi-part test's probe results by part, waiting for the engine to measure them all."""
+        self._begin()
+        with self._cond:
+            while self._role == "owner" and self._parts is None and not self._done:
+                self._cond.wait()
+        if self._role != "owner":
+            self._read_until_planned()
+        keys = (self._parts or {}).get(test)
+        if keys is None:
+            why = self._error or "it was not in the plan when the matrix was made"
+            raise MatrixError(f"no measurement for {test}: {why}")
+        return {part: self.results(key) for part, key in keys.items()}
+
     def close(self) -> None:
         """Wait for this process's engine to finish (other processes may still need its cells)."""
         if self._thread is not None:
@@ -164,7 +201,15 @@ class Matrix:
             self._lock_file, self._role = handle, "owner"
             self.cells_file.write_text("")
             try:
-                self._engine = self._make_engine(self._plan(), self._on_cell)
+                cells = self._plan()
+                self._parts = {}
+                for cell in cells:
+                    if cell.test:
+                        self._parts.setdefault(cell.test, {})[
+                            cell.key.removeprefix(part_key(cell.test, ""))
+                        ] = cell.key
+                self._append({"parts": self._parts})
+                self._engine = self._make_engine(cells, self._on_cell)
             except Exception as exc:  # every test of the run fails with this reason instead of hanging
                 self._error = f"the matrix could not be planned: {type(exc).__name__}: {exc}"
                 self._append({"done": True, "error": self._error})
@@ -213,6 +258,18 @@ class Matrix:
             write_json_atomic(self.progress_file, {"phases": self._engine.snapshot()})
 
     # -- reader ---------------------------------------------------------------------------
+    def _read_until_planned(self) -> None:
+        while True:
+            self._read_new()
+            if self._parts is not None or self._done:
+                return
+            if self._owner_gone():
+                self._read_new()
+                if self._parts is None and not self._done:
+                    self._error = "the process running the matrix engine ended before planning"
+                return
+            time.sleep(POLL_SECONDS)
+
     def _read_until(self, key: str) -> list[dict[str, Any]] | None:
         while True:
             self._read_new()
@@ -240,7 +297,9 @@ class Matrix:
             if not line.strip():
                 continue
             doc = json.loads(line)
-            if doc.get("done"):
+            if "parts" in doc:
+                self._parts = doc["parts"]
+            elif doc.get("done"):
                 self._done, self._error = True, doc.get("error")
             else:
                 self._results[str(doc["key"])] = doc["results"]
@@ -278,8 +337,14 @@ def vps_matrix(
         nodes = {n for c in cells for n in c.nodes}
         threads = max(4, len(nodes) * vps_run.node_concurrency)
         steps = FleetSteps(probe, node_pool, threads=threads)
-        return Engine(cells, steps, vps_run.node_concurrency, on_cell, watch=AgentWatch(),
-                      on_unhealthy=lambda node, why: mark_unhealthy(vps_run, node, why))
+        return Engine(
+            cells,
+            steps,
+            vps_run.node_concurrency,
+            on_cell,
+            watch=AgentWatch(),
+            on_unhealthy=lambda node, why: mark_unhealthy(vps_run, node, why),
+        )
 
     matrix = Matrix(vps_run.run_dir, lambda: plan_cells(list(session.items), vps_run), make_engine)
     try:
@@ -311,5 +376,22 @@ def matrix_cell(
         if reasons:
             pytest.skip("; ".join(reasons))
         return found
+
+    return results
+
+
+@pytest.fixture
+def matrix_parts(
+    request: pytest.FixtureRequest, vps_matrix: Matrix
+) -> Callable[[], dict[str, list[ProbeResult]]]:
+    """``matrix_parts()`` → this multi-part test's probe results by part (see ``plan_cells``),
+    measured by the run's matrix engine. Which nodes count (a node found unhealthy meanwhile) is
+    the suite's to judge."""
+
+    def results() -> dict[str, list[ProbeResult]]:
+        try:
+            return vps_matrix.parts(request.node.nodeid)
+        except MatrixError as exc:
+            pytest.fail(str(exc), pytrace=False)
 
     return results

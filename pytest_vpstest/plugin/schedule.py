@@ -14,6 +14,11 @@ must not cut another pair's probe in flight on the same node). Cells run phase b
 suite after another, in the order of the tests), so one suite's load never disturbs another's
 figures.
 
+Dependencies: a cell may start only ``after`` other cells of its phase have ended (listed before it,
+so there is no cycle) — e.g. a gossip receiver's polls wait for the publish. A cell ends when all
+its steps finished, or earlier when the caller ``stop`` s it (a poll that got its answer): its
+steps not yet started are dropped.
+
 The caller owns the clock: ``start(now)`` hands out the steps that may start, ``finish(task, now)``
 returns a slot, ``wake_at(now)`` says when a cooling cell becomes ready.
 """
@@ -42,6 +47,8 @@ class Cell:
     overlap: bool = False
     exclusive: bool = False
     exclusive_from: int | None = None  # steps with this index or later are exclusive
+    after: tuple[str, ...] = ()  # keys of cells (earlier in the same phase) that must end first
+    test: str = ""  # the test this cell is one part of ("": the cell is its test's only one)
     spec: object = field(default=None, compare=False)
 
     def exclusive_step(self, index: int) -> bool:
@@ -78,6 +85,14 @@ class Scheduler:
         keys = [c.key for c in cells]
         if len(set(keys)) != len(keys):
             raise ValueError("cell keys must be unique")
+        seen: dict[str, str] = {}
+        for cell in cells:
+            for key in cell.after:
+                if seen.get(key) != cell.phase:
+                    raise ValueError(
+                        f"cell {cell.key}: {key!r} is not an earlier cell of phase {cell.phase!r}"
+                    )
+            seen[cell.key] = cell.phase
         self.per_node = per_node
         self.phases: list[list[Cell]] = []
         index: dict[str, int] = {}
@@ -94,6 +109,8 @@ class Scheduler:
         self._running: Counter[str] = Counter()
         self._ready_at: dict[str, float] = {}
         self._pending: dict[str, Cell] = {}
+        self._stopped: set[str] = set()
+        self._ended: set[str] = set()
         self._enter_phase()
 
     # -- queries --------------------------------------------------------------------------
@@ -108,12 +125,16 @@ class Scheduler:
     def finished_steps(self, key: str) -> int:
         return self._finished[key]
 
+    def ended(self, key: str) -> bool:
+        """Whether the cell is over: every step finished, or stopped with none still running."""
+        return key in self._ended
+
     def wake_at(self, now: float) -> float | None:
         """The earliest later time a cooling cell of this phase may start its next step."""
         later = [
             self._ready_at[c.key]
             for c in self._pending.values()
-            if self._started[c.key] < c.steps and self._ready_at[c.key] > now
+            if self._started[c.key] < c.steps and c.key not in self._stopped and self._ready_at[c.key] > now
         ]
         return min(later) if later else None
 
@@ -146,13 +167,30 @@ class Scheduler:
             self._exclusive.difference_update(cell.nodes)
         if not cell.overlap:
             self._ready_at[cell.key] = now + cell.cooloff
-        if self._finished[cell.key] == cell.steps:
-            del self._pending[cell.key]
-            if not self._pending:
-                self.phase += 1
-                self._enter_phase()
+        if self._finished[cell.key] == cell.steps or cell.key in self._stopped:
+            self._end_if_idle(cell.key)
+
+    def stop(self, key: str) -> int:
+        """The cell needs no more steps: those not started are dropped (how many is returned); it
+        ends once its running steps have finished."""
+        cell = self._pending.get(key)
+        if cell is None or key in self._stopped:
+            return 0
+        self._stopped.add(key)
+        dropped = cell.steps - self._started[key]
+        self._end_if_idle(key)
+        return dropped
 
     # -- internals ------------------------------------------------------------------------
+    def _end_if_idle(self, key: str) -> None:
+        if self._running[key] or key not in self._pending:
+            return
+        del self._pending[key]
+        self._ended.add(key)
+        if not self._pending:
+            self.phase += 1
+            self._enter_phase()
+
     def _enter_phase(self) -> None:
         while self.phase < len(self.phases):
             self._pending = {c.key: c for c in self.phases[self.phase]}
@@ -165,6 +203,8 @@ class Scheduler:
 
     def _can_start(self, cell: Cell, now: float) -> bool:
         if self._started[cell.key] >= cell.steps or self._ready_at[cell.key] > now:
+            return False
+        if cell.key in self._stopped or not all(key in self._ended for key in cell.after):
             return False
         if not cell.overlap and self._running[cell.key]:
             return False

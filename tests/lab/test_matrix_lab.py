@@ -1,7 +1,9 @@
 """The matrix engine on the full 10-node lab with the reference agent, over real SSH: the
 connectivity suite measured once with single probes (one cached connection per node, probes as
 concurrent channels) and once through the agent's batch command (one per node), and both matrices
-are what NAT theory expects in every cell (``pytest_vpstest.lab.theory``)."""
+are what NAT theory expects in every cell (``pytest_vpstest.lab.theory``). The gossip suite through
+the batch command too, with its single-probe templates broken on purpose: every publish, poll and
+CRDT probe is a batch request, and every message reaches every node."""
 
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ def workspace(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
 
 
 def run_connectivity(
-    lab: Lab, config: Path, *args: str
+    lab: Lab, config: Path, *args: str, focus: str = "connectivity"
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     out = config.with_suffix(".results.json")
     argv = [
@@ -78,7 +80,7 @@ def run_connectivity(
         f"--vps-config={config}",
         f"--vps-nodes={lab.dir / 'inventory.yaml'}",
         f"--vps-results-json={out}",
-        "--vps-focus=connectivity",
+        f"--vps-focus={focus}",
         *args,
     ]
     env = {k: v for k, v in os.environ.items() if k != "VPSTEST_RUNNER_TOKEN"}
@@ -122,3 +124,28 @@ def test_the_agents_batch_command_gives_the_same_matrix(lab: Lab, workspace: Pat
     run_dir = next((workspace / "state" / "labmatrix" / "runs").glob("*/evidence/connections.json"))
     failures = json.loads(run_dir.read_text())["failed_attempts"]
     assert failures and all(" probe batch <<< {" in f["command"] for f in failures)
+
+
+# Single gossip probes would fail: these templates exit 1 without an answer.
+BROKEN_SINGLE_GOSSIP = """\
+  gossip_publish: "false {topic}"
+  gossip_received: "false {message_id}"
+  crdt: "false {amount}"
+"""
+
+
+def test_gossip_and_crdt_go_through_the_agents_batch_command(lab: Lab, workspace: Path) -> None:
+    config = write_config(workspace, batch=True)
+    text = config.read_text().replace("probes:\n", "probes:\n" + BROKEN_SINGLE_GOSSIP)
+    text = text.replace("tests:\n", "tests:\n  gossip: {timeout_seconds: 10, publishers: 3}\n")
+    gossip_config = config.with_name("gossip.yaml")
+    gossip_config.write_text(text)
+    proc, doc = run_connectivity(
+        lab, gossip_config, "--vps-skip-build", "--vps-skip-deploy", "-rA", focus="gossip"
+    )
+    assert doc["tests"]["passed"] == 4 and doc["tests"]["failed"] == 0, proc.stdout[-4000:]
+    gossip = doc["test_results"]["suites"]["gossip"]
+    peers = 9  # the full lab's nodes but the registry
+    assert gossip["messages"] == 3 and gossip["expected"] == gossip["delivered"] == 3 * (peers - 1)
+    assert gossip["crdt"]["converged"] is True and gossip["crdt"]["nodes"] == peers
+    assert "vpstest gossip: " in proc.stdout and " probes, " in proc.stdout

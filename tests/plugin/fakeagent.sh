@@ -9,7 +9,9 @@
 #   each take 50 ms and append "ACTION NODE PEER START END" (seconds) to FILE, to check overlaps.
 #   With FAKE_PROBE_DELAY each probe takes that long and logs, per node it touches, how many probes
 #   were in flight there when it started (inflight.log: "node count"), so tests can check the limit.
+#   Every call is logged to agent.calls as "single|batch ACTION NODE" (fakebatch.py sets FAKE_VIA).
 action=$1; node=$2; shift 2
+echo "${FAKE_VIA:-single} $action $node" >> "$FAKE_FLEET_DIR/agent.calls"
 began=$(date +%s.%N)
 logged() {
   [ -n "$FAKE_PROBE_LOG" ] || return 0
@@ -84,6 +86,7 @@ throughput)
   echo "{\"ok\": true, \"bytes\": 1000, \"seconds\": 1, \"mbps\": $m, \"path\": \"$path\"}" ;;
 crdt)
   amount=$1; f="$FAKE_FLEET_DIR/crdt"
+  exec 9>> "$f.lock"; flock 9  # nodes are asked at the same time: one update at a time
   [ -f "$f" ] || echo 0 > "$f"
   v=$(( $(cat "$f") + amount )); echo "$v" > "$f"
   echo "{\"ok\": true, \"value\": $v, \"digest\": \"d$v\"}" ;;

@@ -22,9 +22,16 @@ def answer(node: str, request: dict[str, object]) -> dict[str, object]:
         args = ["connect", node, str(request["peer"]), str(request["method"])]
     elif action == "throughput":
         args = ["throughput", node, str(request["peer"]), str(request["seconds"])]
+    elif action == "publish":
+        args = ["publish", node, str(request["topic"])]
+    elif action == "received":
+        args = ["received", node, str(request["id"])]
+    elif action == "crdt":
+        args = ["crdt", node, str(request["increment"])]
     else:
         return {"ok": False, "error": f"fake batch: unsupported action {action!r}"}
-    out = subprocess.run(["sh", str(AGENT), *args], capture_output=True, text=True).stdout
+    env = {**os.environ, "FAKE_VIA": "batch"}
+    out = subprocess.run(["sh", str(AGENT), *args], capture_output=True, text=True, env=env).stdout
     lines = [ln for ln in out.splitlines() if ln.startswith("{")]
     if not lines:
         return {"ok": False, "error": f"fake agent said {out.strip()!r}"}

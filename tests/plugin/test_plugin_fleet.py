@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -421,6 +422,23 @@ def test_a_batch_sut_answers_the_matrix_through_one_command_per_node(fake_fleet:
     assert all(f'"{key}": ' in failure["command"] for key in peer_keys)
 
 
+def test_a_batch_sut_answers_gossip_and_crdt_through_one_command_per_node(fake_fleet: MakeFleet) -> None:
+    fleet = fake_fleet()
+    batch = f'  batch: "python3 {fleet.dir / "fakebatch.py"} {{node}}"\n'
+    fleet.config.write_text(fleet.config.read_text().replace("probes:\n", "probes:\n" + batch))
+    result = fleet.run("--vps-focus=gossip", "-p", "no:randomly")
+    result.assert_outcomes(passed=3)
+    assert fleet.results()["test_results"]["suites"]["gossip"] == EXPECTED_SUITES["gossip"]
+    calls = [line.split() for line in (fleet.dir / "agent.calls").read_text().splitlines()]
+    gossip = {"publish", "received", "crdt"}
+    assert not [c for c in calls if c[0] == "single" and c[1] in gossip]  # no single gossip probe ran
+    through_batch = Counter(c[1] for c in calls if c[0] == "batch")
+    # 2 publishes; 3 receivers each, delivered on the first poll; 4 reads, 4 increments, 4 polls
+    assert through_batch == {"publish": 2, "received": 6, "crdt": 12}
+    assert sorted((fleet.dir / "batch.calls").read_text().split()) == ["n1", "n2", "p1", "p2"]
+    result.stdout.fnmatch_lines(["vpstest gossip: 20/20 probes, *, done in * s"])
+
+
 def test_matrix_progress_is_shown_per_suite(fake_fleet: MakeFleet) -> None:
     fleet = fake_fleet()
     result = fleet.run("--vps-focus=connectivity", "--vps-attempts=2")
@@ -502,7 +520,8 @@ def test_the_per_node_limit_holds_for_batch_probes_and_other_workers_probes_toge
     batch = f'  batch: "python3 {fleet.dir / "fakebatch.py"} {{node}}"\n'
     fleet.config.write_text(fleet.config.read_text().replace("probes:\n", "probes:\n" + batch))
     monkeypatch.setenv("FAKE_PROBE_DELAY", "0.3")
-    # The engine sends batch requests from one worker while the gossip suite probes from the other.
+    # One worker's engine sends every probe of the suites (gossip's too) as batch requests, under
+    # the run's lock-file slots that every worker's probes take.
     result = fleet.run("--vps-attempts=2", "--vps-node-concurrency=2", "-n", "2", "-p", "no:randomly")
     result.assert_outcomes(**FULL)
     seen: dict[str, int] = {}

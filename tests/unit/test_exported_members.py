@@ -287,8 +287,8 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "pytest_vpstest.plugin.engine": ["Engine", "FleetSteps", "PhaseProgress", "ProbeSpec", "StepRunner"],
     "pytest_vpstest.plugin.entry": [
-        "VpsPlugin", "build_artifact", "current_run", "deployment", "fleet", "matrix_cell", "node",
-        "node_pool", "probe", "vps_config", "vps_matrix", "vps_record", "vps_run"
+        "VpsPlugin", "build_artifact", "current_run", "deployment", "fleet", "matrix_cell", "matrix_parts",
+        "node", "node_pool", "probe", "vps_config", "vps_matrix", "vps_record", "vps_run"
     ],
     "pytest_vpstest.plugin.fixtures": [
         "DEFAULT_NODE_CONCURRENCY", "NOT_CONFIGURED", "RUN_KEY", "Recorder", "RunContext",
@@ -301,7 +301,9 @@ EXPECTED: dict[str, list[str]] = {
         "pytest_vpstest_build", "pytest_vpstest_deploy", "pytest_vpstest_fetch_logs",
         "pytest_vpstest_make_pool", "pytest_vpstest_results",
     ],
-    "pytest_vpstest.plugin.matrix": ["Matrix", "MatrixError", "matrix_cell", "plan_cells", "vps_matrix"],
+    "pytest_vpstest.plugin.matrix": [
+        "Matrix", "MatrixError", "matrix_cell", "matrix_parts", "part_key", "plan_cells", "vps_matrix"
+    ],
     "pytest_vpstest.plugin.pairs": [
         "Pair", "connectivity_pairs", "gossip_publishers", "group_by_nat", "nat_group_key",
         "nat_traversal_pairs", "peer_nodes", "throughput_pairs",
@@ -315,6 +317,7 @@ EXPECTED: dict[str, list[str]] = {
     "pytest_vpstest.plugin.selection": [
         "ONLY_NODES_OPTION", "item_nodes", "parse_node_selection", "split_by_nodes",
     ],
+    "pytest_vpstest.plugin.spec": ["MIN_TIMEOUT", "Bind", "Flow", "ProbeSpec"],
     "pytest_vpstest.records": [],
     "pytest_vpstest.records.history": [
         "SCHEMA_VERSION", "History", "HostRun", "HostStatus", "MetricRow", "RunRecord",

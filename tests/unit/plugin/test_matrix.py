@@ -15,7 +15,7 @@ import pytest
 
 from pytest_vpstest.fleet.probes import ProbeResult
 from pytest_vpstest.plugin.engine import Engine, ProbeSpec
-from pytest_vpstest.plugin.matrix import Matrix, MatrixError
+from pytest_vpstest.plugin.matrix import Matrix, MatrixError, part_key
 from pytest_vpstest.plugin.progress import ProgressPrinter, progress_line
 from pytest_vpstest.plugin.schedule import Cell, Task
 
@@ -76,9 +76,32 @@ def test_one_engine_per_run_and_the_other_process_reads_its_cells(tmp_path: Path
     reader.close()
     assert owner_steps.started == 6 and reader_steps.started == 0
     lines = [json.loads(x) for x in (tmp_path / "matrix" / "cells.jsonl").read_text().splitlines()]
-    assert lines[-1] == {"done": True, "error": None} and len(lines) == 4
+    assert lines[0] == {"parts": {}}  # no multi-part test in this plan
+    assert lines[-1] == {"done": True, "error": None} and len(lines) == 5
     with pytest.raises(MatrixError, match="not in the plan"):
         reader.results("t[c->a]")
+
+
+def test_a_multi_part_test_gets_its_parts_in_the_owner_and_in_a_reader(tmp_path: Path) -> None:
+    test = "t[a publishes]"
+    parts = [
+        ProbeSpec("gossip_publish", "a", None, 1, 1.0).cell(part_key(test, "publish"), "gossip", test=test),
+        ProbeSpec("gossip_received", "b", None, 2, 1.0, after=(part_key(test, "publish"),)).cell(
+            part_key(test, "received:b"), "gossip", test=test
+        ),
+    ]
+    owner, reader = (
+        matrix(tmp_path, InstantSteps(), lambda: [*CELLS, *parts]),
+        matrix(tmp_path, InstantSteps()),
+    )
+    mine = owner.parts(test)
+    theirs = reader.parts(test)
+    assert list(mine) == list(theirs) == ["publish", "received:b"]
+    assert [len(mine[p]) for p in mine] == [len(theirs[p]) for p in theirs] == [1, 2]
+    with pytest.raises(MatrixError, match="not in the plan"):
+        reader.parts("t[c publishes]")
+    owner.close()
+    reader.close()
 
 
 def test_a_reader_whose_owner_died_fails_with_the_reason(tmp_path: Path) -> None:

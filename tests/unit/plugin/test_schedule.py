@@ -136,3 +136,106 @@ def test_steps_from_exclusive_from_on_hold_their_nodes_alone() -> None:
     sched.finish(first[1], 1.0)
     sched.finish(first[2], 1.0)
     assert [t.key for t in sched.start(1.0)] == [("punch", 1)]
+
+
+@st.composite
+def dependent_cells(draw: st.DrawFn) -> list[Cell]:
+    """Cells some of which wait for earlier cells of their phase (a publish, then its polls)."""
+    out: list[Cell] = []
+    for i in range(draw(st.integers(1, 8))):
+        phase = draw(st.sampled_from(["p1", "p2"]))
+        earlier = [c.key for c in out if c.phase == phase]
+        after = draw(st.lists(st.sampled_from(earlier), unique=True, max_size=3)) if earlier else []
+        nodes = draw(st.lists(st.sampled_from(NODES), min_size=1, max_size=2, unique=True))
+        cooloff = draw(st.sampled_from([0.0, 0.25]))
+        out.append(
+            Cell(
+                f"k{i}",
+                phase,
+                tuple(nodes),
+                steps=draw(st.integers(1, 4)),
+                cooloff=cooloff,
+                after=tuple(after),
+            )
+        )
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(dependent_cells(), st.integers(1, 3), st.randoms(use_true_random=False))
+def test_dependent_cells_wait_for_theirs_and_a_stopped_cell_starts_nothing_more(
+    plan: list[Cell], per_node: int, rnd: object
+) -> None:
+    import random
+
+    assert isinstance(rnd, random.Random)
+    sched = Scheduler(plan, per_node)
+    now = 0.0
+    running: list[Task] = []
+    started: Counter[tuple[str, int]] = Counter()
+    stopped: set[str] = set()
+    for _ in range(1000):
+        if sched.done:
+            break
+        for task in sched.start(now):
+            started[task.key] += 1
+            assert task.cell.key not in stopped
+            assert all(sched.ended(k) for k in task.cell.after), (task.key, task.cell.after)
+            running.append(task)
+        load: Counter[str] = Counter(n for t in running for n in t.cell.nodes)
+        assert all(v <= per_node for v in load.values())
+        if running and rnd.random() < 0.7:
+            task = running.pop(rnd.randrange(len(running)))
+            sched.finish(task, now)
+            if rnd.random() < 0.3:  # e.g. the poll got its answer
+                left = task.cell.steps - sum(1 for k in started if k[0] == task.cell.key)
+                assert sched.stop(task.cell.key) == (0 if task.cell.key in stopped else left)
+                stopped.add(task.cell.key)
+            if not any(t.cell.key == task.cell.key for t in running) and (
+                task.cell.key in stopped or sched.finished_steps(task.cell.key) == task.cell.steps
+            ):
+                assert sched.ended(task.cell.key)
+        else:
+            wake = sched.wake_at(now)
+            assert running or wake is not None, "stalled with nothing running"
+            now = wake if wake is not None and not running else now + rnd.choice([0.1, 0.5])
+    assert sched.done
+    assert all(sched.ended(c.key) for c in plan)
+    assert set(started.values()) <= {1}
+    for c in plan:  # a cell's steps run as a prefix; all of them unless it was stopped
+        ran = sorted(i for k, i in started if k == c.key)
+        assert ran == list(range(len(ran)))
+        assert c.key in stopped or len(ran) == c.steps
+
+
+def test_a_cell_waits_for_the_cells_it_comes_after_and_stop_drops_its_steps() -> None:
+    publish = Cell("pub", "gossip", ("a",), steps=1)
+    poll = Cell("poll", "gossip", ("b",), steps=5, cooloff=0.25, after=("pub",))
+    sched = Scheduler([publish, poll], per_node=4)
+    first = sched.start(0.0)
+    assert [t.key for t in first] == [("pub", 0)]  # the poll waits for the publish
+    sched.finish(first[0], 1.0)
+    assert sched.ended("pub") and not sched.ended("poll")
+    (second,) = sched.start(1.0)
+    assert second.key == ("poll", 0)
+    sched.finish(second, 1.5)
+    assert sched.stop("poll") == 4  # its answer came: the 4 polls left are dropped
+    assert sched.ended("poll") and sched.done
+    assert sched.stop("poll") == 0
+
+
+def test_a_stop_while_a_step_runs_ends_the_cell_when_that_step_ends() -> None:
+    cell = Cell("c", "s", ("a",), steps=3, overlap=True)
+    sched = Scheduler([cell], per_node=1)
+    (task,) = sched.start(0.0)
+    assert sched.stop("c") == 2
+    assert not sched.ended("c") and sched.start(0.0) == []
+    sched.finish(task, 1.0)
+    assert sched.ended("c") and sched.done
+
+
+def test_after_must_name_an_earlier_cell_of_the_same_phase() -> None:
+    with pytest.raises(ValueError, match="'later' is not an earlier cell of phase 's'"):
+        Scheduler([Cell("x", "s", ("a",), 1, after=("later",)), Cell("later", "s", ("a",), 1)], 1)
+    with pytest.raises(ValueError, match="'y' is not an earlier cell"):
+        Scheduler([Cell("y", "other", ("a",), 1), Cell("x", "s", ("a",), 1, after=("y",))], 1)
