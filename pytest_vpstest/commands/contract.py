@@ -44,25 +44,17 @@ def peer_for(inventory: Inventory, node: str) -> str:
 
 def _check(args: argparse.Namespace) -> int:
     from pytest_vpstest.fleet.contract_check import check_contract, contract_passed, render_table
-    from pytest_vpstest.fleet.node import plan_node
     from pytest_vpstest.fleet.probes import ProbeRunner
     from pytest_vpstest.fleet.remote import SessionPool
 
     config = load_config(args.config)
     inventory = load_inventory(args.nodes, config)
-    artifact = config.workspace / config.build.artifact if config.build and config.build.artifact else None
     for name in args.node:
         if name not in inventory.names:
             raise NodeError(name, f"not in the inventory (nodes: {', '.join(inventory.names)})")
     chosen = args.node or [n.name for n in inventory.nodes if n.role != "registry"]
     with SessionPool(inventory) as pool:
-        runner = ProbeRunner(
-            transport=pool,
-            inventory=inventory,
-            templates=config.probes,
-            plan_for=lambda name: plan_node(inventory.node(name), config, artifact),
-            default_timeout=args.timeout,
-        )
+        runner = ProbeRunner.for_project(pool, inventory, config, default_timeout=args.timeout)
         rows = check_contract(runner, chosen, lambda n: peer_for(inventory, n), args.timeout, args.focus)
     passed = contract_passed(rows)
     if args.json:

@@ -355,13 +355,8 @@ def _wait_status(
     return ``{node: last reason}`` for those that never did within ``timeout``."""
     from pytest_vpstest.fleet.probes import ProbeRunner
 
-    runner = ProbeRunner(
-        transport=pool,
-        inventory=inventory,
-        templates=project_config.probes,
-        plan_for=lambda name: plan_node(inventory.node(name), project_config, artifact),
-        default_timeout=min(10.0, timeout),
-        grace=2.0,
+    runner = ProbeRunner.for_project(
+        pool, inventory, project_config, artifact=artifact, default_timeout=min(10.0, timeout), grace=2.0
     )
     pending = {name: "no status answer yet" for name in started}
     deadline = time.monotonic() + timeout

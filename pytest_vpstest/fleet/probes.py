@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from pytest_vpstest.config import Inventory, ProbeTemplates
+from pytest_vpstest.config import Inventory, ProbeTemplates, ProjectConfig
 from pytest_vpstest.errors import ConfigError
-from pytest_vpstest.fleet.node import NodePlan
+from pytest_vpstest.fleet.node import NodePlan, plan_node
 from pytest_vpstest.fleet.remote import quote_command
 
 __all__ = [
@@ -291,6 +291,28 @@ class ProbeRunner:
     watchdog_slack: float = 2.0
     # Each node's peer_id from its status answer (the plugin fills it at session start): {peer_id}.
     identities: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def for_project(
+        cls,
+        transport: Transport,
+        inventory: Inventory,
+        config: ProjectConfig,
+        *,
+        artifact: Path | None = None,
+        **options: Any,
+    ) -> ProbeRunner:
+        """A runner for ``config``'s templates whose node paths come from ``fleet.node.plan_node``
+        (``artifact``: the deployed file, else the config's build artifact); ``options`` are fields."""
+        if artifact is None and config.build and config.build.artifact:
+            artifact = config.workspace / config.build.artifact
+        return cls(
+            transport=transport,
+            inventory=inventory,
+            templates=config.probes,
+            plan_for=lambda name: plan_node(inventory.node(name), config, artifact),
+            **options,
+        )
 
     def template(self, action: str) -> str:
         """The action's template; '' for an optional action the config leaves out."""

@@ -56,13 +56,11 @@ def ask_nodes(
 ) -> dict[str, SutStatus]:
     """Run the config's ``status`` probe on every node of the lab's inventory but the registry
     (nodes not in ``reachable`` — their sshd is down — are not asked)."""
-    from pytest_vpstest.fleet.node import plan_node
     from pytest_vpstest.fleet.probes import ProbeRunner
     from pytest_vpstest.fleet.remote import SessionPool
     from pytest_vpstest.inventory import load_inventory
 
     inventory = load_inventory(inventory_path)
-    artifact = config.workspace / config.build.artifact if config.build and config.build.artifact else None
     out: dict[str, SutStatus] = {}
     asked: list[str] = []
     for node in inventory.nodes:
@@ -75,14 +73,7 @@ def ask_nodes(
     if not asked:
         return out
     with SessionPool(inventory) as pool:
-        runner = ProbeRunner(
-            transport=pool,
-            inventory=inventory,
-            templates=config.probes,
-            plan_for=lambda name: plan_node(inventory.node(name), config, artifact),
-            default_timeout=timeout,
-            grace=2.0,
-        )
+        runner = ProbeRunner.for_project(pool, inventory, config, default_timeout=timeout, grace=2.0)
         with ThreadPoolExecutor(max_workers=min(16, len(asked)), thread_name_prefix="vps-lab-status") as ex:
             answers = dict(zip(asked, ex.map(runner.status, asked), strict=True))
     for name, result in answers.items():
