@@ -1,9 +1,9 @@
 """The loopback flavour: no root, no namespaces, no NAT.
 
-Node N of lab ``prefix`` gets the loopback address ``127.A.0.N`` (A derived from the prefix so labs
-coexist) as its data address, and an sshd of its own, run as the current user, on
-``127.A.0.N:<22000+N>``. Install path and log directory are per-node directories under the lab
-directory instead of mount namespaces. Every NAT type is ``none``.
+Node N of lab ``prefix`` gets the loopback address ``127.A.B.N`` (A and B derived from the prefix, one
+of 32,768 networks, so labs of different prefixes coexist) as its data address, and an sshd of its
+own, run as the current user, on ``127.A.B.N:<22000+N>``. Install path and log directory are
+per-node directories under the lab directory instead of mount namespaces. Every NAT type is ``none``.
 """
 
 from __future__ import annotations
@@ -20,20 +20,22 @@ from pytest_vpstest.lab.plan import BOOTSTRAP_PORT, REGISTRY_PORT, check_prefix
 from pytest_vpstest.lab.record import LabRecord, NodeRecord, ServiceRecord, prepare_lab_dir, tcp_open
 from pytest_vpstest.lab.topology import Topology
 
-__all__ = ["SSH_PORT_BASE", "START_TIMEOUT_S", "loopback_octet", "node_address", "teardown", "up"]
+__all__ = ["SSH_PORT_BASE", "START_TIMEOUT_S", "loopback_net", "node_address", "teardown", "up"]
 
 SSH_PORT_BASE = 22000
 START_TIMEOUT_S = 15.0
 
 
-def loopback_octet(prefix: str) -> int:
-    """The second octet of the lab's loopback addresses (64..191)."""
+def loopback_net(prefix: str) -> str:
+    """The lab's loopback /24 as ``127.A.B`` (A in 64..191, B in 0..255): 32,768 networks, so two
+    prefixes rarely share one (a shared one is refused at ``up``, the ports being in use)."""
     check_prefix(prefix)
-    return 64 + zlib.crc32(prefix.encode()) % 128
+    h = zlib.crc32(prefix.encode())
+    return f"127.{64 + h % 128}.{(h >> 7) % 256}"
 
 
 def node_address(prefix: str, number: int) -> str:
-    return f"127.{loopback_octet(prefix)}.0.{number}"
+    return f"{loopback_net(prefix)}.{number}"
 
 
 def _port_free(address: str, port: int, kind: socket.SocketKind) -> bool:
@@ -149,8 +151,8 @@ def _service_ready(lab_dir: Path, svc: services.Service) -> bool:
 def teardown(prefix: str, lab_dir: Path) -> list[str]:
     """Stop every process of the loopback lab in ``lab_dir`` (recorded or not). Idempotent."""
     check_prefix(prefix)
-    # Services are found by the loopback addresses they bind (127.A.0.N belongs to this prefix).
-    services_marker = f"{services.AGENT_MODULE} registry --bind 127.{loopback_octet(prefix)}.0."
+    # Services are found by the loopback addresses they bind (127.A.B.N belongs to this prefix).
+    services_marker = f"{services.AGENT_MODULE} registry --bind {loopback_net(prefix)}."
     bootstrap_marker = services_marker.replace(" registry ", " bootstrap ")
     pids = set(netns.lab_processes(lab_dir)) | set(
         netns.processes_matching((services_marker, bootstrap_marker))

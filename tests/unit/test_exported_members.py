@@ -189,7 +189,7 @@ EXPECTED: dict[str, list[str]] = {
         "render_inventory", "write_yaml_atomic",
     ],
     "pytest_vpstest.lab.loopback": [
-        "SSH_PORT_BASE", "START_TIMEOUT_S", "loopback_octet", "node_address", "teardown", "up",
+        "SSH_PORT_BASE", "START_TIMEOUT_S", "loopback_net", "node_address", "teardown", "up",
     ],
     "pytest_vpstest.lab.nat": [
         "BEHAVIOUR", "LOSS_TABLE", "MAPPING_TIMEOUT_S", "NAT_TABLE", "PROTOCOLS", "ROUTER_SYSCTLS",
