@@ -331,8 +331,9 @@ class FleetSteps:
         self.runner = runner
         self.pool = pool
         # Single probes run under the slots this class already holds for them, so the runner they go
-        # through must not wait for a second slot of its own.
-        self._no_slots = NodeSlots(_NO_LIMIT)
+        # through must not wait for a second slot of its own: the same runner (its templates, plans
+        # and the peer ids the session fills in place) with slots that never make anyone wait.
+        self._held = dataclasses.replace(runner, slots=NodeSlots(_NO_LIMIT))
         self._threads = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="vps-matrix")
         self._lanes: dict[str, BatchLane | None] = {}
         self._lanes_lock = threading.Lock()
@@ -430,7 +431,7 @@ class FleetSteps:
     def _reset_both(self, spec: ProbeSpec, index: int) -> ProbeResult | None:
         """Reset both nodes at once (under the slots the step holds); None when both said ok, else
         the first failed reset as the attempt's failure."""
-        held = dataclasses.replace(self.runner, slots=self._no_slots)
+        held = self._held
         other = _peer(spec)
         theirs: list[ProbeResult] = []
         peer = threading.Thread(
@@ -471,8 +472,7 @@ class FleetSteps:
         values = self._placeholders(spec)
         if spec.seconds is not None:
             values["seconds"] = _num_text(spec.seconds)
-        held = dataclasses.replace(self.runner, slots=self._no_slots)  # the runner as it is now
-        return held.run(spec.action, spec.node, timeout=spec.timeout, **values)
+        return self._held.run(spec.action, spec.node, timeout=spec.timeout, **values)
 
     def _placeholders(self, spec: ProbeSpec) -> dict[str, Any]:
         values: dict[str, Any] = {} if spec.peer is None else self.runner.peer_values(spec.peer)
