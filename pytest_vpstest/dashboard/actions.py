@@ -155,7 +155,7 @@ class ActionRunner:
                     status.update(state="timeout", finished=time.time(), exit_code=None)
                     files.write_json_atomic(run_dir / "status.json", status)
                     return
-            results = _read_json(results_path)
+            results = files.read_json_object(results_path)
             passed = _count(results, "passed")
             failed = _count(results, "failed")
             ok = rc == 0 and bool(results.get("passed", True))
@@ -209,11 +209,3 @@ class ActionRunner:
         self._start(f"rollback-{node}", work, config.project, node)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

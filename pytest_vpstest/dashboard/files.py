@@ -29,6 +29,7 @@ __all__ = [
     "latest_test_run",
     "new_test_run_dir",
     "nodes_with_test_runs",
+    "read_json_object",
     "rollbacks",
     "write_json_atomic",
 ]
@@ -36,6 +37,15 @@ __all__ = [
 
 def _root(project_dir: Path) -> Path:
     return project_dir / "dashboard"
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; {} when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -70,11 +80,8 @@ def latest_test_run(project_dir: Path, node: str) -> dict[str, Any] | None:
     except OSError:
         return None
     for d in dirs:
-        try:
-            status = json.loads((d / "status.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if not isinstance(status, dict):
+        status = read_json_object(d / "status.json")
+        if not status:
             continue
         status["dir"] = str(d)
         if status.get("state") == "running" and not pid_alive(int(status.get("pid") or 0)):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -227,7 +226,7 @@ class StateReader:
         if not isinstance(path, str):
             return {}
         p = Path(path)
-        return self._cached("results", path, _stamp(p), lambda: _read_json(p))
+        return self._cached("results", path, _stamp(p), lambda: files.read_json_object(p))
 
     def artifact_hash(self, project: str) -> str | None:
         runner = self.document(project).get("runner") or {}
@@ -396,12 +395,6 @@ def _try(load: Callable[[Path], _T], path: Path) -> _T | None:
         return None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _nat_of(inventory: Inventory | None) -> dict[str, str]:

@@ -58,8 +58,8 @@ EXPECTED: dict[str, list[str]] = {
     "pytest_vpstest.dashboard.actions": ["ActionRunner", "suites_dir"],
     "pytest_vpstest.dashboard.app": ["CSP", "Settings", "create_app"],
     "pytest_vpstest.dashboard.files": [
-        "append_rollback", "latest_test_run", "new_test_run_dir", "nodes_with_test_runs", "rollbacks",
-        "write_json_atomic",
+        "append_rollback", "latest_test_run", "new_test_run_dir", "nodes_with_test_runs", "read_json_object",
+        "rollbacks", "write_json_atomic",
     ],
     "pytest_vpstest.dashboard.hub": ["Hub"],
     "pytest_vpstest.dashboard.markdown": ["render_markdown"],
@@ -283,7 +283,8 @@ EXPECTED: dict[str, list[str]] = {
     "pytest_vpstest.plugin.agent_watch": ["AGENT_DOWN_AFTER", "AgentWatch", "agent_down"],
     "pytest_vpstest.plugin.aggregate": [
         "AGGREGATORS", "MEASUREMENT_KEY", "NODES_KEY", "Collector", "RecordedTest", "aggregate",
-        "build_test_results", "encode", "metric_rows", "metrics_of", "node_rows", "pair_rows", "percentile",
+        "build_test_results", "encode", "failure_cause", "metric_rows", "metrics_of", "node_rows",
+        "pair_rows", "percentile",
     ],
     "pytest_vpstest.plugin.engine": ["Engine", "FleetSteps", "PhaseProgress", "ProbeSpec", "StepRunner"],
     "pytest_vpstest.plugin.entry": [
