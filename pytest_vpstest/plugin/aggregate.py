@@ -38,6 +38,7 @@ __all__ = [
     "aggregate",
     "build_test_results",
     "encode",
+    "failure_cause",
     "metric_rows",
     "metrics_of",
     "node_rows",
@@ -108,7 +109,8 @@ class Collector:
         out = {"passed": 0, "failed": 0, "skipped": 0, "xfailed": 0, "xpassed": 0, "infrastructure_failed": 0}
         for t in self.tests.values():
             if t.outcome in ("failed", "error"):
-                out["infrastructure_failed" if set(t.nodes) & set(unhealthy) else "failed"] += 1
+                cause = failure_cause(t.nodes, unhealthy)
+                out["infrastructure_failed" if cause == "infrastructure" else "failed"] += 1
             else:
                 out[t.outcome] += 1
         return out
@@ -120,6 +122,12 @@ class Collector:
             for t in self.vps_tests
             if t.measurement is not None and not set(t.nodes) & set(leave_out)
         ]
+
+
+def failure_cause(nodes: Collection[str], unhealthy: Collection[str]) -> str:
+    """``infrastructure`` when a failed test touched a node found unhealthy (the node's fault),
+    else ``software``."""
+    return "infrastructure" if set(nodes) & set(unhealthy) else "software"
 
 
 # --------------------------------------------------------------------------------------------

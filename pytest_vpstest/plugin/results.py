@@ -22,6 +22,7 @@ from pytest_vpstest.plugin.aggregate import (
     Collector,
     aggregate,
     build_test_results,
+    failure_cause,
     metric_rows,
     metrics_of,
     node_rows,
@@ -117,7 +118,7 @@ def finish_run(
         # stopped answering) is the node's fault: "infrastructure"; any other is "software".
         "failed_tests": [
             {"test": t.nodeid, "nodes": list(t.nodes), "message": t.message,
-             "cause": "infrastructure" if sick & set(t.nodes) else "software"}
+             "cause": failure_cause(t.nodes, sick)}
             for t in collector.vps_tests
             if t.outcome in ("failed", "error")
         ],
